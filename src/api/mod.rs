@@ -1,0 +1,252 @@
+//! The `TeamAccess` custom resource (`teamaccess.dev/v1alpha1`).
+//!
+//! Validation that CEL can express lives here as `x-kubernetes-validations`, so the
+//! API server rejects a bad object at `kubectl apply` time with a message saying
+//! what to fix. Every string and list is bounded, which keeps the CEL cost estimate
+//! inside the API server's budget.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+pub mod conditions;
+
+/// API group of the TeamAccess resource.
+pub const GROUP: &str = "teamaccess.dev";
+/// Finalizer that guarantees cleanup of the children before the object goes.
+pub const FINALIZER: &str = "teamaccess.dev/cleanup";
+
+/// GUID of the form Entra ID uses for object IDs.
+const GUID_RULE: &str = "self.matches('^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$')";
+
+/// Grants an Entra ID group (and optionally some users) access to one namespace.
+///
+/// The controller resolves the group's objectId through the directory, then keeps a
+/// Namespace, a Role and a RoleBinding in place for it, and removes them when the
+/// TeamAccess is deleted.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "teamaccess.dev",
+    version = "v1alpha1",
+    kind = "TeamAccess",
+    plural = "teamaccesses",
+    shortname = "ta",
+    status = "TeamAccessStatus",
+    doc = "TeamAccess grants a Microsoft Entra ID group access to one namespace through a Role and a RoleBinding that the operator keeps in place.",
+    printcolumn(name = "Group", type_ = "string", json_path = ".status.group.displayName", description = "Display name of the resolved Entra ID group"),
+    printcolumn(name = "ObjectID", type_ = "string", json_path = ".status.group.objectId", description = "objectId of the Entra ID group the RoleBinding names"),
+    printcolumn(name = "Namespace", type_ = "string", json_path = ".spec.namespace"),
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    validation = Rule::new("size(self.metadata.name) <= 200").message("metadata.name must be at most 200 characters: the Role and RoleBinding are named teamaccess-<name>")
+)]
+#[x_kube(
+    validation = Rule::new("[has(self.verbs), has(self.rules), has(self.clusterRole)].filter(x, x).size() == 1")
+        .message("set exactly one of spec.verbs, spec.rules or spec.clusterRole")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct TeamAccessSpec {
+    /// The Entra ID group to grant access to. Set exactly one of objectId, displayName
+    /// or mailNickname; objectId is the most precise, since display names are not unique.
+    pub group: GroupSelector,
+
+    /// The namespace the group gets access to. Created when it does not exist; a
+    /// namespace that existed before is used but never deleted. Immutable.
+    #[x_kube(validation = Rule::new("self == oldSelf").message("spec.namespace is immutable: create a new TeamAccess for another namespace and delete this one"))]
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')").message("spec.namespace must be a DNS-1123 label: lower-case letters, digits and '-', starting and ending with a letter or digit"))]
+    #[schemars(length(min = 1, max = 63))]
+    pub namespace: String,
+
+    /// Verbs granted on the default resource set: apiGroups "", extensions and apps
+    /// with all resources, and apiGroup batch with jobs and cronjobs. Use "*" for all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.all(v, v in ['*', 'get', 'list', 'watch', 'create', 'update', 'patch', 'delete', 'deletecollection'])").message("spec.verbs may hold only get, list, watch, create, update, patch, delete, deletecollection or *"))]
+    #[x_kube(validation = Rule::new("size(self) > 0").message("spec.verbs must not be empty: list at least one verb, or use spec.rules or spec.clusterRole"))]
+    #[x_kube(validation = Rule::new("self.all(v, self.exists_one(w, w == v))").message("spec.verbs must not repeat a verb"))]
+    #[schemars(length(max = 9), inner(length(max = 16)))]
+    pub verbs: Option<Vec<String>>,
+
+    /// Full policy rules for the Role, replacing the default resource set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("size(self) > 0").message("spec.rules must not be empty: give at least one rule"))]
+    #[schemars(length(max = 16))]
+    pub rules: Option<Vec<AccessRule>>,
+
+    /// Bind an existing ClusterRole (such as edit or view) inside the namespace
+    /// instead of creating a Role.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("!self.contains('/') && !self.contains('%') && self != '.' && self != '..'").message("spec.clusterRole must be a ClusterRole name (no '/', '%', '.' or '..')"))]
+    #[schemars(length(min = 1, max = 253))]
+    pub cluster_role: Option<String>,
+
+    /// Extra users bound alongside the group. Users of the cluster's own tenant are
+    /// bound by userPrincipalName; guests and users of other tenants by objectId.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub users: Vec<UserRef>,
+
+    /// Labels and annotations put on a namespace this operator creates. A namespace
+    /// that existed before is left untouched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace_metadata: Option<NamespaceMetadata>,
+
+    /// What happens to a namespace this operator created when the TeamAccess is
+    /// deleted: Delete removes it once no other TeamAccess uses it, Retain keeps it.
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
+}
+
+/// Selects one Entra ID group.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, Default)]
+#[x_kube(
+    validation = Rule::new("[has(self.objectId), has(self.displayName), has(self.mailNickname)].filter(x, x).size() == 1")
+        .message("spec.group must set exactly one of objectId, displayName or mailNickname")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct GroupSelector {
+    /// The group's objectId (a GUID), as `az ad group show --group <name> --query id` prints it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new(GUID_RULE).message("spec.group.objectId must be a GUID such as 5f0a1d3e-8f8a-4c1e-9d55-0b0c2d7c1a01"))]
+    #[schemars(length(max = 36))]
+    pub object_id: Option<String>,
+
+    /// The group's display name. Must match exactly one group in the directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.trim() == self && self != ''").message("spec.group.displayName must not be empty or start or end with white space"))]
+    #[schemars(length(min = 1, max = 256))]
+    pub display_name: Option<String>,
+
+    /// The group's mail nickname (the alias before the @ of its address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new(r#"self.matches('^[^@()\\[\\]";:<>,\\s\\\\]+$')"#).message(r#"spec.group.mailNickname must not contain @ ( ) [ ] \ " ; : < > , or white space"#))]
+    #[schemars(length(min = 1, max = 64))]
+    pub mail_nickname: Option<String>,
+}
+
+/// One policy rule of the Role, as in rbac.authorization.k8s.io/v1 PolicyRule
+/// (without nonResourceURLs, which a namespaced Role cannot grant).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct AccessRule {
+    /// API groups of the resources; "" is the core group, "*" all groups.
+    #[schemars(length(max = 16), inner(length(max = 253)))]
+    pub api_groups: Vec<String>,
+    /// Resources the rule applies to, such as pods or deployments/scale; "*" for all.
+    #[schemars(length(min = 1, max = 32), inner(length(min = 1, max = 253)))]
+    pub resources: Vec<String>,
+    /// Verbs allowed on those resources; "*" for all.
+    #[schemars(length(min = 1, max = 16), inner(length(min = 1, max = 32)))]
+    #[x_kube(validation = Rule::new("self.all(v, v.matches('^([a-z]+|[*])$'))").message("each of spec.rules[].verbs must be a lower-case verb such as get or create, or *"))]
+    pub verbs: Vec<String>,
+    /// Restricts the rule to objects with these names.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 253)))]
+    pub resource_names: Vec<String>,
+}
+
+/// An extra user to bind: exactly one of userPrincipalName or objectId.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[x_kube(
+    validation = Rule::new("has(self.userPrincipalName) != has(self.objectId)")
+        .message("each of spec.users must set exactly one of userPrincipalName or objectId")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct UserRef {
+    /// The user's sign-in name (user@domain) in the cluster's own tenant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new(r#"self.matches('^[^@\\s]+@[^@\\s]+$')"#).message("spec.users[].userPrincipalName must look like user@domain"))]
+    #[schemars(length(max = 113))]
+    pub user_principal_name: Option<String>,
+    /// The user's objectId (a GUID): use it for guests and users of other tenants.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new(GUID_RULE).message("spec.users[].objectId must be a GUID"))]
+    #[schemars(length(max = 36))]
+    pub object_id: Option<String>,
+}
+
+/// Labels and annotations for a namespace the operator creates.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+pub struct NamespaceMetadata {
+    /// Labels to set on the namespace.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(length(max = 32))]
+    pub labels: BTreeMap<String, String>,
+    /// Annotations to set on the namespace.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(length(max = 32))]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// What happens to a namespace the operator created when its TeamAccess goes.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum DeletionPolicy {
+    /// Delete the namespace once no other TeamAccess uses it.
+    #[default]
+    Delete,
+    /// Keep the namespace.
+    Retain,
+}
+
+/// Observed state of a TeamAccess.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct TeamAccessStatus {
+    /// The generation the status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// The group the RoleBinding names, pinned at first resolution.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<ResolvedGroup>,
+    /// The namespace access is granted in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Name of the Role the operator keeps (absent when a ClusterRole is bound).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    /// Name of the RoleBinding the operator keeps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role_binding: Option<String>,
+    /// Ready, GroupResolved, and kstatus' Reconciling and Stalled.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+/// A group as resolved through the directory.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ResolvedGroup {
+    /// The group's objectId: the subject name of the RoleBinding.
+    pub object_id: String,
+    /// The group's display name when last resolved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
+    /// The spec.group selector this objectId was resolved from. Changing spec.group
+    /// is the deliberate act that lets the operator pin another group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+    /// When the group was last resolved (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolved_at: Option<String>,
+}
+
+impl GroupSelector {
+    /// A short, stable description such as `displayName=appdev`, for status and messages.
+    pub fn describe(&self) -> String {
+        match (&self.object_id, &self.display_name, &self.mail_nickname) {
+            (Some(id), _, _) => format!("objectId={id}"),
+            (_, Some(name), _) => format!("displayName={name}"),
+            (_, _, Some(nick)) => format!("mailNickname={nick}"),
+            _ => "none".to_string(),
+        }
+    }
+}
+
+impl TeamAccess {
+    /// Name shared by the Role and the RoleBinding of this TeamAccess.
+    pub fn child_name(&self) -> String {
+        format!("teamaccess-{}", kube::ResourceExt::name_any(self))
+    }
+}

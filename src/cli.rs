@@ -1,0 +1,169 @@
+//! The command line. Every `run` flag can also be set through a `TEAMACCESS_*`
+//! environment variable, which is how the Helm chart passes values.
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use kube::Client;
+
+use crate::{
+    directory::{Directory, static_file::StaticDirectory},
+    reconcile::{self, Policy, Settings},
+    telemetry::{self, LogFormat},
+};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "teamaccess-operator",
+    version,
+    about = "Grants Microsoft Entra ID groups access to Kubernetes namespaces"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the controller against the cluster of the current kubeconfig (or in-cluster config).
+    Run(RunArgs),
+    /// Print the TeamAccess CustomResourceDefinition as YAML.
+    Crd,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DirectoryKind {
+    /// Microsoft Graph (Entra ID).
+    Graph,
+    /// A YAML file of groups and users (--directory-file).
+    Static,
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Where groups and users are looked up.
+    #[arg(long, env = "TEAMACCESS_DIRECTORY", value_enum, default_value = "graph")]
+    pub directory: DirectoryKind,
+
+    /// The YAML file of the static directory; re-read when it changes.
+    #[arg(long, env = "TEAMACCESS_DIRECTORY_FILE", required_if_eq("directory", "static"))]
+    pub directory_file: Option<PathBuf>,
+
+    /// How often every TeamAccess is reconciled even when nothing changed (e.g. 30s, 10m, 1h).
+    #[arg(long, env = "TEAMACCESS_RESYNC", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub resync: Duration,
+
+    /// Namespaces no TeamAccess may target (comma-separated). The operator's own
+    /// namespace is always added.
+    #[arg(
+        long,
+        env = "TEAMACCESS_PROTECTED_NAMESPACES",
+        value_delimiter = ',',
+        default_value = "kube-system,kube-public,kube-node-lease,default"
+    )]
+    pub protected_namespaces: Vec<String>,
+
+    /// The namespace the operator runs in (protected). Read from the service account
+    /// when running in a pod.
+    #[arg(long, env = "TEAMACCESS_OPERATOR_NAMESPACE")]
+    pub operator_namespace: Option<String>,
+
+    /// How many TeamAccess objects are reconciled at once.
+    #[arg(long, env = "TEAMACCESS_CONCURRENCY", default_value_t = 16)]
+    pub concurrency: u16,
+
+    /// Reconcile only TeamAccess objects matching this label selector, to run several
+    /// operators side by side (sharding, canaries, tests).
+    #[arg(long, env = "TEAMACCESS_SELECTOR")]
+    pub selector: Option<String>,
+
+    /// Log format.
+    #[arg(long, env = "TEAMACCESS_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+const SERVICE_ACCOUNT_NAMESPACE_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
+
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    telemetry::init(args.log_format);
+    let client = Client::try_default()
+        .await
+        .context("cannot build a Kubernetes client from the kubeconfig or the in-cluster configuration")?;
+    let version = client.apiserver_version().await.context("cannot reach the Kubernetes API server")?;
+    tracing::info!(version = %version.git_version, platform = %version.platform, "connected to the Kubernetes API server");
+
+    let directory: Arc<dyn Directory> = match args.directory {
+        DirectoryKind::Static => {
+            let path = args.directory_file.as_deref().context("--directory static needs --directory-file")?;
+            Arc::new(StaticDirectory::load(path).await.map_err(anyhow::Error::msg)?)
+        }
+        DirectoryKind::Graph => anyhow::bail!(
+            "the Microsoft Graph directory is not built yet; use --directory static --directory-file PATH"
+        ),
+    };
+
+    let own_namespace = args
+        .operator_namespace
+        .clone()
+        .or_else(|| std::fs::read_to_string(SERVICE_ACCOUNT_NAMESPACE_FILE).ok().map(|s| s.trim().to_string()));
+    let settings = Settings {
+        policy: Policy::new(args.protected_namespaces.clone(), own_namespace.as_deref()),
+        resync: args.resync,
+        concurrency: args.concurrency,
+        selector: args.selector.clone(),
+    };
+    tracing::info!(
+        directory = ?args.directory,
+        resync = %humantime::format_duration(settings.resync),
+        protected = ?settings.policy.protected_namespaces,
+        "starting the TeamAccess controller"
+    );
+    let instance = std::env::var("POD_NAME").ok().or_else(|| std::env::var("HOSTNAME").ok());
+    let ctx = Arc::new(reconcile::Context::new(client, directory, settings, instance));
+    reconcile::run(ctx, shutdown_signal()).await?;
+    tracing::info!("controller stopped");
+    Ok(())
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reconcile::validate::DEFAULT_PROTECTED_NAMESPACES;
+
+    #[test]
+    fn default_protected_namespaces_match_the_policy_defaults() {
+        let cli = Cli::try_parse_from(["teamaccess-operator", "run", "--directory", "static", "--directory-file", "x"])
+            .unwrap();
+        let Command::Run(args) = cli.command else { panic!("expected run") };
+        assert_eq!(args.protected_namespaces, DEFAULT_PROTECTED_NAMESPACES.map(String::from));
+        assert_eq!(args.resync, Duration::from_secs(600));
+    }
+
+    #[test]
+    fn the_static_directory_needs_a_file() {
+        let err = Cli::try_parse_from(["teamaccess-operator", "run", "--directory", "static"]).unwrap_err();
+        assert!(err.to_string().contains("--directory-file"), "{err}");
+    }
+}

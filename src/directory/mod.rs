@@ -1,0 +1,110 @@
+//! The directory: where group and user identities are looked up.
+//!
+//! Two implementations share one trait: `static_file` (a YAML file, for clusters
+//! without Entra ID, labs, the demo and tests) and, later, Microsoft Graph.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::watch;
+
+use crate::api::{GroupSelector, UserRef};
+
+pub mod file_format;
+pub mod static_file;
+
+/// A group as the directory knows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirectoryGroup {
+    pub object_id: String,
+    pub display_name: String,
+    pub mail_nickname: Option<String>,
+    /// Only security-enabled groups appear in a token's groups claim.
+    pub security_enabled: bool,
+}
+
+/// A user as the directory knows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirectoryUser {
+    pub object_id: String,
+    pub user_principal_name: String,
+    /// `Member` or `Guest`, as Entra ID's userType.
+    pub user_type: Option<String>,
+}
+
+impl DirectoryUser {
+    /// Guests and users of other tenants carry `#EXT#` in their UPN; the seed binds
+    /// them by objectId since the UPN in their token is not the one seen here.
+    pub fn is_guest(&self) -> bool {
+        self.user_principal_name.contains("#EXT#")
+            || self.user_type.as_deref().is_some_and(|t| t.eq_ignore_ascii_case("guest"))
+    }
+}
+
+/// Why a lookup failed. Each variant maps to its own condition reason.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum DirectoryError {
+    #[error("no group in the directory matches {selector}; check the spelling or use spec.group.objectId")]
+    GroupNotFound { selector: String },
+
+    #[error(
+        "{selector} matches {} groups ({}); display names are not unique, so nothing is bound: set spec.group.objectId to the one you mean",
+        candidates.len(),
+        candidates.join(", ")
+    )]
+    AmbiguousGroup { selector: String, candidates: Vec<String> },
+
+    #[error("no user in the directory matches {user}")]
+    UserNotFound { user: String },
+
+    #[error(
+        "the directory refused the lookup ({message}); grant the operator's identity GroupMember.Read.All (and User.ReadBasic.All for spec.users)"
+    )]
+    PermissionDenied { message: String },
+
+    #[error("the directory is throttling requests; retrying later")]
+    Throttled { retry_after: Option<Duration> },
+
+    #[error("the directory is unavailable: {message}")]
+    Unavailable { message: String },
+}
+
+impl DirectoryError {
+    /// The condition and event reason for this failure.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            DirectoryError::GroupNotFound { .. } => "GroupNotFound",
+            DirectoryError::AmbiguousGroup { .. } => "AmbiguousGroup",
+            DirectoryError::UserNotFound { .. } => "UserNotFound",
+            DirectoryError::PermissionDenied { .. } => "GraphPermissionDenied",
+            DirectoryError::Throttled { .. } => "GraphThrottled",
+            DirectoryError::Unavailable { .. } => "GraphUnavailable",
+        }
+    }
+
+    /// Whether retrying without any change by the user can succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, DirectoryError::Throttled { .. } | DirectoryError::Unavailable { .. })
+    }
+}
+
+/// Resolves groups and users.
+#[async_trait]
+pub trait Directory: Send + Sync {
+    /// Finds the one group the selector names.
+    async fn resolve_group(&self, selector: &GroupSelector) -> Result<DirectoryGroup, DirectoryError>;
+
+    /// Finds a user by userPrincipalName or objectId.
+    async fn resolve_user(&self, user: &UserRef) -> Result<DirectoryUser, DirectoryError>;
+
+    /// A receiver that changes whenever the directory's content may have changed
+    /// (a reloaded file), so every TeamAccess can be resolved again.
+    fn changes(&self) -> Option<watch::Receiver<u64>> {
+        None
+    }
+}
+
+/// Describes a user reference for messages: its UPN or objectId.
+pub fn describe_user(user: &UserRef) -> String {
+    user.user_principal_name.clone().or_else(|| user.object_id.clone()).unwrap_or_default()
+}

@@ -1,0 +1,269 @@
+//! Builds the children of a TeamAccess as plain data. No client, no I/O: the
+//! business rules live here and are unit-tested.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::{
+    api::{
+        core::v1::Namespace,
+        rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject},
+    },
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+};
+use kube::{Resource, ResourceExt};
+
+use crate::{
+    api::TeamAccess,
+    directory::{DirectoryGroup, DirectoryUser},
+};
+
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+pub const MANAGED_BY: &str = "teamaccess-operator";
+/// Label selector for everything the operator manages.
+pub const MANAGED_BY_SELECTOR: &str = "app.kubernetes.io/managed-by=teamaccess-operator";
+/// Names the TeamAccess a child belongs to (names can exceed a label value's 63 characters).
+pub const OWNER_ANNOTATION: &str = "teamaccess.dev/owner";
+/// On a namespace: the TeamAccess that created it. Its absence on a namespace without
+/// our label means the namespace existed before and is never deleted by us.
+pub const CREATED_BY_ANNOTATION: &str = "teamaccess.dev/created-by";
+
+const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
+
+/// The seed's rules: the given verbs on all resources of the core, extensions and
+/// apps groups, and on batch jobs and cronjobs.
+pub fn default_rules(verbs: &[String]) -> Vec<PolicyRule> {
+    vec![
+        PolicyRule {
+            api_groups: Some(vec!["".into(), "extensions".into(), "apps".into()]),
+            resources: Some(vec!["*".into()]),
+            verbs: verbs.to_vec(),
+            ..Default::default()
+        },
+        PolicyRule {
+            api_groups: Some(vec!["batch".into()]),
+            resources: Some(vec!["jobs".into(), "cronjobs".into()]),
+            verbs: verbs.to_vec(),
+            ..Default::default()
+        },
+    ]
+}
+
+/// The rules of the Role, or None when a ClusterRole is bound instead.
+pub fn policy_rules(ta: &TeamAccess) -> Option<Vec<PolicyRule>> {
+    let spec = &ta.spec;
+    if spec.cluster_role.is_some() {
+        return None;
+    }
+    if let Some(rules) = &spec.rules {
+        return Some(
+            rules
+                .iter()
+                .map(|r| PolicyRule {
+                    api_groups: Some(r.api_groups.clone()),
+                    resources: Some(r.resources.clone()),
+                    verbs: r.verbs.clone(),
+                    resource_names: (!r.resource_names.is_empty()).then(|| r.resource_names.clone()),
+                    non_resource_urls: None,
+                })
+                .collect(),
+        );
+    }
+    Some(default_rules(spec.verbs.as_deref().unwrap_or_default()))
+}
+
+/// Metadata of a namespaced child: our label, the owner annotation and an owner
+/// reference, so drift is seen through the owner and the garbage collector has a
+/// last word should the finalizer ever be removed by hand.
+fn child_meta(ta: &TeamAccess) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(ta.child_name()),
+        namespace: Some(ta.spec.namespace.clone()),
+        labels: Some(BTreeMap::from([(MANAGED_BY_LABEL.into(), MANAGED_BY.into())])),
+        annotations: Some(BTreeMap::from([(OWNER_ANNOTATION.into(), ta.name_any())])),
+        owner_references: ta.controller_owner_ref(&()).map(|r| vec![r]),
+        ..Default::default()
+    }
+}
+
+pub fn build_role(ta: &TeamAccess) -> Option<Role> {
+    policy_rules(ta).map(|rules| Role { metadata: child_meta(ta), rules: Some(rules) })
+}
+
+pub fn role_ref(ta: &TeamAccess) -> RoleRef {
+    match &ta.spec.cluster_role {
+        Some(name) => RoleRef { api_group: Some(RBAC_GROUP.into()), kind: "ClusterRole".into(), name: name.clone() },
+        None => RoleRef { api_group: Some(RBAC_GROUP.into()), kind: "Role".into(), name: ta.child_name() },
+    }
+}
+
+/// The subject name of a user: the UPN for members of the cluster's tenant, the
+/// objectId for guests, and the objectId when that is how spec.users names them.
+pub fn user_subject_name(requested_by_object_id: bool, user: &DirectoryUser) -> String {
+    if requested_by_object_id || user.is_guest() { user.object_id.clone() } else { user.user_principal_name.clone() }
+}
+
+pub fn build_role_binding(ta: &TeamAccess, group: &DirectoryGroup, user_subjects: &[String]) -> RoleBinding {
+    let mut subjects = vec![Subject {
+        kind: "Group".into(),
+        api_group: Some(RBAC_GROUP.into()),
+        name: group.object_id.clone(),
+        namespace: None,
+    }];
+    subjects.extend(user_subjects.iter().map(|name| Subject {
+        kind: "User".into(),
+        api_group: Some(RBAC_GROUP.into()),
+        name: name.clone(),
+        namespace: None,
+    }));
+    RoleBinding { metadata: child_meta(ta), role_ref: role_ref(ta), subjects: Some(subjects) }
+}
+
+/// The namespace as we create it: our label, the creator, and the user's metadata.
+/// Our own keys are set last so namespaceMetadata cannot disown the namespace.
+pub fn build_namespace(ta: &TeamAccess) -> Namespace {
+    let extra = ta.spec.namespace_metadata.clone().unwrap_or_default();
+    let mut labels = extra.labels;
+    labels.insert(MANAGED_BY_LABEL.into(), MANAGED_BY.into());
+    let mut annotations = extra.annotations;
+    annotations.insert(CREATED_BY_ANNOTATION.into(), ta.name_any());
+    Namespace {
+        metadata: ObjectMeta {
+            name: Some(ta.spec.namespace.clone()),
+            labels: Some(labels),
+            annotations: Some(annotations),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+/// Whether a namespace was created by this operator.
+pub fn is_managed(meta: &ObjectMeta) -> bool {
+    meta.labels.as_ref().and_then(|l| l.get(MANAGED_BY_LABEL)).map(String::as_str) == Some(MANAGED_BY)
+}
+
+/// The TeamAccess that created a managed namespace.
+pub fn created_by(meta: &ObjectMeta) -> Option<&str> {
+    meta.annotations.as_ref().and_then(|a| a.get(CREATED_BY_ANNOTATION)).map(String::as_str)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{AccessRule, GroupSelector, NamespaceMetadata, TeamAccessSpec};
+
+    fn team(name: &str, namespace: &str) -> TeamAccess {
+        let mut ta = TeamAccess::new(
+            name,
+            TeamAccessSpec {
+                group: GroupSelector { display_name: Some("appdev".into()), ..Default::default() },
+                namespace: namespace.into(),
+                verbs: Some(vec!["*".into()]),
+                rules: None,
+                cluster_role: None,
+                users: vec![],
+                namespace_metadata: None,
+                deletion_policy: Default::default(),
+            },
+        );
+        ta.metadata.uid = Some("0000-uid".into());
+        ta
+    }
+
+    fn appdev() -> DirectoryGroup {
+        DirectoryGroup {
+            object_id: "5f0a1d3e-8f8a-4c1e-9d55-0b0c2d7c1a01".into(),
+            display_name: "appdev".into(),
+            mail_nickname: None,
+            security_enabled: true,
+        }
+    }
+
+    #[test]
+    fn verbs_build_the_seeds_role_rules_exactly() {
+        let role = build_role(&team("appdev-dev", "dev")).unwrap();
+        let rules = role.rules.unwrap();
+        assert_eq!(rules.len(), 2);
+        assert_eq!(rules[0].api_groups.as_deref().unwrap(), ["", "extensions", "apps"]);
+        assert_eq!(rules[0].resources.as_deref().unwrap(), ["*"]);
+        assert_eq!(rules[0].verbs, ["*"]);
+        assert_eq!(rules[1].api_groups.as_deref().unwrap(), ["batch"]);
+        assert_eq!(rules[1].resources.as_deref().unwrap(), ["jobs", "cronjobs"]);
+        assert_eq!(role.metadata.name.as_deref(), Some("teamaccess-appdev-dev"));
+        assert_eq!(role.metadata.namespace.as_deref(), Some("dev"));
+    }
+
+    #[test]
+    fn rules_replace_the_default_resource_set() {
+        let mut ta = team("view-pods", "dev");
+        ta.spec.verbs = None;
+        ta.spec.rules = Some(vec![AccessRule {
+            api_groups: vec!["".into()],
+            resources: vec!["pods".into()],
+            verbs: vec!["get".into(), "list".into()],
+            resource_names: vec![],
+        }]);
+        let rules = build_role(&ta).unwrap().rules.unwrap();
+        assert_eq!(rules.len(), 1);
+        assert_eq!(rules[0].resources.as_deref().unwrap(), ["pods"]);
+        assert_eq!(rules[0].resource_names, None);
+    }
+
+    #[test]
+    fn a_cluster_role_means_no_role_and_a_binding_to_the_cluster_role() {
+        let mut ta = team("editors", "dev");
+        ta.spec.verbs = None;
+        ta.spec.cluster_role = Some("edit".into());
+        assert!(build_role(&ta).is_none());
+        let rb = build_role_binding(&ta, &appdev(), &[]);
+        assert_eq!(rb.role_ref.kind, "ClusterRole");
+        assert_eq!(rb.role_ref.name, "edit");
+    }
+
+    #[test]
+    fn the_binding_names_the_group_by_object_id_and_is_owned_by_the_teamaccess() {
+        let ta = team("appdev-dev", "dev");
+        let rb = build_role_binding(&ta, &appdev(), &["aksdev@contoso.com".into()]);
+        let subjects = rb.subjects.unwrap();
+        assert_eq!(subjects[0].kind, "Group");
+        assert_eq!(subjects[0].name, "5f0a1d3e-8f8a-4c1e-9d55-0b0c2d7c1a01");
+        assert_eq!(subjects[1].kind, "User");
+        assert_eq!(subjects[1].name, "aksdev@contoso.com");
+        assert_eq!(rb.role_ref.kind, "Role");
+        assert_eq!(rb.role_ref.name, "teamaccess-appdev-dev");
+        let owner = &rb.metadata.owner_references.unwrap()[0];
+        assert_eq!((owner.kind.as_str(), owner.uid.as_str()), ("TeamAccess", "0000-uid"));
+        assert_eq!(owner.controller, Some(true));
+        assert_eq!(rb.metadata.labels.unwrap()[MANAGED_BY_LABEL], MANAGED_BY);
+    }
+
+    #[test]
+    fn guests_are_bound_by_object_id_and_members_by_upn() {
+        let member =
+            DirectoryUser { object_id: "a".into(), user_principal_name: "aksdev@contoso.com".into(), user_type: None };
+        let guest = DirectoryUser {
+            object_id: "b".into(),
+            user_principal_name: "x_fabrikam.com#EXT#@contoso.onmicrosoft.com".into(),
+            user_type: Some("Guest".into()),
+        };
+        assert_eq!(user_subject_name(false, &member), "aksdev@contoso.com");
+        assert_eq!(user_subject_name(true, &member), "a");
+        assert_eq!(user_subject_name(false, &guest), "b");
+    }
+
+    #[test]
+    fn namespace_metadata_cannot_remove_our_marks() {
+        let mut ta = team("appdev-dev", "dev");
+        ta.spec.namespace_metadata = Some(NamespaceMetadata {
+            labels: BTreeMap::from([
+                ("team".into(), "appdev".into()),
+                (MANAGED_BY_LABEL.into(), "someone-else".into()),
+            ]),
+            annotations: BTreeMap::new(),
+        });
+        let ns = build_namespace(&ta);
+        assert!(is_managed(&ns.metadata));
+        assert_eq!(created_by(&ns.metadata), Some("appdev-dev"));
+        assert_eq!(ns.metadata.labels.unwrap()["team"], "appdev");
+    }
+}

@@ -1,0 +1,80 @@
+//! Reconcile failures. Each variant has a bounded `reason()` that becomes the
+//! condition reason, the Warning event reason and (later) a metric label.
+
+use crate::directory::DirectoryError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Directory(#[from] DirectoryError),
+
+    #[error(
+        "{selector} now resolves to group {resolved}, but this TeamAccess is pinned to group {pinned}; a group deleted and re-created under the same name is a different group, so nothing new is bound. To bind the new group, set spec.group.objectId to {resolved}"
+    )]
+    GroupChanged { selector: String, pinned: String, resolved: String },
+
+    #[error(
+        "group {pinned} (pinned from {selector}) is no longer in the directory; the existing binding is kept but grants nobody new. Delete this TeamAccess or point spec.group at an existing group"
+    )]
+    GroupMissing { selector: String, pinned: String },
+
+    #[error(
+        "namespace {namespace} is protected by the operator's policy (--protected-namespaces); nothing was created. Choose another spec.namespace"
+    )]
+    ProtectedNamespace { namespace: String },
+
+    #[error("namespace {namespace} is being deleted{blockers}; access is granted once it is gone and re-created")]
+    NamespaceTerminating { namespace: String, blockers: String },
+
+    #[error("ClusterRole {name} does not exist; create it or choose another spec.clusterRole")]
+    ClusterRoleNotFound { name: String },
+
+    #[error("the operator is not allowed to {action}: {message}. Check the operator's ClusterRole")]
+    Forbidden { action: String, message: String },
+
+    #[error("failed to {action}: {source}")]
+    Kube {
+        action: String,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+impl Error {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::Directory(e) => e.reason(),
+            Error::GroupChanged { .. } => "GroupObjectIdChanged",
+            Error::GroupMissing { .. } => "GroupMissing",
+            Error::ProtectedNamespace { .. } => "ProtectedNamespace",
+            Error::NamespaceTerminating { .. } => "NamespaceTerminating",
+            Error::ClusterRoleNotFound { .. } => "ClusterRoleNotFound",
+            Error::Forbidden { .. } => "Forbidden",
+            Error::Kube { .. } => "ApplyFailed",
+        }
+    }
+
+    /// Transient failures are retried with backoff and reported as Reconciling;
+    /// the rest need the user to act and are reported as Stalled.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Directory(e) => e.is_transient(),
+            Error::NamespaceTerminating { .. } | Error::Kube { .. } => true,
+            _ => false,
+        }
+    }
+
+    /// Wraps a Kubernetes API error, singling out 403 so a missing permission of
+    /// the operator reads as such instead of as a generic failure.
+    pub fn kube(action: impl Into<String>, source: kube::Error) -> Self {
+        let action = action.into();
+        match &source {
+            kube::Error::Api(status) if status.is_forbidden() => {
+                Error::Forbidden { action, message: status.message.clone() }
+            }
+            _ => Error::Kube { action, source },
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

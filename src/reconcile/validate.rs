@@ -1,0 +1,83 @@
+//! Policy checks the CRD schema cannot express, because they depend on how the
+//! operator is configured rather than on the object alone.
+
+use std::collections::BTreeSet;
+
+use super::error::Error;
+use crate::api::TeamAccess;
+
+/// Namespaces no TeamAccess may target unless the operator is configured otherwise.
+pub const DEFAULT_PROTECTED_NAMESPACES: [&str; 4] = ["kube-system", "kube-public", "kube-node-lease", "default"];
+
+#[derive(Clone, Debug)]
+pub struct Policy {
+    pub protected_namespaces: BTreeSet<String>,
+}
+
+impl Policy {
+    /// The policy from `--protected-namespaces`; the operator's own namespace is
+    /// always added, so a team can never be handed the operator's credentials.
+    pub fn new(protected: impl IntoIterator<Item = String>, own_namespace: Option<&str>) -> Self {
+        let mut protected_namespaces: BTreeSet<String> = protected.into_iter().filter(|n| !n.is_empty()).collect();
+        if let Some(ns) = own_namespace {
+            protected_namespaces.insert(ns.to_string());
+        }
+        Self { protected_namespaces }
+    }
+
+    pub fn check(&self, ta: &TeamAccess) -> Result<(), Error> {
+        if self.protected_namespaces.contains(&ta.spec.namespace) {
+            return Err(Error::ProtectedNamespace { namespace: ta.spec.namespace.clone() });
+        }
+        Ok(())
+    }
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self::new(DEFAULT_PROTECTED_NAMESPACES.map(String::from), None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{GroupSelector, TeamAccessSpec};
+
+    fn targeting(namespace: &str) -> TeamAccess {
+        TeamAccess::new(
+            "t",
+            TeamAccessSpec {
+                group: GroupSelector {
+                    object_id: Some("5f0a1d3e-8f8a-4c1e-9d55-0b0c2d7c1a01".into()),
+                    ..Default::default()
+                },
+                namespace: namespace.into(),
+                verbs: Some(vec!["get".into()]),
+                rules: None,
+                cluster_role: None,
+                users: vec![],
+                namespace_metadata: None,
+                deletion_policy: Default::default(),
+            },
+        )
+    }
+
+    #[test]
+    fn system_namespaces_are_refused_by_default() {
+        let policy = Policy::default();
+        for ns in DEFAULT_PROTECTED_NAMESPACES {
+            let err = policy.check(&targeting(ns)).unwrap_err();
+            assert_eq!(err.reason(), "ProtectedNamespace");
+            assert!(err.to_string().contains(ns));
+        }
+        assert!(policy.check(&targeting("dev")).is_ok());
+    }
+
+    #[test]
+    fn the_operators_own_namespace_is_always_protected() {
+        let policy = Policy::new(Vec::<String>::new(), Some("teamaccess-system"));
+        assert!(policy.check(&targeting("teamaccess-system")).is_err());
+        assert!(policy.check(&targeting("kube-system")).is_ok(), "the configured list replaces the defaults");
+    }
+}
