@@ -1,0 +1,46 @@
+# Entry points for people and CI. Each target is a thin wrapper over a script,
+# so the scripts can be read (and run) on their own.
+SHELL := /bin/bash
+
+.PHONY: help build test unit demo cluster-up cluster-down cluster-bin crds check-crds fmt lint
+
+help:
+	@echo "make demo          the seed's scenario on a local control plane (KEEP=1 leaves it running)"
+	@echo "make test          every test: unit, integration on a real control plane, fmt, clippy"
+	@echo "make cluster-up    start a local control plane; prints KUBECONFIG=<path> last"
+	@echo "make cluster-down  stop it (KUBECONFIG=<path> picks one, else the last started)"
+	@echo "make crds          regenerate crds/ from the Rust types"
+
+build:
+	cargo build --locked --release
+
+test:
+	scripts/test.sh
+
+unit:
+	cargo test --locked --lib --bins
+
+demo:
+	scripts/demo.sh
+
+cluster-bin:
+	tests/cluster/cluster.sh bin
+
+cluster-up:
+	@tests/cluster/cluster.sh up
+
+cluster-down:
+	@tests/cluster/cluster.sh down
+
+crds:
+	cargo run --quiet --locked -- crd > crds/teamaccess.yaml
+
+check-crds:
+	scripts/check-crds.sh
+
+fmt:
+	cargo fmt --all
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --locked --all-targets -- -D warnings

@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# make demo: the seed's scenario ("Use Kubernetes RBAC with Microsoft Entra ID in
+# AKS") done by the operator on a local control plane.
+#
+# Builds what it needs, starts a control plane, installs the CRD, runs the operator
+# with a static directory holding the seed's groups and users, applies the seed's
+# two TeamAccess objects, waits for Ready and prints the access matrix as the API
+# server decides it. Then it cleans up; KEEP=1 leaves everything running.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root="$PWD"
+seed="$root/deploy/examples/seed"
+started=$SECONDS
+
+say() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
+
+say "building the operator"
+cargo build --locked --quiet
+operator="$root/target/debug/teamaccess-operator"
+
+say "starting a local control plane"
+line="$(tests/cluster/cluster.sh up | tail -n 1)"
+export KUBECONFIG="${line#KUBECONFIG=}"
+state="$(dirname "$KUBECONFIG")"
+operator_pid=""
+
+cleanup() {
+  local rc=$?
+  if [[ "${KEEP:-}" == 1 && $rc -eq 0 ]]; then
+    return
+  fi
+  say "cleaning up"
+  if [[ -n "$operator_pid" ]] && kill -0 "$operator_pid" 2>/dev/null; then
+    # Delete while the operator runs, so its finalizer removes what it created.
+    kubectl delete teamaccess appdev-dev opssre-sre --ignore-not-found --wait=true --timeout=60s || true
+    kill "$operator_pid" 2>/dev/null || true
+    wait "$operator_pid" 2>/dev/null || true
+  fi
+  tests/cluster/cluster.sh down || true
+  if [[ $rc -ne 0 && -f "$state/operator.log" ]]; then
+    echo "operator log (last lines):"
+    tail -n 40 "$state/operator.log" || true
+  fi
+}
+trap cleanup EXIT
+
+say "installing the TeamAccess CRD"
+kubectl apply -f crds/teamaccess.yaml
+kubectl wait --for=condition=Established crd/teamaccesses.teamaccess.dev --timeout=30s
+
+say "starting the operator (static directory: $seed/directory.yaml)"
+cp "$seed/directory.yaml" "$state/directory.yaml"
+"$operator" run --directory static --directory-file "$state/directory.yaml" --resync 10m \
+  >"$state/operator.log" 2>&1 &
+operator_pid=$!
+
+say "applying the seed's two TeamAccess objects"
+applied_at=$(date +%s.%N)
+kubectl apply -f "$seed/teamaccesses.yaml"
+kubectl wait --for=condition=Ready teamaccess/appdev-dev teamaccess/opssre-sre --timeout=60s
+ready_at=$(date +%s.%N)
+awk -v a="$applied_at" -v r="$ready_at" 'BEGIN { printf "both Ready %.2fs after apply\n", r - a }'
+
+say "kubectl get teamaccess"
+kubectl get teamaccess
+
+appdev_id=$(kubectl get teamaccess appdev-dev -o jsonpath='{.status.group.objectId}')
+opssre_id=$(kubectl get teamaccess opssre-sre -o jsonpath='{.status.group.objectId}')
+
+say "access matrix, as the API server decides it (kubectl auth can-i --as <upn> --as-group <objectId>)"
+printf '%-22s %-34s %-8s %s\n' "USER" "CHECK" "ANSWER" "EXPECTED"
+failures=0
+check() {
+  local user="$1" group="$2" expected="$3"
+  shift 3
+  local answer
+  answer=$(kubectl auth can-i "$@" --as "$user" --as-group "$group" 2>/dev/null || true)
+  printf '%-22s %-34s %-8s %s\n' "$user" "$*" "$answer" "$expected"
+  [[ "$answer" == "$expected" ]] || failures=$((failures + 1))
+}
+check aksdev@contoso.com "$appdev_id" yes create pods --namespace dev
+check aksdev@contoso.com "$appdev_id" no create pods --namespace sre
+check aksdev@contoso.com "$appdev_id" no list pods --all-namespaces
+check akssre@contoso.com "$opssre_id" yes create pods --namespace sre
+check akssre@contoso.com "$opssre_id" no create pods --namespace dev
+check akssre@contoso.com "$opssre_id" no list pods --all-namespaces
+if ((failures)); then
+  echo "the access matrix differs from the seed's expectations in $failures place(s)" >&2
+  exit 1
+fi
+echo "the access matrix matches the seed: each team gets in to its own namespace only"
+
+if [[ "${KEEP:-}" == 1 ]]; then
+  say "left running (KEEP=1)"
+  cat <<EOF
+  export KUBECONFIG=$KUBECONFIG
+  kubectl get teamaccess
+  kubectl auth can-i create pods -n dev --as aksdev@contoso.com --as-group $appdev_id
+  operator: pid $operator_pid, log $state/operator.log, directory $state/directory.yaml
+  stop it:  kill $operator_pid; KUBECONFIG=$KUBECONFIG make cluster-down
+EOF
+fi
+echo "demo finished in $((SECONDS - started))s"

@@ -1,0 +1,246 @@
+//! Shared helpers of the integration tests. They run against the real control
+//! plane named by TEAMACCESS_TEST_KUBECONFIG (`make test` starts one).
+#![allow(dead_code)] // each test binary uses its own part of the helpers
+
+pub mod operator;
+
+use std::{future::Future, path::PathBuf, time::Duration};
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::{
+    Api, Client, Config,
+    api::{DeleteParams, PostParams},
+    config::{AuthInfo, KubeConfigOptions, Kubeconfig},
+};
+
+pub const KUBECONFIG_ENV: &str = "TEAMACCESS_TEST_KUBECONFIG";
+
+pub fn kubeconfig_path() -> PathBuf {
+    match std::env::var_os(KUBECONFIG_ENV) {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => panic!(
+            "{KUBECONFIG_ENV} is not set. These tests need a real control plane: run `make test` (it starts one), \
+             or start one with `make cluster-up` and export {KUBECONFIG_ENV}=<the path it prints>"
+        ),
+    }
+}
+
+fn install_crypto_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
+async fn config_with(auth: impl FnOnce(&mut Kubeconfig)) -> Config {
+    install_crypto_provider();
+    let path = kubeconfig_path();
+    let mut kubeconfig =
+        Kubeconfig::read_from(&path).unwrap_or_else(|e| panic!("cannot read {KUBECONFIG_ENV}={}: {e}", path.display()));
+    auth(&mut kubeconfig);
+    Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .unwrap_or_else(|e| panic!("invalid kubeconfig {}: {e}", path.display()))
+}
+
+/// A client with the cluster-admin credentials of the test cluster.
+pub async fn admin_client() -> Client {
+    Client::try_from(config_with(|_| {}).await).expect("client")
+}
+
+/// A client that acts as `user` in `groups`, the way the API server sees an Entra
+/// ID user whose token carries group objectIds.
+pub async fn impersonating(user: &str, groups: &[&str]) -> Client {
+    let mut config = config_with(|_| {}).await;
+    config.auth_info.impersonate = Some(user.to_string());
+    config.auth_info.impersonate_groups = Some(groups.iter().map(|g| g.to_string()).collect());
+    Client::try_from(config).expect("client")
+}
+
+/// A client that authenticates with a bearer token only.
+pub async fn with_token(token: &str) -> Client {
+    let config = config_with(|kc| {
+        for named in &mut kc.auth_infos {
+            named.auth_info = Some(AuthInfo { token: Some(token.to_string().into()), ..Default::default() });
+        }
+    })
+    .await;
+    Client::try_from(config).expect("client")
+}
+
+/// A name no other test uses: prefix plus a random suffix.
+pub fn unique(prefix: &str) -> String {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let suffix: String = (0..6).map(|_| ALPHABET[fastrand::usize(..ALPHABET.len())] as char).collect();
+    format!("{prefix}-{suffix}")
+}
+
+/// Polls `check` every 250 ms until it returns Some, or panics after `timeout`
+/// with `what` and the last state seen.
+pub async fn wait_for<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match check().await {
+            Ok(v) => return v,
+            Err(last) if tokio::time::Instant::now() >= deadline => {
+                panic!("timed out after {timeout:?} waiting for {what}; last seen: {last}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
+    }
+}
+
+/// Creates a namespace with a unique name.
+pub async fn create_namespace(client: &Client, prefix: &str) -> String {
+    let name = unique(prefix);
+    let ns = Namespace {
+        metadata: kube::api::ObjectMeta { name: Some(name.clone()), ..Default::default() },
+        ..Default::default()
+    };
+    Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await.expect("create namespace");
+    name
+}
+
+/// Deletes a namespace, ignoring one that is already gone.
+pub async fn delete_namespace(client: &Client, name: &str) {
+    match Api::<Namespace>::all(client.clone()).delete(name, &DeleteParams::default()).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.is_not_found() => {}
+        Err(e) => panic!("delete namespace {name}: {e}"),
+    }
+}
+
+/// Waits until a namespace is really gone (not merely Terminating).
+pub async fn wait_namespace_gone(client: &Client, name: &str, timeout: Duration) {
+    let api = Api::<Namespace>::all(client.clone());
+    wait_for(timeout, &format!("namespace {name} to be gone"), || async {
+        match api.get_opt(name).await {
+            Ok(None) => Ok(()),
+            Ok(Some(ns)) => Err(format!("phase {:?}", ns.status.and_then(|s| s.phase))),
+            Err(e) => Err(e.to_string()),
+        }
+    })
+    .await
+}
+
+/// The HTTP status of an API error, or 0 for other errors.
+pub fn api_status<T>(result: &Result<T, kube::Error>) -> u16 {
+    match result {
+        Ok(_) => 200,
+        Err(kube::Error::Api(s)) => s.code,
+        Err(_) => 0,
+    }
+}
+
+/// Installs (or updates) the TeamAccess CRD from the Rust types and waits until
+/// it is Established. Every test binary that uses TeamAccess calls this first.
+pub async fn ensure_crd(client: &Client) {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::{
+        CustomResourceExt,
+        api::{Patch, PatchParams},
+    };
+    let crd = teamaccess_operator::api::TeamAccess::crd();
+    let api = Api::<CustomResourceDefinition>::all(client.clone());
+    let name = "teamaccesses.teamaccess.dev";
+    api.patch(name, &PatchParams::apply("teamaccess-tests").force(), &Patch::Apply(&crd))
+        .await
+        .expect("apply the TeamAccess CRD");
+    wait_for(Duration::from_secs(30), "the CRD to be Established", || async {
+        let crd = api.get(name).await.map_err(|e| e.to_string())?;
+        let established = crd
+            .status
+            .and_then(|s| s.conditions)
+            .unwrap_or_default()
+            .iter()
+            .any(|c| c.type_ == "Established" && c.status == "True");
+        if established { Ok(()) } else { Err("not Established".into()) }
+    })
+    .await;
+    // The API server serves a new CRD's schema a moment after Established; a list
+    // that succeeds means requests are routed to it.
+    let tas = Api::<teamaccess_operator::api::TeamAccess>::all(client.clone());
+    wait_for(Duration::from_secs(30), "TeamAccess to be served", || async {
+        tas.list(&kube::api::ListParams::default().limit(1)).await.map(|_| ()).map_err(|e| e.to_string())
+    })
+    .await;
+}
+
+/// Creates a pod as `user` in `groups` (impersonated) and returns the HTTP status:
+/// 200 when created, 403 when RBAC forbids it.
+pub async fn create_pod_as(user: &str, groups: &[&str], namespace: &str) -> u16 {
+    use k8s_openapi::api::core::v1::Pod;
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": unique("nginx")},
+        "spec": {"containers": [{"name": "nginx", "image": "mcr.microsoft.com/oss/nginx/nginx:1.15.5-alpine"}]}
+    }))
+    .unwrap();
+    let client = impersonating(user, groups).await;
+    match Api::<Pod>::namespaced(client, namespace).create(&PostParams::default(), &pod).await {
+        Ok(_) => 200,
+        // Only RBAC's own denial counts as 403; a missing ServiceAccount also gives
+        // 403 and must not pass for a denial.
+        Err(kube::Error::Api(s)) if s.code == 403 && !s.message.contains("cannot create resource") => 0,
+        Err(kube::Error::Api(s)) => s.code,
+        Err(e) => panic!("create pod as {user}: {e}"),
+    }
+}
+
+/// Lists pods across all namespaces as `user` in `groups` and returns the HTTP status.
+pub async fn list_all_pods_as(user: &str, groups: &[&str]) -> u16 {
+    use k8s_openapi::api::core::v1::Pod;
+    let client = impersonating(user, groups).await;
+    api_status(&Api::<Pod>::all(client).list(&Default::default()).await)
+}
+
+/// Asks the API server whether `user` in `groups` may `verb` `resource` of
+/// `api_group` in `namespace` (a SubjectAccessReview).
+pub async fn allowed(
+    admin: &Client,
+    user: &str,
+    groups: &[&str],
+    verb: &str,
+    api_group: &str,
+    resource: &str,
+    namespace: &str,
+) -> bool {
+    use k8s_openapi::api::authorization::v1::{ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec};
+    let review = SubjectAccessReview {
+        spec: SubjectAccessReviewSpec {
+            user: Some(user.into()),
+            groups: Some(groups.iter().map(|g| g.to_string()).collect()),
+            resource_attributes: Some(ResourceAttributes {
+                namespace: Some(namespace.into()),
+                verb: Some(verb.into()),
+                group: Some(api_group.into()),
+                resource: Some(resource.into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let answer = Api::<SubjectAccessReview>::all(admin.clone())
+        .create(&PostParams::default(), &review)
+        .await
+        .expect("SubjectAccessReview");
+    answer.status.expect("SubjectAccessReview status").allowed
+}
+
+/// Waits until an impersonated pod creation gives `expected` (RBAC sees new
+/// bindings through an informer, a moment after they are written).
+pub async fn wait_pod_create_status(user: &str, groups: &[&str], namespace: &str, expected: u16) {
+    wait_for(
+        Duration::from_secs(15),
+        &format!("{user} creating a pod in {namespace} to get HTTP {expected}"),
+        || async {
+            match create_pod_as(user, groups, namespace).await {
+                code if code == expected => Ok(()),
+                code => Err(format!("HTTP {code}")),
+            }
+        },
+    )
+    .await
+}

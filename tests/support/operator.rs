@@ -1,0 +1,184 @@
+//! Runs the operator's controller inside a test, against the real control plane,
+//! with its own static directory file. Each test's operator only sees the
+//! TeamAccess objects carrying its own label, so tests can run side by side.
+
+use std::{collections::BTreeMap, path::PathBuf, sync::Arc, time::Duration};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{
+    Api, Client, ResourceExt,
+    api::{DeleteParams, Patch, PatchParams},
+};
+use teamaccess_operator::{
+    api::{GroupSelector, TeamAccess, TeamAccessSpec},
+    directory::static_file::StaticDirectory,
+    reconcile::{self, Context, Policy, Settings},
+};
+use tokio::{sync::oneshot, task::JoinHandle};
+
+use super::{admin_client, ensure_crd, unique, wait_for};
+
+pub const TEST_LABEL: &str = "teamaccess.dev/test";
+
+/// The seed's tenant, as in deploy/examples/seed/directory.yaml.
+pub const APPDEV: &str = "5f0a1d3e-8f8a-4c1e-9d55-0b0c2d7c1a01";
+pub const OPSSRE: &str = "7c2e4b91-3d5a-4f60-8b1c-2e9d0a4f6b02";
+pub const AKSDEV: &str = "aksdev@contoso.com";
+pub const AKSSRE: &str = "akssre@contoso.com";
+pub const SEED_DIRECTORY: &str = include_str!("../../deploy/examples/seed/directory.yaml");
+
+pub struct TestOperator {
+    pub client: Client,
+    pub label: String,
+    pub directory_file: PathBuf,
+    running: Option<(oneshot::Sender<()>, JoinHandle<()>)>,
+}
+
+impl TestOperator {
+    /// Installs the CRD and starts an operator with the given directory content.
+    pub async fn start(directory_yaml: &str) -> Self {
+        let client = admin_client().await;
+        ensure_crd(&client).await;
+        let label = unique("op");
+        let dir = std::env::temp_dir().join(format!("teamaccess-test-{label}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let directory_file = dir.join("directory.yaml");
+        std::fs::write(&directory_file, directory_yaml).unwrap();
+        let mut op = Self { client, label, directory_file, running: None };
+        op.resume().await;
+        op
+    }
+
+    /// Starts (again) the controller; a no-op when it runs.
+    pub async fn resume(&mut self) {
+        if self.running.is_some() {
+            return;
+        }
+        let directory = StaticDirectory::load(&self.directory_file).await.expect("load the directory file");
+        let settings = Settings {
+            policy: Policy::default(),
+            resync: Duration::from_secs(60),
+            concurrency: 4,
+            selector: Some(format!("{TEST_LABEL}={}", self.label)),
+        };
+        let ctx = Arc::new(Context::new(self.client.clone(), Arc::new(directory), settings, Some(self.label.clone())));
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            reconcile::run(ctx, async move {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("controller runs");
+        });
+        self.running = Some((stop, task));
+    }
+
+    /// Stops the controller, as a pod shutdown would.
+    pub async fn stop(&mut self) {
+        if let Some((stop, task)) = self.running.take() {
+            let _ = stop.send(());
+            let _ = tokio::time::timeout(Duration::from_secs(20), task).await;
+        }
+    }
+
+    pub fn write_directory(&self, yaml: &str) {
+        std::fs::write(&self.directory_file, yaml).unwrap();
+    }
+
+    pub fn api(&self) -> Api<TeamAccess> {
+        Api::all(self.client.clone())
+    }
+
+    /// A TeamAccess this operator reconciles.
+    pub fn team(&self, name: &str, group: GroupSelector, namespace: &str) -> TeamAccess {
+        let mut ta = TeamAccess::new(
+            name,
+            TeamAccessSpec {
+                group,
+                namespace: namespace.into(),
+                verbs: Some(vec!["*".into()]),
+                rules: None,
+                cluster_role: None,
+                users: vec![],
+                namespace_metadata: None,
+                deletion_policy: Default::default(),
+            },
+        );
+        ta.metadata.labels = Some(BTreeMap::from([(TEST_LABEL.to_string(), self.label.clone())]));
+        ta
+    }
+
+    pub async fn apply(&self, ta: &TeamAccess) {
+        let mut obj = ta.clone();
+        obj.metadata.managed_fields = None;
+        obj.metadata.resource_version = None;
+        obj.status = None;
+        self.api()
+            .patch(&ta.name_any(), &PatchParams::apply("e2e-test").force(), &Patch::Apply(&obj))
+            .await
+            .unwrap_or_else(|e| panic!("apply TeamAccess {}: {e}", ta.name_any()));
+    }
+
+    pub async fn delete(&self, name: &str) {
+        match self.api().delete(name, &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.is_not_found() => {}
+            Err(e) => panic!("delete TeamAccess {name}: {e}"),
+        }
+    }
+
+    /// Waits until the object is gone (its finalizer ran).
+    pub async fn wait_deleted(&self, name: &str, timeout: Duration) {
+        let api = self.api();
+        wait_for(timeout, &format!("TeamAccess {name} to be deleted"), || async {
+            match api.get_opt(name).await {
+                Ok(None) => Ok(()),
+                Ok(Some(ta)) => Err(format!("still present, finalizers {:?}", ta.finalizers())),
+                Err(e) => Err(e.to_string()),
+            }
+        })
+        .await
+    }
+
+    /// Waits until condition `type_` has `status` (and `reason`, when given) for the
+    /// object's current generation, and returns the object.
+    pub async fn wait_condition(
+        &self,
+        name: &str,
+        type_: &str,
+        status: &str,
+        reason: Option<&str>,
+        timeout: Duration,
+    ) -> TeamAccess {
+        let api = self.api();
+        wait_for(timeout, &format!("{name} to have {type_}={status} {reason:?}"), || async {
+            let ta = api.get(name).await.map_err(|e| e.to_string())?;
+            let conditions: Vec<Condition> = ta.status.clone().map(|s| s.conditions).unwrap_or_default();
+            let matched = conditions.iter().any(|c| {
+                c.type_ == type_
+                    && c.status == status
+                    && reason.is_none_or(|r| c.reason == r)
+                    && c.observed_generation == ta.metadata.generation
+            });
+            if matched { Ok(ta) } else { Err(format!("{conditions:?}")) }
+        })
+        .await
+    }
+
+    pub async fn wait_ready(&self, name: &str) -> TeamAccess {
+        self.wait_condition(name, "Ready", "True", None, Duration::from_secs(30)).await
+    }
+}
+
+impl Drop for TestOperator {
+    fn drop(&mut self) {
+        if let Some((_, task)) = self.running.take() {
+            task.abort();
+        }
+        let _ = std::fs::remove_dir_all(self.directory_file.parent().unwrap());
+    }
+}
+
+pub fn by_name(name: &str) -> GroupSelector {
+    GroupSelector { display_name: Some(name.into()), ..Default::default() }
+}
