@@ -1,0 +1,713 @@
+//! An emulator of the Entra ID token endpoint and of the Microsoft Graph v1.0
+//! endpoints teamaccess-operator uses, over HTTPS with a CA of its own.
+//!
+//! It answers as the real services document: OAuth2 client-credentials tokens for a
+//! client secret or a federated assertion, an App Service style managed-identity
+//! endpoint, `GET /v1.0/groups` with `$filter` / `$select` / `$top` and
+//! `@odata.nextLink` paging, `GET /v1.0/groups/{id}`, `GET /v1.0/users/{id|upn}`,
+//! `POST /v1.0/$batch` (at most 20 requests, each with its own status), Graph's
+//! error body and codes, and bearer tokens that are checked. Tests inject faults
+//! (throttling with Retry-After, 503 outages, 403, latency) and read counters.
+
+use std::{
+    collections::{HashMap, HashSet},
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::{
+        Arc, Mutex, RwLock,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use axum::{
+    Form, Json, Router,
+    body::Bytes,
+    extract::{OriginalUri, Path as UrlPath, Query, State},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::{get, post, put},
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use teamaccess_operator::directory::file_format::{DirectoryFile, GroupRecord, UserRecord};
+
+pub mod odata;
+
+/// The tenant, application and secrets the emulator accepts.
+pub const TENANT_ID: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
+pub const CLIENT_ID: &str = "3b1f8e5a-2c4d-4e6f-8a9b-0c1d2e3f4a5b";
+pub const CLIENT_SECRET: &str = "emulator-client-secret";
+/// The projected ServiceAccount token Workload Identity presents as its assertion.
+pub const FEDERATED_TOKEN: &str = "eyJhbGciOiJSUzI1NiJ9.emulator-federated-token.signature";
+/// The secret header of the App Service managed-identity endpoint.
+pub const IDENTITY_HEADER: &str = "emulator-identity-header";
+
+const GROUP_PROPERTIES: &[&str] =
+    &["id", "displayName", "mailNickname", "securityEnabled", "mailEnabled", "description"];
+const USER_PROPERTIES: &[&str] = &["id", "userPrincipalName", "displayName", "userType", "mail"];
+const MAX_BATCH: usize = 20;
+
+/// Faults to inject, set by tests or through `POST /_emulator/faults`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Faults {
+    /// The next N Graph lookups (a request, or an item of a batch) get 429.
+    pub throttle_next: u32,
+    /// Every Graph request gets 429 for this many seconds from now.
+    pub throttle_for_secs: u64,
+    /// Retry-After sent with 429 and 503 (seconds).
+    pub retry_after_secs: u64,
+    /// Every Graph request gets 503 for this many seconds from now.
+    pub outage_for_secs: u64,
+    /// Every Graph request gets 403 Authorization_RequestDenied.
+    pub forbidden: bool,
+    /// Added to every Graph request.
+    pub latency_ms: u64,
+}
+
+#[derive(Debug, Default)]
+struct ActiveFaults {
+    throttle_next: u32,
+    throttle_until: Option<Instant>,
+    outage_until: Option<Instant>,
+    retry_after_secs: u64,
+    forbidden: bool,
+    latency: Duration,
+}
+
+/// Request counters.
+#[derive(Debug, Default)]
+struct Counters {
+    graph_requests: AtomicU64,
+    batch_requests: AtomicU64,
+    lookups: AtomicU64,
+    throttled: AtomicU64,
+    token_requests: AtomicU64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Stats {
+    /// HTTP requests to /v1.0 (a $batch counts once).
+    pub graph_requests: u64,
+    pub batch_requests: u64,
+    /// Lookups answered: plain requests plus batch items.
+    pub lookups: u64,
+    /// 429 answers, for requests and batch items.
+    pub throttled: u64,
+    pub token_requests: u64,
+}
+
+struct Shared {
+    base_url: String,
+    directory: RwLock<DirectoryFile>,
+    faults: Mutex<ActiveFaults>,
+    counters: Counters,
+    tokens: Mutex<HashSet<String>>,
+}
+
+/// A running emulator; it stops when dropped.
+pub struct Emulator {
+    shared: Arc<Shared>,
+    ca_path: PathBuf,
+    handle: axum_server::Handle<SocketAddr>,
+}
+
+impl Emulator {
+    /// Starts on a free loopback port. The CA certificate is written to
+    /// `<dir>/ca.crt`, for `--ca-file`.
+    pub async fn start(directory: DirectoryFile, dir: &Path) -> std::io::Result<Self> {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        std::fs::create_dir_all(dir)?;
+        let tls = tls_material().map_err(std::io::Error::other)?;
+        let ca_path = dir.join("ca.crt");
+        std::fs::write(&ca_path, &tls.ca_pem)?;
+
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(Shared {
+            base_url: format!("https://127.0.0.1:{}", addr.port()),
+            directory: RwLock::new(directory),
+            faults: Mutex::default(),
+            counters: Counters::default(),
+            tokens: Mutex::default(),
+        });
+        let config =
+            axum_server::tls_rustls::RustlsConfig::from_pem(tls.cert_pem.into_bytes(), tls.key_pem.into_bytes())
+                .await?;
+        let handle = axum_server::Handle::new();
+        let server = axum_server::from_tcp_rustls(listener, config)?.handle(handle.clone());
+        let app = router(shared.clone());
+        tokio::spawn(async move {
+            if let Err(e) = server.serve(app.into_make_service()).await {
+                eprintln!("graph emulator stopped: {e}");
+            }
+        });
+        Ok(Self { shared, ca_path, handle })
+    }
+
+    /// The base URL: both the authority host and the Graph root.
+    pub fn url(&self) -> &str {
+        &self.shared.base_url
+    }
+
+    pub fn ca_path(&self) -> &Path {
+        &self.ca_path
+    }
+
+    pub fn set_directory(&self, directory: DirectoryFile) {
+        *self.shared.directory.write().unwrap() = directory;
+    }
+
+    pub fn directory(&self) -> DirectoryFile {
+        self.shared.directory.read().unwrap().clone()
+    }
+
+    pub fn set_faults(&self, faults: &Faults) {
+        self.shared.set_faults(faults);
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.shared.stats()
+    }
+
+    pub fn reset_stats(&self) {
+        self.shared.reset_stats();
+    }
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        self.handle.shutdown();
+    }
+}
+
+impl Shared {
+    fn set_faults(&self, f: &Faults) {
+        let now = Instant::now();
+        *self.faults.lock().unwrap() = ActiveFaults {
+            throttle_next: f.throttle_next,
+            throttle_until: (f.throttle_for_secs > 0).then(|| now + Duration::from_secs(f.throttle_for_secs)),
+            outage_until: (f.outage_for_secs > 0).then(|| now + Duration::from_secs(f.outage_for_secs)),
+            retry_after_secs: if f.retry_after_secs == 0 { 1 } else { f.retry_after_secs },
+            forbidden: f.forbidden,
+            latency: Duration::from_millis(f.latency_ms),
+        };
+    }
+
+    fn stats(&self) -> Stats {
+        let c = &self.counters;
+        Stats {
+            graph_requests: c.graph_requests.load(Ordering::Relaxed),
+            batch_requests: c.batch_requests.load(Ordering::Relaxed),
+            lookups: c.lookups.load(Ordering::Relaxed),
+            throttled: c.throttled.load(Ordering::Relaxed),
+            token_requests: c.token_requests.load(Ordering::Relaxed),
+        }
+    }
+
+    fn reset_stats(&self) {
+        let c = &self.counters;
+        for counter in [&c.graph_requests, &c.batch_requests, &c.lookups, &c.throttled, &c.token_requests] {
+            counter.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// A fault that answers a whole HTTP request, before any lookup.
+    fn request_fault(&self) -> Option<GraphReply> {
+        let f = self.faults.lock().unwrap();
+        let now = Instant::now();
+        if f.outage_until.is_some_and(|t| now < t) {
+            return Some(
+                GraphReply::error(503, "serviceNotAvailable", "Service Unavailable").retry_after(f.retry_after_secs),
+            );
+        }
+        if f.throttle_until.is_some_and(|t| now < t) {
+            self.counters.throttled.fetch_add(1, Ordering::Relaxed);
+            return Some(throttled(f.retry_after_secs));
+        }
+        if f.forbidden {
+            return Some(GraphReply::error(
+                403,
+                "Authorization_RequestDenied",
+                "Insufficient privileges to complete the operation.",
+            ));
+        }
+        None
+    }
+
+    /// A fault that answers one lookup (a request or a batch item).
+    fn lookup_fault(&self) -> Option<GraphReply> {
+        let mut f = self.faults.lock().unwrap();
+        if f.throttle_next > 0 {
+            f.throttle_next -= 1;
+            self.counters.throttled.fetch_add(1, Ordering::Relaxed);
+            return Some(throttled(f.retry_after_secs));
+        }
+        None
+    }
+
+    fn latency(&self) -> Duration {
+        self.faults.lock().unwrap().latency
+    }
+
+    fn check_bearer(&self, headers: &HeaderMap) -> Option<GraphReply> {
+        let token =
+            headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+        match token {
+            None => Some(GraphReply::error(401, "InvalidAuthenticationToken", "Access token is empty.")),
+            Some(t) if !self.tokens.lock().unwrap().contains(t) => {
+                Some(GraphReply::error(401, "InvalidAuthenticationToken", "Access token validation failure."))
+            }
+            Some(_) => None,
+        }
+    }
+
+    fn issue_token(&self) -> String {
+        let token = format!("emu.{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
+        self.tokens.lock().unwrap().insert(token.clone());
+        token
+    }
+
+    /// Answers one GET on the Graph v1.0 tree; `path` is below /v1.0, `query` raw.
+    fn lookup(&self, path: &str, query: &str) -> GraphReply {
+        self.counters.lookups.fetch_add(1, Ordering::Relaxed);
+        if let Some(reply) = self.lookup_fault() {
+            return reply;
+        }
+        let params = match parse_query(query) {
+            Ok(p) => p,
+            Err(msg) => return GraphReply::error(400, "Request_BadRequest", &msg),
+        };
+        let segments: Vec<String> = path
+            .trim_matches('/')
+            .split('/')
+            .map(|s| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned())
+            .collect();
+        let directory = self.directory.read().unwrap();
+        match segments.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+            ["groups"] => self.list_groups(&directory, &params, path),
+            ["groups", id] => match directory.groups.iter().find(|g| g.object_id.eq_ignore_ascii_case(id)) {
+                Some(g) => select(group_json(g), &params, GROUP_PROPERTIES, "group"),
+                None if !is_guid(id) => {
+                    GraphReply::error(400, "Request_BadRequest", &format!("Invalid object identifier '{id}'."))
+                }
+                None => not_found(id),
+            },
+            ["users", key] => {
+                let user = directory
+                    .users
+                    .iter()
+                    .find(|u| u.object_id.eq_ignore_ascii_case(key) || u.user_principal_name.eq_ignore_ascii_case(key));
+                match user {
+                    Some(u) => select(user_json(u), &params, USER_PROPERTIES, "user"),
+                    None => not_found(key),
+                }
+            }
+            _ => {
+                GraphReply::error(400, "BadRequest", &format!("Resource not found for the segment '{}'.", segments[0]))
+            }
+        }
+    }
+
+    fn list_groups(&self, directory: &DirectoryFile, params: &HashMap<String, String>, path: &str) -> GraphReply {
+        let filter = match params.get("$filter").map(|f| odata::parse_filter(f)) {
+            Some(Err(msg)) => return GraphReply::error(400, "Request_UnsupportedQuery", &msg),
+            Some(Ok(f)) => Some(f),
+            None => None,
+        };
+        let top = match params.get("$top").map(|t| t.parse::<usize>()) {
+            None => 100,
+            Some(Ok(t)) if (1..=999).contains(&t) => t,
+            Some(_) => {
+                return GraphReply::error(
+                    400,
+                    "Request_BadRequest",
+                    "Invalid page size specified. Must be between 1 and 999 inclusive.",
+                );
+            }
+        };
+        let skip: usize =
+            params.get("$skiptoken").and_then(|s| s.strip_prefix("emu").and_then(|n| n.parse().ok())).unwrap_or(0);
+        let matching: Vec<&GroupRecord> = directory
+            .groups
+            .iter()
+            .filter(|g| {
+                filter.as_ref().is_none_or(|f| {
+                    f.matches(|prop| match prop {
+                        "displayName" => Some(g.display_name.clone()),
+                        "mailNickname" => g.mail_nickname.clone(),
+                        "id" => Some(g.object_id.clone()),
+                        _ => None,
+                    })
+                })
+            })
+            .collect();
+        let mut values = Vec::new();
+        for g in matching.iter().skip(skip).take(top) {
+            match select(group_json(g), params, GROUP_PROPERTIES, "group") {
+                GraphReply { status: 200, body, .. } => values.push(body),
+                error => return error,
+            }
+        }
+        let mut body = json!({"@odata.context": format!("{}/v1.0/$metadata#groups", self.base_url), "value": values});
+        if skip + top < matching.len() {
+            let mut next: Vec<String> = params
+                .iter()
+                .filter(|(k, _)| k.as_str() != "$skiptoken")
+                .map(|(k, v)| format!("{k}={}", encode(v)))
+                .collect();
+            next.sort();
+            next.push(format!("$skiptoken=emu{}", skip + top));
+            body["@odata.nextLink"] =
+                json!(format!("{}/v1.0/{}?{}", self.base_url, path.trim_matches('/'), next.join("&")));
+        }
+        GraphReply::ok(body)
+    }
+}
+
+/// A Graph answer before it becomes an HTTP response or a batch item.
+#[derive(Debug, Clone)]
+struct GraphReply {
+    status: u16,
+    retry_after: Option<u64>,
+    body: Value,
+}
+
+impl GraphReply {
+    fn ok(body: Value) -> Self {
+        Self { status: 200, retry_after: None, body }
+    }
+
+    /// Graph's error body: code, message and innerError.
+    fn error(status: u16, code: &str, message: &str) -> Self {
+        let date = jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%S").to_string();
+        let id = format!(
+            "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
+            fastrand::u32(..),
+            fastrand::u16(..),
+            fastrand::u16(..4096),
+            fastrand::u16(..4096),
+            fastrand::u64(..1 << 48)
+        );
+        Self {
+            status,
+            retry_after: None,
+            body: json!({"error": {"code": code, "message": message,
+                "innerError": {"date": date, "request-id": id, "client-request-id": id}}}),
+        }
+    }
+
+    fn retry_after(mut self, secs: u64) -> Self {
+        self.retry_after = Some(secs);
+        self
+    }
+
+    fn headers_json(&self) -> Value {
+        let mut h = json!({"Content-Type": "application/json"});
+        if let Some(s) = self.retry_after {
+            h["Retry-After"] = json!(s.to_string());
+        }
+        h
+    }
+}
+
+impl IntoResponse for GraphReply {
+    fn into_response(self) -> Response {
+        let mut response =
+            (StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), Json(self.body))
+                .into_response();
+        if let Some(s) = self.retry_after {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
+        response
+    }
+}
+
+fn throttled(retry_after: u64) -> GraphReply {
+    GraphReply::error(429, "TooManyRequests", "Too many requests; retry after the interval in Retry-After.")
+        .retry_after(retry_after)
+}
+
+fn not_found(id: &str) -> GraphReply {
+    GraphReply::error(
+        404,
+        "Request_ResourceNotFound",
+        &format!("Resource '{id}' does not exist or one of its queried reference-property objects are not present."),
+    )
+}
+
+fn is_guid(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('-').collect();
+    parts.iter().map(|p| p.len()).eq([8, 4, 4, 4, 12]) && parts.iter().all(|p| p.chars().all(|c| c.is_ascii_hexdigit()))
+}
+
+fn group_json(g: &GroupRecord) -> Value {
+    json!({"id": g.object_id, "displayName": g.display_name, "mailNickname": g.mail_nickname,
+           "securityEnabled": g.security_enabled, "mailEnabled": false, "description": null})
+}
+
+fn user_json(u: &UserRecord) -> Value {
+    json!({"id": u.object_id, "userPrincipalName": u.user_principal_name, "displayName": u.display_name,
+           "userType": u.user_type.clone().unwrap_or_else(|| "Member".into()), "mail": null})
+}
+
+/// Applies `$select`: only the named properties, and an error for an unknown one.
+fn select(object: Value, params: &HashMap<String, String>, known: &[&str], type_name: &str) -> GraphReply {
+    let Some(list) = params.get("$select") else { return GraphReply::ok(object) };
+    let mut out = serde_json::Map::new();
+    for prop in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        if !known.contains(&prop) {
+            return GraphReply::error(
+                400,
+                "Request_BadRequest",
+                &format!("Could not find a property named '{prop}' on type 'microsoft.graph.{type_name}'."),
+            );
+        }
+        out.insert(prop.to_string(), object[prop].clone());
+    }
+    GraphReply::ok(Value::Object(out))
+}
+
+fn parse_query(query: &str) -> Result<HashMap<String, String>, String> {
+    let mut params = HashMap::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let decode =
+            |s: &str| percent_encoding::percent_decode_str(&s.replace('+', " ")).decode_utf8_lossy().into_owned();
+        if params.insert(decode(k), decode(v)).is_some() {
+            return Err(format!("Query option '{}' was specified more than once.", decode(k)));
+        }
+    }
+    Ok(params)
+}
+
+fn encode(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/{tenant}/oauth2/v2.0/token", post(token))
+        .route("/msi/token", get(managed_identity_token))
+        .route("/v1.0/$batch", post(batch))
+        .route("/v1.0/{*rest}", get(graph_get))
+        .route("/_emulator/stats", get(|State(s): State<Arc<Shared>>| async move { Json(s.stats()) }))
+        .route(
+            "/_emulator/faults",
+            post(|State(s): State<Arc<Shared>>, Json(f): Json<Faults>| async move {
+                s.set_faults(&f);
+                StatusCode::NO_CONTENT
+            }),
+        )
+        .route(
+            "/_emulator/reset-stats",
+            post(|State(s): State<Arc<Shared>>| async move {
+                s.reset_stats();
+                StatusCode::NO_CONTENT
+            }),
+        )
+        .route("/_emulator/directory", put(replace_directory))
+        .with_state(shared)
+}
+
+async fn replace_directory(State(s): State<Arc<Shared>>, body: Bytes) -> Response {
+    match DirectoryFile::parse(&String::from_utf8_lossy(&body)) {
+        Ok(d) => {
+            *s.directory.write().unwrap() = d;
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(e) => (StatusCode::BAD_REQUEST, e).into_response(),
+    }
+}
+
+/// Entra ID's OAuth2 error body.
+fn token_error(status: StatusCode, error: &str, code: u32, description: &str) -> Response {
+    let body = json!({"error": error, "error_description": format!("AADSTS{code}: {description}"),
+                      "error_codes": [code], "timestamp": "", "trace_id": "", "correlation_id": ""});
+    (status, Json(body)).into_response()
+}
+
+async fn token(
+    State(s): State<Arc<Shared>>,
+    UrlPath(tenant): UrlPath<String>,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    s.counters.token_requests.fetch_add(1, Ordering::Relaxed);
+    let field = |k: &str| form.get(k).map(String::as_str);
+    if !tenant.eq_ignore_ascii_case(TENANT_ID) {
+        return token_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            90002,
+            &format!("Tenant '{tenant}' not found."),
+        );
+    }
+    if field("grant_type") != Some("client_credentials") {
+        return token_error(
+            StatusCode::BAD_REQUEST,
+            "unsupported_grant_type",
+            70003,
+            "The app requested an unsupported grant type.",
+        );
+    }
+    if field("client_id") != Some(CLIENT_ID) {
+        return token_error(
+            StatusCode::BAD_REQUEST,
+            "unauthorized_client",
+            700016,
+            &format!(
+                "Application with identifier '{}' was not found in the directory.",
+                field("client_id").unwrap_or("")
+            ),
+        );
+    }
+    let expected_scope = format!("{}/.default", s.base_url);
+    if field("scope") != Some(expected_scope.as_str()) {
+        return token_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_scope",
+            70011,
+            &format!(
+                "The provided value for scope {} is not valid; expected {expected_scope}.",
+                field("scope").unwrap_or("")
+            ),
+        );
+    }
+    match (field("client_secret"), field("client_assertion"), field("client_assertion_type")) {
+        (Some(CLIENT_SECRET), None, _) => {}
+        (Some(_), None, _) => {
+            return token_error(StatusCode::UNAUTHORIZED, "invalid_client", 7000215, "Invalid client secret provided.");
+        }
+        (None, Some(FEDERATED_TOKEN), Some("urn:ietf:params:oauth:client-assertion-type:jwt-bearer")) => {}
+        (None, Some(_), _) => {
+            return token_error(
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                700211,
+                "No matching federated identity record found for presented assertion.",
+            );
+        }
+        _ => {
+            return token_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                7000218,
+                "The request body must contain the following parameter: 'client_assertion' or 'client_secret'.",
+            );
+        }
+    }
+    Json(json!({"token_type": "Bearer", "expires_in": 3599, "ext_expires_in": 3599, "access_token": s.issue_token()}))
+        .into_response()
+}
+
+async fn managed_identity_token(
+    State(s): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    s.counters.token_requests.fetch_add(1, Ordering::Relaxed);
+    if headers.get("x-identity-header").and_then(|v| v.to_str().ok()) != Some(IDENTITY_HEADER) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({"error": "invalid_request", "error_description": "missing or wrong X-IDENTITY-HEADER"})),
+        )
+            .into_response();
+    }
+    let resource = q.get("resource").cloned().unwrap_or_default();
+    if resource != s.base_url {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": "invalid_resource", "error_description": format!("unknown resource '{resource}'")})),
+        )
+            .into_response();
+    }
+    let expires_on = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs() + 3599;
+    Json(json!({"access_token": s.issue_token(), "expires_on": expires_on.to_string(), "resource": resource, "token_type": "Bearer"}))
+        .into_response()
+}
+
+async fn graph_get(State(s): State<Arc<Shared>>, headers: HeaderMap, OriginalUri(uri): OriginalUri) -> Response {
+    s.counters.graph_requests.fetch_add(1, Ordering::Relaxed);
+    tokio::time::sleep(s.latency()).await;
+    if let Some(reply) = s.check_bearer(&headers).or_else(|| s.request_fault()) {
+        return reply.into_response();
+    }
+    let path = uri.path().strip_prefix("/v1.0").unwrap_or(uri.path());
+    s.lookup(path, uri.query().unwrap_or("")).into_response()
+}
+
+#[derive(Deserialize)]
+struct BatchRequest {
+    requests: Vec<BatchItem>,
+}
+
+#[derive(Deserialize)]
+struct BatchItem {
+    id: String,
+    method: String,
+    url: String,
+}
+
+async fn batch(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    s.counters.graph_requests.fetch_add(1, Ordering::Relaxed);
+    s.counters.batch_requests.fetch_add(1, Ordering::Relaxed);
+    tokio::time::sleep(s.latency()).await;
+    if let Some(reply) = s.check_bearer(&headers).or_else(|| s.request_fault()) {
+        return reply.into_response();
+    }
+    let Ok(request) = serde_json::from_slice::<BatchRequest>(&body) else {
+        return GraphReply::error(400, "BadRequest", "Unable to deserialize content.").into_response();
+    };
+    if request.requests.len() > MAX_BATCH {
+        return GraphReply::error(
+            400,
+            "BadRequest",
+            &format!("The number of requests in a batch exceeds {MAX_BATCH}."),
+        )
+        .into_response();
+    }
+    let mut seen = HashSet::new();
+    if let Some(dup) = request.requests.iter().find(|r| !seen.insert(r.id.as_str())) {
+        return GraphReply::error(400, "BadRequest", &format!("Request Id '{}' is duplicated.", dup.id))
+            .into_response();
+    }
+    let mut responses = Vec::with_capacity(request.requests.len());
+    // Answer in reverse order: the real service gives no order guarantee.
+    for item in request.requests.iter().rev() {
+        let reply = if item.method != "GET" {
+            GraphReply::error(405, "Request_BadRequest", "Only GET is supported here.")
+        } else {
+            let url = item.url.trim_start_matches('/');
+            let (path, query) = url.split_once('?').unwrap_or((url, ""));
+            s.lookup(path, query)
+        };
+        responses
+            .push(json!({"id": item.id, "status": reply.status, "headers": reply.headers_json(), "body": reply.body}));
+    }
+    Json(json!({"responses": responses})).into_response()
+}
+
+struct TlsMaterial {
+    ca_pem: String,
+    cert_pem: String,
+    key_pem: String,
+}
+
+/// A CA and a serving certificate for 127.0.0.1 and localhost signed by it.
+fn tls_material() -> Result<TlsMaterial, rcgen::Error> {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(DnType::CommonName, "graph-emulator CA");
+    ca_params.key_usages =
+        vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate()?)?;
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])?;
+    params.distinguished_name.push(DnType::CommonName, "graph-emulator");
+    let cert = params.signed_by(&key, &ca)?;
+    Ok(TlsMaterial { ca_pem: ca.pem(), cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+}

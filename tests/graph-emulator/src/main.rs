@@ -1,0 +1,35 @@
+//! Runs the Graph emulator on its own (make emulator): prints its URL and CA path,
+//! then serves until interrupted. Faults and counters are under /_emulator/.
+use std::path::PathBuf;
+
+use clap::Parser;
+use graph_emulator::{CLIENT_ID, CLIENT_SECRET, Emulator, IDENTITY_HEADER, TENANT_ID};
+use teamaccess_operator::directory::file_format::DirectoryFile;
+
+#[derive(Parser)]
+#[command(about = "Emulates the Entra ID token endpoint and the Microsoft Graph endpoints teamaccess-operator uses")]
+struct Args {
+    /// Directory file to serve (the static directory's YAML format).
+    #[arg(long, default_value = "deploy/examples/seed/directory.yaml")]
+    directory_file: PathBuf,
+    /// Where to write the CA certificate and the URL file.
+    #[arg(long, default_value = "/tmp/graph-emulator")]
+    state_dir: PathBuf,
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args = Args::parse();
+    let text = std::fs::read_to_string(&args.directory_file)?;
+    let directory = DirectoryFile::parse(&text)?;
+    let emulator = Emulator::start(directory, &args.state_dir).await?;
+    std::fs::write(args.state_dir.join("url"), emulator.url())?;
+    println!("tenant:        {TENANT_ID}");
+    println!("client id:     {CLIENT_ID}");
+    println!("client secret: {CLIENT_SECRET}");
+    println!("identity hdr:  {IDENTITY_HEADER}");
+    println!("CA file:       {}", emulator.ca_path().display());
+    println!("URL:           {}", emulator.url());
+    tokio::signal::ctrl_c().await?;
+    Ok(())
+}
