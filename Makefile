@@ -18,7 +18,7 @@ test:
 	scripts/test.sh
 
 unit:
-	cargo test --locked --lib --bins
+	cargo test --locked --workspace --lib --bins
 
 demo:
 	scripts/demo.sh
@@ -43,4 +43,4 @@ fmt:
 
 lint:
 	cargo fmt --all -- --check
-	cargo clippy --locked --all-targets -- -D warnings
+	cargo clippy --locked --workspace --all-targets -- -D warnings

@@ -46,7 +46,7 @@ step() {
   fi
 }
 
-step "unit tests" cargo test --locked --lib --bins || exit 1
+step "unit tests" cargo test --locked --workspace --lib --bins || exit 1
 step "CRD is generated" scripts/check-crds.sh || exit 1
 
 if [[ -z "${TEAMACCESS_TEST_KUBECONFIG:-}" ]]; then
@@ -58,4 +58,4 @@ fi
 
 step "integration tests" cargo test --locked --test '*' -- --test-threads="${TEAMACCESS_TEST_THREADS:-4}"
 step "cargo fmt --check" cargo fmt --all -- --check
-step "cargo clippy" cargo clippy --locked --all-targets -- -D warnings
+step "cargo clippy" cargo clippy --locked --workspace --all-targets -- -D warnings

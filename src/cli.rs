@@ -8,7 +8,12 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use kube::Client;
 
 use crate::{
-    directory::{Directory, static_file::StaticDirectory},
+    directory::{
+        Directory,
+        credential::{self, Cloud, CredentialKind, CredentialSettings},
+        graph::{GraphDirectory, GraphSettings},
+        static_file::StaticDirectory,
+    },
     reconcile::{self, Policy, Settings},
     telemetry::{self, LogFormat},
 };
@@ -27,7 +32,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the controller against the cluster of the current kubeconfig (or in-cluster config).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print the TeamAccess CustomResourceDefinition as YAML.
     Crd,
 }
@@ -50,6 +55,49 @@ pub struct RunArgs {
     #[arg(long, env = "TEAMACCESS_DIRECTORY_FILE", required_if_eq("directory", "static"))]
     pub directory_file: Option<PathBuf>,
 
+    /// How the operator authenticates to Entra ID; detected from the environment
+    /// when unset (a federated token file means workload, a secret means secret,
+    /// else managed identity).
+    #[arg(long, env = "TEAMACCESS_CREDENTIAL", value_enum)]
+    pub credential: Option<CredentialKind>,
+
+    /// The Entra ID tenant (directory) id.
+    #[arg(long, env = "AZURE_TENANT_ID")]
+    pub tenant_id: Option<String>,
+
+    /// The application (client) id; for managed identity, a user-assigned identity.
+    #[arg(long, env = "AZURE_CLIENT_ID")]
+    pub client_id: Option<String>,
+
+    /// A file holding the client secret (AZURE_CLIENT_SECRET is read too); a file
+    /// keeps the secret out of the process list and lets a mounted Secret rotate.
+    #[arg(long, env = "TEAMACCESS_CLIENT_SECRET_FILE")]
+    pub client_secret_file: Option<PathBuf>,
+
+    /// The projected ServiceAccount token for Workload Identity.
+    #[arg(long, env = "AZURE_FEDERATED_TOKEN_FILE")]
+    pub federated_token_file: Option<PathBuf>,
+
+    /// The national cloud: sets the Entra ID authority and the Graph endpoint.
+    #[arg(long, env = "TEAMACCESS_CLOUD", value_enum, default_value = "public")]
+    pub cloud: Cloud,
+
+    /// The Graph root URL, overriding the cloud's (private endpoints, the emulator).
+    #[arg(long, env = "TEAMACCESS_GRAPH_ENDPOINT")]
+    pub graph_endpoint: Option<String>,
+
+    /// The Entra ID authority host, overriding the cloud's (AZURE_AUTHORITY_HOST is read too).
+    #[arg(long, env = "TEAMACCESS_AUTHORITY_HOST")]
+    pub authority_host: Option<String>,
+
+    /// An extra CA certificate (PEM) to trust for Entra ID and Graph.
+    #[arg(long, env = "TEAMACCESS_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+
+    /// How long a resolved group or user is reused before Graph is asked again.
+    #[arg(long, env = "TEAMACCESS_GRAPH_CACHE_TTL", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub graph_cache_ttl: Duration,
+
     /// How often every TeamAccess is reconciled even when nothing changed (e.g. 30s, 10m, 1h).
     #[arg(long, env = "TEAMACCESS_RESYNC", default_value = "10m", value_parser = humantime::parse_duration)]
     pub resync: Duration,
@@ -70,7 +118,7 @@ pub struct RunArgs {
     pub operator_namespace: Option<String>,
 
     /// How many TeamAccess objects are reconciled at once.
-    #[arg(long, env = "TEAMACCESS_CONCURRENCY", default_value_t = 16)]
+    #[arg(long, env = "TEAMACCESS_CONCURRENCY", default_value_t = 64)]
     pub concurrency: u16,
 
     /// Reconcile only TeamAccess objects matching this label selector, to run several
@@ -81,6 +129,41 @@ pub struct RunArgs {
     /// Log format.
     #[arg(long, env = "TEAMACCESS_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+}
+
+/// Builds the Graph directory and its credential from the flags and environment.
+fn graph_directory(args: &RunArgs) -> anyhow::Result<Arc<dyn Directory>> {
+    let mut http = reqwest::Client::builder();
+    if let Some(path) = &args.ca_file {
+        let pem = std::fs::read(path).with_context(|| format!("reading --ca-file {}", path.display()))?;
+        let ca =
+            reqwest::Certificate::from_pem(&pem).with_context(|| format!("parsing --ca-file {}", path.display()))?;
+        http = http.add_root_certificate(ca);
+    }
+    let http = http.build().context("building the HTTP client")?;
+    let client_secret = match &args.client_secret_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("reading --client-secret-file {}", path.display()))?
+                .trim()
+                .to_string(),
+        ),
+        None => std::env::var("AZURE_CLIENT_SECRET").ok().filter(|s| !s.is_empty()),
+    };
+    let settings = CredentialSettings {
+        kind: args.credential,
+        tenant_id: args.tenant_id.clone(),
+        client_id: args.client_id.clone(),
+        client_secret,
+        federated_token_file: args.federated_token_file.clone(),
+        authority_host: args.authority_host.clone().or_else(|| std::env::var("AZURE_AUTHORITY_HOST").ok()),
+    };
+    let (credential, description) = credential::build(&settings, args.cloud, http.clone())
+        .map_err(|e| anyhow::anyhow!("building the credential: {e}"))?;
+    let endpoint = args.graph_endpoint.clone().unwrap_or_else(|| args.cloud.graph_endpoint().to_string());
+    tracing::info!(credential = %description, graph = %endpoint, "using the Microsoft Graph directory");
+    let graph = GraphSettings { endpoint, cache_ttl: args.graph_cache_ttl, ..Default::default() };
+    Ok(Arc::new(GraphDirectory::new(http, credential, graph)))
 }
 
 const SERVICE_ACCOUNT_NAMESPACE_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
@@ -98,9 +181,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             let path = args.directory_file.as_deref().context("--directory static needs --directory-file")?;
             Arc::new(StaticDirectory::load(path).await.map_err(anyhow::Error::msg)?)
         }
-        DirectoryKind::Graph => anyhow::bail!(
-            "the Microsoft Graph directory is not built yet; use --directory static --directory-file PATH"
-        ),
+        DirectoryKind::Graph => graph_directory(&args)?,
     };
 
     let own_namespace = args
@@ -157,6 +238,7 @@ mod tests {
         let cli = Cli::try_parse_from(["teamaccess-operator", "run", "--directory", "static", "--directory-file", "x"])
             .unwrap();
         let Command::Run(args) = cli.command else { panic!("expected run") };
+        let args = *args;
         assert_eq!(args.protected_namespaces, DEFAULT_PROTECTED_NAMESPACES.map(String::from));
         assert_eq!(args.resync, Duration::from_secs(600));
     }

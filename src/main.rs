@@ -13,7 +13,7 @@ async fn main() -> ExitCode {
             print!("{}", teamaccess_operator::crd_yaml());
             Ok(())
         }
-        Command::Run(args) => cli::run(args).await,
+        Command::Run(args) => cli::run(*args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

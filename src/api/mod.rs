@@ -233,6 +233,11 @@ pub struct ResolvedGroup {
 }
 
 impl GroupSelector {
+    /// The selector naming a group by objectId.
+    pub fn by_object_id(object_id: &str) -> Self {
+        Self { object_id: Some(object_id.to_string()), ..Default::default() }
+    }
+
     /// A short, stable description such as `displayName=appdev`, for status and messages.
     pub fn describe(&self) -> String {
         match (&self.object_id, &self.display_name, &self.mail_nickname) {

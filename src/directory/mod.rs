@@ -10,7 +10,9 @@ use tokio::sync::watch;
 
 use crate::api::{GroupSelector, UserRef};
 
+pub mod credential;
 pub mod file_format;
+pub mod graph;
 pub mod static_file;
 
 /// A group as the directory knows it.
@@ -62,10 +64,18 @@ pub enum DirectoryError {
     )]
     PermissionDenied { message: String },
 
-    #[error("the directory is throttling requests; retrying later")]
+    #[error(
+        "the directory rejected the operator's credentials ({message}); check the client id, tenant and secret or federated credential"
+    )]
+    AuthenticationFailed { message: String },
+
+    #[error("the directory rejected the request ({message})")]
+    Rejected { message: String },
+
+    #[error("the directory is throttling requests; existing bindings are kept and the lookup is retried later")]
     Throttled { retry_after: Option<Duration> },
 
-    #[error("the directory is unavailable: {message}")]
+    #[error("the directory is unavailable ({message}); existing bindings are kept and the lookup is retried later")]
     Unavailable { message: String },
 }
 
@@ -79,12 +89,22 @@ impl DirectoryError {
             DirectoryError::PermissionDenied { .. } => "GraphPermissionDenied",
             DirectoryError::Throttled { .. } => "GraphThrottled",
             DirectoryError::Unavailable { .. } => "GraphUnavailable",
+            DirectoryError::AuthenticationFailed { .. } => "GraphAuthenticationFailed",
+            DirectoryError::Rejected { .. } => "GraphRequestRejected",
         }
     }
 
     /// Whether retrying without any change by the user can succeed.
     pub fn is_transient(&self) -> bool {
         matches!(self, DirectoryError::Throttled { .. } | DirectoryError::Unavailable { .. })
+    }
+
+    /// How long the service asked us to wait, when it did.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            DirectoryError::Throttled { retry_after } => *retry_after,
+            _ => None,
+        }
     }
 }
 
@@ -96,6 +116,11 @@ pub trait Directory: Send + Sync {
 
     /// Finds a user by userPrincipalName or objectId.
     async fn resolve_user(&self, user: &UserRef) -> Result<DirectoryUser, DirectoryError>;
+
+    /// Starts resolving a group in the background so a later `resolve_group` finds
+    /// it cached. Called when a TeamAccess is first seen, so the lookups of a burst
+    /// of new objects travel together.
+    fn prefetch_group(&self, _selector: &GroupSelector) {}
 
     /// A receiver that changes whenever the directory's content may have changed
     /// (a reloaded file), so every TeamAccess can be resolved again.

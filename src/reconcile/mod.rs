@@ -58,7 +58,7 @@ pub struct Settings {
 
 impl Default for Settings {
     fn default() -> Self {
-        Self { policy: Policy::default(), resync: Duration::from_secs(600), concurrency: 16, selector: None }
+        Self { policy: Policy::default(), resync: Duration::from_secs(600), concurrency: 64, selector: None }
     }
 }
 
@@ -154,6 +154,11 @@ impl ReconcileError {
 
 async fn reconcile(ta: Arc<TeamAccess>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
     let api = Api::<TeamAccess>::all(ctx.client.clone());
+    if ta.metadata.deletion_timestamp.is_none() && !ta.finalizers().iter().any(|f| f == FINALIZER) {
+        // First sight: this pass only adds the finalizer, the next one resolves.
+        // Warming the directory now lets a burst of new objects share lookups.
+        ctx.directory.prefetch_group(&ta.spec.group);
+    }
     finalizer(&api, FINALIZER, ta, |event| async {
         match event {
             finalizer::Event::Apply(ta) => grant(&ta, &ctx).await,
@@ -180,6 +185,12 @@ async fn grant(ta: &TeamAccess, ctx: &Context) -> Result<Action, Error> {
         Ok(()) => {
             ctx.reset_backoff(&name);
             Action::requeue(ctx.settings.resync)
+        }
+        // Graph said when to come back: do so (with jitter), rather than backing off
+        // further, so objects recover soon after a throttling storm ends.
+        Err(Error::Directory(e)) if e.retry_after().is_some() => {
+            let wait = e.retry_after().unwrap_or_default().max(Duration::from_secs(1));
+            Action::requeue(wait.mul_f64(1.0 + fastrand::f64() * 0.5))
         }
         Err(e) if e.is_transient() => Action::requeue(ctx.backoff(&name)),
         // Needs the user to act; any change to the object or the directory triggers a

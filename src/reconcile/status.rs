@@ -182,6 +182,8 @@ fn static_reason(reason: &str) -> &'static str {
         "GraphPermissionDenied",
         "GraphThrottled",
         "GraphUnavailable",
+        "GraphAuthenticationFailed",
+        "GraphRequestRejected",
         "GroupObjectIdChanged",
         "GroupMissing",
         "ProtectedNamespace",

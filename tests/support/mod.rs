@@ -244,3 +244,62 @@ pub async fn wait_pod_create_status(user: &str, groups: &[&str], namespace: &str
     )
     .await
 }
+
+/// The Graph emulator and a Graph directory that talks to it through the real
+/// azure_identity client-secret credential, over HTTPS with the emulator's CA.
+pub mod graph {
+    use std::{sync::Arc, time::Duration};
+
+    use graph_emulator::{CLIENT_ID, CLIENT_SECRET, Emulator, TENANT_ID};
+    use teamaccess_operator::directory::{
+        credential::{self, Cloud, CredentialKind, CredentialSettings},
+        file_format::DirectoryFile,
+        graph::{GraphDirectory, GraphSettings},
+    };
+
+    pub async fn emulator(directory_yaml: &str) -> Emulator {
+        let dir = std::env::temp_dir().join(super::unique("graph-emulator"));
+        Emulator::start(DirectoryFile::parse(directory_yaml).expect("directory YAML"), &dir)
+            .await
+            .expect("start the emulator")
+    }
+
+    /// An HTTP client that trusts the emulator's CA, as `--ca-file` sets it up.
+    pub fn http(emulator: &Emulator) -> reqwest::Client {
+        let pem = std::fs::read(emulator.ca_path()).unwrap();
+        reqwest::Client::builder().add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap()).build().unwrap()
+    }
+
+    pub fn secret_settings(emulator: &Emulator) -> CredentialSettings {
+        CredentialSettings {
+            kind: Some(CredentialKind::Secret),
+            tenant_id: Some(TENANT_ID.into()),
+            client_id: Some(CLIENT_ID.into()),
+            client_secret: Some(CLIENT_SECRET.into()),
+            federated_token_file: None,
+            authority_host: Some(emulator.url().to_string()),
+        }
+    }
+
+    pub fn fast_settings(emulator: &Emulator) -> GraphSettings {
+        GraphSettings {
+            endpoint: emulator.url().to_string(),
+            initial_backoff: Duration::from_millis(100),
+            ..Default::default()
+        }
+    }
+
+    pub fn directory_with(
+        emulator: &Emulator,
+        credential: &CredentialSettings,
+        settings: GraphSettings,
+    ) -> Arc<GraphDirectory> {
+        let http = http(emulator);
+        let (credential, _) = credential::build(credential, Cloud::Public, http.clone()).expect("credential");
+        Arc::new(GraphDirectory::new(http, credential, settings))
+    }
+
+    pub fn directory(emulator: &Emulator) -> Arc<GraphDirectory> {
+        directory_with(emulator, &secret_settings(emulator), fast_settings(emulator))
+    }
+}

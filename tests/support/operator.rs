@@ -11,7 +11,7 @@ use kube::{
 };
 use teamaccess_operator::{
     api::{GroupSelector, TeamAccess, TeamAccessSpec},
-    directory::static_file::StaticDirectory,
+    directory::{Directory, static_file::StaticDirectory},
     reconcile::{self, Context, Policy, Settings},
 };
 use tokio::{sync::oneshot, task::JoinHandle};
@@ -31,20 +31,39 @@ pub struct TestOperator {
     pub client: Client,
     pub label: String,
     pub directory_file: PathBuf,
+    directory: Arc<dyn Directory>,
+    resync: Duration,
     running: Option<(oneshot::Sender<()>, JoinHandle<()>)>,
 }
 
 impl TestOperator {
-    /// Installs the CRD and starts an operator with the given directory content.
+    /// Installs the CRD and starts an operator with a static directory of the given content.
     pub async fn start(directory_yaml: &str) -> Self {
-        let client = admin_client().await;
-        ensure_crd(&client).await;
         let label = unique("op");
         let dir = std::env::temp_dir().join(format!("teamaccess-test-{label}"));
         std::fs::create_dir_all(&dir).unwrap();
         let directory_file = dir.join("directory.yaml");
         std::fs::write(&directory_file, directory_yaml).unwrap();
-        let mut op = Self { client, label, directory_file, running: None };
+        let directory = StaticDirectory::load(&directory_file).await.expect("load the directory file");
+        Self::start_with(label, directory_file, Arc::new(directory), Duration::from_secs(60)).await
+    }
+
+    /// Installs the CRD and starts an operator with any directory, such as Graph.
+    pub async fn start_with_directory(directory: Arc<dyn Directory>, resync: Duration) -> Self {
+        let label = unique("op");
+        let directory_file = std::env::temp_dir().join(format!("teamaccess-test-{label}")).join("unused");
+        Self::start_with(label, directory_file, directory, resync).await
+    }
+
+    async fn start_with(
+        label: String,
+        directory_file: PathBuf,
+        directory: Arc<dyn Directory>,
+        resync: Duration,
+    ) -> Self {
+        let client = admin_client().await;
+        ensure_crd(&client).await;
+        let mut op = Self { client, label, directory_file, directory, resync, running: None };
         op.resume().await;
         op
     }
@@ -54,14 +73,14 @@ impl TestOperator {
         if self.running.is_some() {
             return;
         }
-        let directory = StaticDirectory::load(&self.directory_file).await.expect("load the directory file");
         let settings = Settings {
             policy: Policy::default(),
-            resync: Duration::from_secs(60),
-            concurrency: 4,
+            resync: self.resync,
+            concurrency: Settings::default().concurrency,
             selector: Some(format!("{TEST_LABEL}={}", self.label)),
         };
-        let ctx = Arc::new(Context::new(self.client.clone(), Arc::new(directory), settings, Some(self.label.clone())));
+        let ctx =
+            Arc::new(Context::new(self.client.clone(), self.directory.clone(), settings, Some(self.label.clone())));
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             reconcile::run(ctx, async move {
@@ -175,7 +194,9 @@ impl Drop for TestOperator {
         if let Some((_, task)) = self.running.take() {
             task.abort();
         }
-        let _ = std::fs::remove_dir_all(self.directory_file.parent().unwrap());
+        if let Some(dir) = self.directory_file.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 

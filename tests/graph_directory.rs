@@ -1,0 +1,231 @@
+//! The Graph directory against the Graph emulator, over real HTTPS, through the
+//! real azure_identity credentials: every lookup path and every error path.
+
+mod support;
+
+use std::time::Duration;
+
+use graph_emulator::{FEDERATED_TOKEN, Faults};
+use support::graph::*;
+use teamaccess_operator::{
+    api::{GroupSelector, UserRef},
+    directory::{Directory, DirectoryError, credential::CredentialKind},
+};
+
+const SEED: &str = include_str!("../deploy/examples/seed/directory.yaml");
+const APPDEV: &str = "5f0a1d3e-8f8a-4c1e-9d55-0b0c2d7c1a01";
+
+fn by_name(name: &str) -> GroupSelector {
+    GroupSelector { display_name: Some(name.into()), ..Default::default() }
+}
+
+#[tokio::test]
+async fn a_client_secret_credential_resolves_groups_by_every_selector() {
+    let emulator = emulator(SEED).await;
+    let graph = directory(&emulator);
+    let by_display = graph.resolve_group(&by_name("appdev")).await.unwrap();
+    assert_eq!(by_display.object_id, APPDEV);
+    assert!(by_display.security_enabled);
+    let by_nick = GroupSelector { mail_nickname: Some("opssre".into()), ..Default::default() };
+    assert_eq!(graph.resolve_group(&by_nick).await.unwrap().display_name, "opssre");
+    let by_id = GroupSelector { object_id: Some(APPDEV.to_uppercase()), ..Default::default() };
+    assert_eq!(graph.resolve_group(&by_id).await.unwrap().display_name, "appdev");
+    assert!(emulator.stats().token_requests >= 1);
+}
+
+#[tokio::test]
+async fn a_workload_identity_credential_presents_the_federated_token() {
+    let emulator = emulator(SEED).await;
+    let token_file = emulator.ca_path().with_file_name("azure-identity-token");
+    std::fs::write(&token_file, FEDERATED_TOKEN).unwrap();
+    let mut settings = secret_settings(&emulator);
+    settings.kind = Some(CredentialKind::Workload);
+    settings.client_secret = None;
+    settings.federated_token_file = Some(token_file.clone());
+    let graph = directory_with(&emulator, &settings, fast_settings(&emulator));
+    assert_eq!(graph.resolve_group(&by_name("appdev")).await.unwrap().object_id, APPDEV);
+
+    // A token the tenant does not trust is an authentication failure, not "not found".
+    std::fs::write(&token_file, "eyJ.not-federated.x").unwrap();
+    let graph = directory_with(&emulator, &settings, fast_settings(&emulator));
+    let err = graph.resolve_group(&by_name("appdev")).await.unwrap_err();
+    assert_eq!(err.reason(), "GraphAuthenticationFailed", "{err}");
+}
+
+#[tokio::test]
+async fn a_wrong_client_secret_is_an_authentication_failure() {
+    let emulator = emulator(SEED).await;
+    let mut settings = secret_settings(&emulator);
+    settings.client_secret = Some("wrong".into());
+    let graph = directory_with(&emulator, &settings, fast_settings(&emulator));
+    let err = graph.resolve_group(&by_name("appdev")).await.unwrap_err();
+    assert_eq!(err.reason(), "GraphAuthenticationFailed");
+    assert!(err.to_string().contains("7000215"), "Entra ID's error code is passed on: {err}");
+}
+
+#[tokio::test]
+async fn missing_ambiguous_and_injected_names_bind_nothing() {
+    let mut yaml = SEED.replace("groups:\n", "groups:\n- objectId: 11111111-1111-4111-8111-111111111111\n  displayName: twin\n- objectId: 22222222-2222-4222-8222-222222222222\n  displayName: TWIN\n");
+    yaml.push('\n');
+    let emulator = emulator(&yaml).await;
+    let graph = directory(&emulator);
+
+    let err = graph.resolve_group(&by_name("nobody")).await.unwrap_err();
+    assert_eq!(err, DirectoryError::GroupNotFound { selector: "displayName=nobody".into() });
+
+    let err = graph.resolve_group(&by_name("twin")).await.unwrap_err();
+    assert_eq!(err.reason(), "AmbiguousGroup");
+    let message = err.to_string();
+    assert!(
+        message.contains("11111111-1111-4111-8111-111111111111")
+            && message.contains("22222222-2222-4222-8222-222222222222"),
+        "{message}"
+    );
+
+    // Unescaped, this filter would match appdev in the real service (and in the emulator).
+    let err = graph.resolve_group(&by_name("x' or displayName eq 'appdev")).await.unwrap_err();
+    assert_eq!(err.reason(), "GroupNotFound", "an injection attempt resolves to nothing");
+
+    let missing_id =
+        GroupSelector { object_id: Some("99999999-9999-4999-8999-999999999999".into()), ..Default::default() };
+    assert_eq!(graph.resolve_group(&missing_id).await.unwrap_err().reason(), "GroupNotFound");
+}
+
+#[tokio::test]
+async fn every_page_is_followed_to_name_all_candidates() {
+    let mut yaml = String::from("groups:\n");
+    for i in 0..130 {
+        yaml.push_str(&format!("- objectId: {i:08x}-0000-4000-8000-000000000000\n  displayName: crowded\n"));
+    }
+    let emulator = emulator(&yaml).await;
+    let err = directory(&emulator).resolve_group(&by_name("crowded")).await.unwrap_err();
+    let DirectoryError::AmbiguousGroup { candidates, .. } = err else { panic!("expected AmbiguousGroup, got {err:?}") };
+    assert_eq!(candidates.len(), 130, "the second page (after 100) was followed");
+}
+
+#[tokio::test]
+async fn a_group_that_is_not_security_enabled_is_flagged() {
+    let yaml = SEED.replace(
+        "displayName: opssre\n  mailNickname: opssre\n  securityEnabled: true",
+        "displayName: opssre\n  mailNickname: opssre\n  securityEnabled: false",
+    );
+    let emulator = emulator(&yaml).await;
+    assert!(!directory(&emulator).resolve_group(&by_name("opssre")).await.unwrap().security_enabled);
+}
+
+#[tokio::test]
+async fn users_are_found_by_upn_and_guests_by_object_id() {
+    let yaml = format!(
+        "{SEED}- objectId: 3c3c3c3c-3c3c-4c3c-8c3c-3c3c3c3c3c3c\n  userPrincipalName: partner_fabrikam.com#EXT#@contoso.onmicrosoft.com\n  userType: Guest\n"
+    );
+    let emulator = emulator(&yaml).await;
+    let graph = directory(&emulator);
+    let dev = graph
+        .resolve_user(&UserRef { user_principal_name: Some("aksdev@contoso.com".into()), object_id: None })
+        .await
+        .unwrap();
+    assert_eq!(dev.object_id, "0b9c7c52-1e6d-4a8a-9b4c-6a6f7b1f2e11");
+    assert!(!dev.is_guest());
+    let guest = graph
+        .resolve_user(&UserRef {
+            user_principal_name: Some("partner_fabrikam.com#EXT#@contoso.onmicrosoft.com".into()),
+            object_id: None,
+        })
+        .await
+        .unwrap();
+    assert!(guest.is_guest());
+    let err = graph
+        .resolve_user(&UserRef { user_principal_name: Some("ghost@contoso.com".into()), object_id: None })
+        .await
+        .unwrap_err();
+    assert_eq!(err.reason(), "UserNotFound");
+}
+
+#[tokio::test]
+async fn permission_outage_and_throttling_map_to_their_reasons() {
+    let emulator = emulator(SEED).await;
+    let graph = directory(&emulator);
+
+    emulator.set_faults(&Faults { forbidden: true, ..Default::default() });
+    let err = graph.resolve_group(&by_name("appdev")).await.unwrap_err();
+    assert_eq!(err.reason(), "GraphPermissionDenied");
+    assert!(err.to_string().contains("GroupMember.Read.All"), "{err}");
+    assert!(err.to_string().contains("Authorization_RequestDenied"), "{err}");
+
+    emulator.set_faults(&Faults { outage_for_secs: 60, retry_after_secs: 1, ..Default::default() });
+    let err = graph.resolve_group(&by_name("opssre")).await.unwrap_err();
+    assert_eq!(err.reason(), "GraphUnavailable");
+
+    // The outage's Retry-After holds further lookups briefly (they fail fast meanwhile).
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    emulator.set_faults(&Faults { throttle_for_secs: 60, retry_after_secs: 1, ..Default::default() });
+    let started = tokio::time::Instant::now();
+    let err = graph.resolve_group(&by_name("appdev")).await.unwrap_err();
+    assert_eq!(err.reason(), "GraphThrottled");
+    assert!(started.elapsed() < Duration::from_secs(5), "retries are bounded");
+}
+
+#[tokio::test]
+async fn a_throttled_lookup_honours_retry_after_and_then_succeeds() {
+    let emulator = emulator(SEED).await;
+    let graph = directory(&emulator);
+    emulator.set_faults(&Faults { throttle_next: 1, retry_after_secs: 1, ..Default::default() });
+    let started = tokio::time::Instant::now();
+    assert_eq!(graph.resolve_group(&by_name("appdev")).await.unwrap().object_id, APPDEV);
+    assert!(started.elapsed() >= Duration::from_secs(1), "waited for Retry-After");
+    assert_eq!(emulator.stats().throttled, 1);
+}
+
+fn many_groups(n: usize) -> String {
+    let mut yaml = String::from("groups:\n");
+    for i in 0..n {
+        yaml.push_str(&format!("- objectId: {i:08x}-1111-4111-8111-111111111111\n  displayName: team-{i}\n"));
+    }
+    yaml
+}
+
+#[tokio::test]
+async fn concurrent_lookups_are_batched_and_then_served_from_the_cache() {
+    let emulator = emulator(&many_groups(100)).await;
+    let graph = directory(&emulator);
+    let resolve_all = || {
+        let graph = graph.clone();
+        async move {
+            let lookups = (0..100).map(|i| {
+                let graph = graph.clone();
+                async move { graph.resolve_group(&by_name(&format!("team-{i}"))).await }
+            });
+            futures::future::join_all(lookups).await
+        }
+    };
+    let results = resolve_all().await;
+    assert!(results.iter().all(Result::is_ok), "{:?}", results.iter().find(|r| r.is_err()));
+    let cold = emulator.stats();
+    println!(
+        "100 groups resolved cold: {} Graph HTTP requests ({} $batch), {} token requests",
+        cold.graph_requests, cold.batch_requests, cold.token_requests
+    );
+    assert!(cold.graph_requests <= 5 + 100_u64.div_ceil(20), "{cold:?}");
+    assert_eq!(cold.lookups, 100);
+
+    emulator.reset_stats();
+    assert!(resolve_all().await.iter().all(Result::is_ok));
+    assert_eq!(emulator.stats().graph_requests, 0, "within the TTL every lookup is a cache hit");
+}
+
+#[tokio::test]
+async fn a_throttled_batch_item_is_retried_alone() {
+    let emulator = emulator(&many_groups(10)).await;
+    let graph = directory(&emulator);
+    emulator.set_faults(&Faults { throttle_next: 1, retry_after_secs: 1, ..Default::default() });
+    let lookups = (0..10).map(|i| {
+        let graph = graph.clone();
+        async move { graph.resolve_group(&by_name(&format!("team-{i}"))).await }
+    });
+    let results = futures::future::join_all(lookups).await;
+    assert!(results.iter().all(Result::is_ok));
+    let stats = emulator.stats();
+    assert_eq!(stats.throttled, 1);
+    assert_eq!(stats.lookups, 11, "ten lookups, one of them twice");
+    assert_eq!(stats.graph_requests, 2, "one $batch, then the throttled item alone: {stats:?}");
+}

@@ -1,0 +1,205 @@
+//! The operator end to end with the Microsoft Graph directory, served by the
+//! emulator, on the real control plane.
+
+mod support;
+
+use std::{sync::Arc, time::Duration};
+
+use graph_emulator::{Emulator, Faults};
+use k8s_openapi::api::rbac::v1::RoleBinding;
+use kube::Api;
+use support::{graph::*, operator::*, *};
+use teamaccess_operator::directory::{Directory, graph::GraphSettings};
+
+const LONG: Duration = Duration::from_secs(60);
+
+/// An operator whose Graph cache expires quickly and which resyncs often, so
+/// directory changes show within seconds.
+async fn operator_on(emulator: &Emulator, cache_ttl: Duration, resync: Duration) -> TestOperator {
+    let settings = GraphSettings { cache_ttl, ..fast_settings(emulator) };
+    let graph: Arc<dyn Directory> = directory_with(emulator, &secret_settings(emulator), settings);
+    TestOperator::start_with_directory(graph, resync).await
+}
+
+async fn binding_subject(op: &TestOperator, namespace: &str, name: &str) -> Option<String> {
+    let rb = Api::<RoleBinding>::namespaced(op.client.clone(), namespace)
+        .get_opt(&format!("teamaccess-{name}"))
+        .await
+        .unwrap()?;
+    rb.subjects.and_then(|s| s.first().map(|s| s.name.clone()))
+}
+
+#[tokio::test]
+async fn seed_scenario_through_graph_then_rename_delete_and_recreate() {
+    let emulator = emulator(SEED_DIRECTORY).await;
+    let op = operator_on(&emulator, Duration::from_millis(500), Duration::from_secs(2)).await;
+    let dev = unique("dev");
+    let sre = unique("sre");
+    let appdev = unique("appdev-dev");
+    let opssre = unique("opssre-sre");
+    op.apply(&op.team(&appdev, by_name("appdev"), &dev)).await;
+    op.apply(&op.team(&opssre, by_name("opssre"), &sre)).await;
+    op.wait_ready(&appdev).await;
+    op.wait_ready(&opssre).await;
+    let default_sa = |ns: String| {
+        let client = op.client.clone();
+        async move {
+            let api = Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(client, &ns);
+            wait_for(Duration::from_secs(30), "the default ServiceAccount", || async {
+                api.get_opt("default").await.map_err(|e| e.to_string())?.map(|_| ()).ok_or_else(|| "absent".to_string())
+            })
+            .await
+        }
+    };
+    default_sa(dev.clone()).await;
+    default_sa(sre.clone()).await;
+    wait_pod_create_status(AKSDEV, &[APPDEV], &dev, 200).await;
+    assert_eq!(create_pod_as(AKSDEV, &[APPDEV], &sre).await, 403);
+    wait_pod_create_status(AKSSRE, &[OPSSRE], &sre, 200).await;
+    assert_eq!(create_pod_as(AKSSRE, &[OPSSRE], &dev).await, 403);
+
+    // Renamed in Entra ID: status follows, the binding stays.
+    let mut tenant = emulator.directory();
+    tenant.groups.iter_mut().find(|g| g.object_id == APPDEV).unwrap().display_name = "app-developers".into();
+    emulator.set_directory(tenant.clone());
+    wait_for(Duration::from_secs(20), "status to follow the rename", || async {
+        let ta = op.api().get(&appdev).await.map_err(|e| e.to_string())?;
+        let group = ta.status.and_then(|s| s.group).ok_or("no group")?;
+        if group.display_name.as_deref() == Some("app-developers") { Ok(()) } else { Err(format!("{group:?}")) }
+    })
+    .await;
+    assert_eq!(binding_subject(&op, &dev, &appdev).await.as_deref(), Some(APPDEV));
+
+    // Deleted: GroupMissing, and the binding is left as it was.
+    tenant.groups.retain(|g| g.object_id != APPDEV);
+    emulator.set_directory(tenant.clone());
+    op.wait_condition(&appdev, "Ready", "False", Some("GroupMissing"), Duration::from_secs(20)).await;
+    assert_eq!(binding_subject(&op, &dev, &appdev).await.as_deref(), Some(APPDEV));
+
+    // Re-created under the original name with a new id: nothing new is bound.
+    const NEW_APPDEV: &str = "bbbbbbbb-0000-4000-8000-000000000002";
+    let mut recreated = tenant.groups[0].clone();
+    recreated.object_id = NEW_APPDEV.into();
+    recreated.display_name = "appdev".into();
+    recreated.mail_nickname = Some("appdev".into());
+    tenant.groups.push(recreated);
+    emulator.set_directory(tenant);
+    let ta = op.wait_condition(&appdev, "Ready", "False", Some("GroupObjectIdChanged"), Duration::from_secs(20)).await;
+    let ready = ta.status.unwrap().conditions.into_iter().find(|c| c.type_ == "Ready").unwrap();
+    assert!(ready.message.contains(NEW_APPDEV) && ready.message.contains(APPDEV), "{}", ready.message);
+    assert_eq!(binding_subject(&op, &dev, &appdev).await.as_deref(), Some(APPDEV), "the pin holds");
+    assert!(!allowed(&op.client, AKSDEV, &[NEW_APPDEV], "create", "", "pods", &dev).await);
+
+    for name in [&appdev, &opssre] {
+        op.delete(name).await;
+        op.wait_deleted(name, Duration::from_secs(30)).await;
+    }
+}
+
+fn tenant_of(n: usize) -> String {
+    let mut yaml = String::from("groups:\n");
+    for i in 0..n {
+        yaml.push_str(&format!("- objectId: {i:08x}-2222-4222-8222-222222222222\n  displayName: team-{i}\n"));
+    }
+    yaml
+}
+
+fn group_id(i: usize) -> String {
+    format!("{i:08x}-2222-4222-8222-222222222222")
+}
+
+/// Applies `n` TeamAccess objects (one group each) in one namespace, waits until all
+/// are Ready, and returns their names.
+async fn apply_teams(op: &TestOperator, n: usize, namespace: &str) -> Vec<String> {
+    let names: Vec<String> = (0..n).map(|i| format!("{}-{i}", op.label)).collect();
+    futures::future::join_all(
+        names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| async move { op.apply(&op.team(name, by_name(&format!("team-{i}")), namespace)).await }),
+    )
+    .await;
+    for name in &names {
+        op.wait_condition(name, "Ready", "True", None, LONG).await;
+    }
+    names
+}
+
+async fn delete_teams(op: &TestOperator, names: &[String]) {
+    futures::future::join_all(names.iter().map(|n| op.delete(n))).await;
+    for name in names {
+        op.wait_deleted(name, LONG).await;
+    }
+}
+
+#[tokio::test]
+async fn a_hundred_teamaccess_resolve_cold_in_few_graph_requests() {
+    let emulator = emulator(&tenant_of(100)).await;
+    let mut op = operator_on(&emulator, Duration::from_secs(300), Duration::from_secs(600)).await;
+    // "Applied at once": all 100 land while the operator is away (a GitOps sync,
+    // or a new operator), so they arrive together in its initial list.
+    op.stop().await;
+    let ns = unique("hundred");
+    let names: Vec<String> = (0..100).map(|i| format!("{}-{i}", op.label)).collect();
+    futures::future::join_all(names.iter().enumerate().map(|(i, name)| {
+        let (op, ns) = (&op, &ns);
+        async move { op.apply(&op.team(name, by_name(&format!("team-{i}")), ns)).await }
+    }))
+    .await;
+    op.resume().await;
+    for name in &names {
+        op.wait_condition(name, "Ready", "True", None, LONG).await;
+    }
+    let stats = emulator.stats();
+    println!(
+        "100 TeamAccess resolved cold through the operator: {} Graph HTTP requests ({} $batch, {} lookups)",
+        stats.graph_requests, stats.batch_requests, stats.lookups
+    );
+    assert!(stats.graph_requests <= 5 + 100_u64.div_ceil(20), "{stats:?}");
+    for (i, name) in names.iter().enumerate() {
+        assert_eq!(binding_subject(&op, &ns, name).await, Some(group_id(i)));
+    }
+    delete_teams(&op, &names).await;
+}
+
+#[tokio::test]
+async fn a_429_storm_loses_no_binding_and_ends_with_all_ready() {
+    let emulator = emulator(&tenant_of(20)).await;
+    // A short TTL and resync keep the operator asking Graph during the storm.
+    let op = operator_on(&emulator, Duration::from_millis(500), Duration::from_secs(2)).await;
+    let ns = unique("storm");
+    let names = apply_teams(&op, 20, &ns).await;
+    let bindings_before: Vec<Option<String>> =
+        futures::future::join_all(names.iter().map(|n| binding_subject(&op, &ns, n))).await;
+
+    emulator.reset_stats();
+    let storm_end = tokio::time::Instant::now() + Duration::from_secs(30);
+    emulator.set_faults(&Faults { throttle_for_secs: 30, retry_after_secs: 2, ..Default::default() });
+    // The storm shows in status...
+    op.wait_condition(&names[0], "Ready", "False", Some("GraphThrottled"), Duration::from_secs(15)).await;
+    tokio::time::sleep_until(storm_end - Duration::from_secs(1)).await;
+    let during = emulator.stats();
+    // ...no binding is lost or changed...
+    let bindings_during: Vec<Option<String>> =
+        futures::future::join_all(names.iter().map(|n| binding_subject(&op, &ns, n))).await;
+    assert_eq!(bindings_during, bindings_before);
+    // ...and the request rate stays bounded: 20 objects resyncing every 2 s would be
+    // 300 lookups in 30 s; Retry-After and the batch keep it to a few per window.
+    println!(
+        "during a 30 s 429 storm: {} Graph HTTP requests, {} throttled answers",
+        during.graph_requests, during.throttled
+    );
+    assert!(during.graph_requests <= 45, "{during:?}");
+
+    // After the storm: all Ready within 10 s of its end.
+    tokio::time::sleep_until(storm_end).await;
+    for name in &names {
+        op.wait_condition(name, "Ready", "True", None, Duration::from_secs(10).saturating_sub(storm_end.elapsed()))
+            .await;
+    }
+    println!("all 20 Ready {:.1} s after the storm ended", storm_end.elapsed().as_secs_f64());
+    let bindings_after: Vec<Option<String>> =
+        futures::future::join_all(names.iter().map(|n| binding_subject(&op, &ns, n))).await;
+    assert_eq!(bindings_after, bindings_before);
+    delete_teams(&op, &names).await;
+}
