@@ -2,13 +2,14 @@
 # so the scripts can be read (and run) on their own.
 SHELL := /bin/bash
 
-.PHONY: help build test unit demo cluster-up cluster-down cluster-bin crds check-crds fmt lint
+.PHONY: help build test unit demo emulator cluster-up cluster-down cluster-bin crds check-crds fmt lint
 
 help:
 	@echo "make demo          the seed's scenario on a local control plane (KEEP=1 leaves it running)"
 	@echo "make test          every test: unit, integration on a real control plane, fmt, clippy"
 	@echo "make cluster-up    start a local control plane; prints KUBECONFIG=<path> last"
 	@echo "make cluster-down  stop it (KUBECONFIG=<path> picks one, else the last started)"
+	@echo "make emulator      run the Entra ID / Graph emulator on its own; prints its URL and CA path"
 	@echo "make crds          regenerate crds/ from the Rust types"
 
 build:
@@ -22,6 +23,9 @@ unit:
 
 demo:
 	scripts/demo.sh
+
+emulator:
+	cargo run --locked --quiet -p graph-emulator -- --state-dir $${EMULATOR_STATE:-/tmp/graph-emulator}
 
 cluster-bin:
 	tests/cluster/cluster.sh bin

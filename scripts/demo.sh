@@ -2,10 +2,12 @@
 # make demo: the seed's scenario ("Use Kubernetes RBAC with Microsoft Entra ID in
 # AKS") done by the operator on a local control plane.
 #
-# Builds what it needs, starts a control plane, installs the CRD, runs the operator
-# with a static directory holding the seed's groups and users, applies the seed's
-# two TeamAccess objects, waits for Ready and prints the access matrix as the API
-# server decides it. Then it cleans up; KEEP=1 leaves everything running.
+# Builds what it needs, starts a control plane, installs the CRD, starts the Graph
+# emulator with the seed's groups and users, runs the operator against it through
+# the same Graph code path it uses against Azure (DIRECTORY=static uses the static
+# directory instead), applies the seed's two TeamAccess objects, waits for Ready
+# and prints the access matrix as the API server decides it. Then it cleans up;
+# KEEP=1 leaves everything running.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root="$PWD"
@@ -14,15 +16,22 @@ started=$SECONDS
 
 say() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 
-say "building the operator"
-cargo build --locked --quiet
+directory_kind="${DIRECTORY:-graph}"
+say "building the operator and the Graph emulator"
+cargo build --locked --quiet -p teamaccess-operator -p graph-emulator
 operator="$root/target/debug/teamaccess-operator"
+
+say "building the local control plane (cached after the first run)"
+# kubectl from the same Kubernetes release as the control plane: no version skew.
+cluster_bin="$(tests/cluster/cluster.sh bin | tail -n 1)"
+export PATH="$cluster_bin:$PATH"
 
 say "starting a local control plane"
 line="$(tests/cluster/cluster.sh up | tail -n 1)"
 export KUBECONFIG="${line#KUBECONFIG=}"
 state="$(dirname "$KUBECONFIG")"
 operator_pid=""
+emulator_pid=""
 
 cleanup() {
   local rc=$?
@@ -36,6 +45,9 @@ cleanup() {
     kill "$operator_pid" 2>/dev/null || true
     wait "$operator_pid" 2>/dev/null || true
   fi
+  if [[ -n "$emulator_pid" ]]; then
+    kill "$emulator_pid" 2>/dev/null || true
+  fi
   tests/cluster/cluster.sh down || true
   if [[ $rc -ne 0 && -f "$state/operator.log" ]]; then
     echo "operator log (last lines):"
@@ -48,11 +60,33 @@ say "installing the TeamAccess CRD"
 kubectl apply -f crds/teamaccess.yaml
 kubectl wait --for=condition=Established crd/teamaccesses.teamaccess.dev --timeout=30s
 
-say "starting the operator (static directory: $seed/directory.yaml)"
-cp "$seed/directory.yaml" "$state/directory.yaml"
-"$operator" run --directory static --directory-file "$state/directory.yaml" --resync 10m \
-  >"$state/operator.log" 2>&1 &
-operator_pid=$!
+if [[ "$directory_kind" == static ]]; then
+  say "starting the operator (static directory: $seed/directory.yaml)"
+  cp "$seed/directory.yaml" "$state/directory.yaml"
+  "$operator" run --directory static --directory-file "$state/directory.yaml" --resync 10m \
+    >"$state/operator.log" 2>&1 &
+  operator_pid=$!
+else
+  say "starting the Graph emulator with the seed's tenant ($seed/directory.yaml)"
+  emu="$state/graph-emulator"
+  "$root/target/debug/graph-emulator" --directory-file "$seed/directory.yaml" --state-dir "$emu" \
+    >"$state/graph-emulator.log" 2>&1 &
+  emulator_pid=$!
+  for _ in $(seq 1 50); do [[ -s "$emu/url" ]] && break; sleep 0.1; done
+  [[ -s "$emu/url" ]] || { cat "$state/graph-emulator.log"; echo "the Graph emulator did not start" >&2; exit 1; }
+  echo "Entra ID and Graph at $(cat "$emu/url") (CA $emu/ca.crt)"
+
+  say "starting the operator (Microsoft Graph directory, client-secret credential)"
+  AZURE_TENANT_ID="$(cat "$emu/tenant-id")" AZURE_CLIENT_ID="$(cat "$emu/client-id")" \
+    "$operator" run --directory graph --credential secret --client-secret-file "$emu/client-secret" \
+    --graph-endpoint "$(cat "$emu/url")" --authority-host "$(cat "$emu/url")" --ca-file "$emu/ca.crt" \
+    --resync 10m >"$state/operator.log" 2>&1 &
+  operator_pid=$!
+fi
+
+for _ in $(seq 1 100); do grep -q "starting the TeamAccess controller" "$state/operator.log" && break; sleep 0.1; done
+grep -q "starting the TeamAccess controller" "$state/operator.log" || { cat "$state/operator.log"; echo "the operator did not start" >&2; exit 1; }
+grep -E "using the|connected to" "$state/operator.log" | sed 's/^/  /'
 
 say "applying the seed's two TeamAccess objects"
 applied_at=$(date +%s.%N)
@@ -96,8 +130,8 @@ if [[ "${KEEP:-}" == 1 ]]; then
   export KUBECONFIG=$KUBECONFIG
   kubectl get teamaccess
   kubectl auth can-i create pods -n dev --as aksdev@contoso.com --as-group $appdev_id
-  operator: pid $operator_pid, log $state/operator.log, directory $state/directory.yaml
-  stop it:  kill $operator_pid; KUBECONFIG=$KUBECONFIG make cluster-down
+  operator: pid $operator_pid, log $state/operator.log
+  stop it:  kill $operator_pid ${emulator_pid}; KUBECONFIG=$KUBECONFIG make cluster-down
 EOF
 fi
 echo "demo finished in $((SECONDS - started))s"

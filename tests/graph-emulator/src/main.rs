@@ -23,7 +23,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let text = std::fs::read_to_string(&args.directory_file)?;
     let directory = DirectoryFile::parse(&text)?;
     let emulator = Emulator::start(directory, &args.state_dir).await?;
-    std::fs::write(args.state_dir.join("url"), emulator.url())?;
+    // Files for scripts: what a client needs to reach and authenticate to it.
+    for (name, value) in
+        [("tenant-id", TENANT_ID), ("client-id", CLIENT_ID), ("client-secret", CLIENT_SECRET), ("url", emulator.url())]
+    {
+        std::fs::write(args.state_dir.join(name), value)?;
+    }
     println!("tenant:        {TENANT_ID}");
     println!("client id:     {CLIENT_ID}");
     println!("client secret: {CLIENT_SECRET}");
