@@ -15,8 +15,11 @@ use crate::{
         static_file::StaticDirectory,
     },
     reconcile::{self, Policy, Settings},
-    telemetry::{self, LogFormat},
+    server,
+    telemetry::{self, Health, LogFormat, metrics::Metrics},
 };
+use kube_lease_manager::LeaseManagerBuilder;
+use tokio::sync::watch;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -126,6 +129,26 @@ pub struct RunArgs {
     #[arg(long, env = "TEAMACCESS_SELECTOR")]
     pub selector: Option<String>,
 
+    /// Where /metrics, /healthz and /readyz are served.
+    #[arg(long, env = "TEAMACCESS_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    pub metrics_addr: std::net::SocketAddr,
+
+    /// Elect a leader through a Lease so only one replica reconciles.
+    #[arg(long, env = "TEAMACCESS_LEADER_ELECTION")]
+    pub leader_election: bool,
+
+    /// Name of the leader election Lease.
+    #[arg(long, env = "TEAMACCESS_LEASE_NAME", default_value = "teamaccess-operator")]
+    pub lease_name: String,
+
+    /// Namespace of the Lease; defaults to the operator's namespace.
+    #[arg(long, env = "TEAMACCESS_LEASE_NAMESPACE")]
+    pub lease_namespace: Option<String>,
+
+    /// How long a leader holds the Lease without renewing it (whole seconds).
+    #[arg(long, env = "TEAMACCESS_LEASE_DURATION", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub lease_duration: Duration,
+
     /// Log format.
     #[arg(long, env = "TEAMACCESS_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -201,9 +224,114 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         "starting the TeamAccess controller"
     );
     let instance = std::env::var("POD_NAME").ok().or_else(|| std::env::var("HOSTNAME").ok());
-    let ctx = Arc::new(reconcile::Context::new(client, directory, settings, instance));
-    reconcile::run(ctx, shutdown_signal()).await?;
-    tracing::info!("controller stopped");
+    let metrics = Metrics::shared();
+    let health = Arc::new(Health::default());
+    let ctx = reconcile::Context::new(client.clone(), directory, settings, instance.clone())
+        .with_telemetry(metrics.clone(), health.clone());
+    let ctx = Arc::new(ctx);
+
+    // One stop signal for everything: SIGTERM or Ctrl-C turns /readyz unready at once.
+    let (stop, stopping) = watch::channel(false);
+    {
+        let health = health.clone();
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            tracing::info!("shutting down");
+            health.set_ready(false);
+            let _ = stop.send(true);
+        });
+    }
+    let (addr, server) = server::serve(args.metrics_addr, metrics.clone(), health.clone(), stopped(stopping.clone()))
+        .await
+        .with_context(|| format!("cannot serve metrics and health on {}", args.metrics_addr))?;
+    tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
+
+    if args.leader_election {
+        let namespace = args
+            .lease_namespace
+            .clone()
+            .or(own_namespace)
+            .context("--leader-election needs --lease-namespace (or TEAMACCESS_OPERATOR_NAMESPACE)")?;
+        let identity =
+            format!("{}-{:08x}", instance.unwrap_or_else(|| "teamaccess-operator".into()), fastrand::u32(..));
+        run_as_leader(ctx, &args, namespace, identity, stopping).await?;
+    } else {
+        metrics.leader.set(1);
+        reconcile::run(ctx, stopped(stopping)).await?;
+    }
+    let _ = server.await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Completes once `stopping` turns true.
+async fn stopped(mut stopping: watch::Receiver<bool>) {
+    let _ = stopping.wait_for(|s| *s).await;
+}
+
+/// Waits for the Lease, reconciles while holding it, and releases it on shutdown.
+/// Losing the Lease ends the process with an error, so a restart rejoins cleanly.
+async fn run_as_leader(
+    ctx: Arc<reconcile::Context>,
+    args: &RunArgs,
+    namespace: String,
+    identity: String,
+    stopping: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let duration = args.lease_duration.as_secs().max(2);
+    let manager = LeaseManagerBuilder::new(ctx.client.clone(), &args.lease_name)
+        .with_namespace(&namespace)
+        .with_identity(&identity)
+        .with_duration(duration)
+        .with_grace((duration / 5).max(1))
+        .with_field_manager(reconcile::FIELD_MANAGER)
+        .build()
+        .await
+        .context("setting up leader election")?;
+    let (mut leading, lease) = manager.watch().await;
+    // A standby is ready: it can take over at any moment.
+    ctx.health.set_ready(true);
+    tracing::info!(lease = %format!("{namespace}/{}", args.lease_name), %identity, "waiting for the leader Lease");
+    let mut stop = stopping.clone();
+    let became_leader = tokio::select! {
+        _ = leading.wait_for(|l| *l) => true,
+        _ = stop.wait_for(|s| *s) => false,
+    };
+    if !became_leader {
+        drop(leading);
+        let _ = lease.await;
+        return Ok(());
+    }
+    tracing::info!(%identity, "became the leader");
+    ctx.metrics.leader.set(1);
+    let lost = {
+        let mut leading = leading.clone();
+        async move {
+            let _ = leading.wait_for(|l| !*l).await;
+        }
+    };
+    let stopped_or_lost = {
+        let stopped = stopped(stopping.clone());
+        async move {
+            tokio::select! {
+                _ = stopped => {},
+                _ = lost => tracing::warn!("lost the leader Lease"),
+            }
+        }
+    };
+    reconcile::run(ctx.clone(), stopped_or_lost).await?;
+    ctx.metrics.leader.set(0);
+    let lost_it = !*leading.borrow() && !*stopping.borrow();
+    // Closing the channel makes the manager release the Lease for the next leader.
+    drop(leading);
+    match lease.await {
+        Ok(Ok(_)) => tracing::info!("released the leader Lease"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "could not release the leader Lease"),
+        Err(e) => tracing::warn!(error = %e, "the lease task failed"),
+    }
+    if lost_it {
+        anyhow::bail!("lost the leader Lease; exiting so a restart rejoins the election");
+    }
     Ok(())
 }
 

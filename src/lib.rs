@@ -6,6 +6,7 @@ pub mod api;
 pub mod cli;
 pub mod directory;
 pub mod reconcile;
+pub mod server;
 pub mod telemetry;
 
 use kube::CustomResourceExt;

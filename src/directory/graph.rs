@@ -23,7 +23,10 @@ use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Directory, DirectoryError, DirectoryGroup, DirectoryUser, describe_user};
-use crate::api::{GroupSelector, UserRef};
+use crate::{
+    api::{GroupSelector, UserRef},
+    telemetry::metrics::Metrics,
+};
 
 /// Graph's limit of requests in one `$batch`.
 pub const MAX_BATCH: usize = 20;
@@ -164,6 +167,7 @@ struct Client {
     settings: GraphSettings,
     /// Set when Graph asked us to wait: lookups fail fast until then.
     hold_until: Mutex<Option<(Instant, DirectoryError)>>,
+    metrics: Option<Arc<Metrics>>,
 }
 
 type Cache<T> = Arc<Mutex<HashMap<String, (Instant, T)>>>;
@@ -183,6 +187,16 @@ type GroupLookup = Shared<BoxFuture<'static, Result<DirectoryGroup, DirectoryErr
 impl GraphDirectory {
     /// `http` must be the client the credential uses too (same trusted CAs).
     pub fn new(http: reqwest::Client, credential: Arc<dyn TokenCredential>, settings: GraphSettings) -> Self {
+        Self::with_metrics(http, credential, settings, None)
+    }
+
+    /// Like `new`, counting Graph requests and cache hits in `metrics`.
+    pub fn with_metrics(
+        http: reqwest::Client,
+        credential: Arc<dyn TokenCredential>,
+        settings: GraphSettings,
+        metrics: Option<Arc<Metrics>>,
+    ) -> Self {
         let root = settings.endpoint.trim_end_matches('/').to_string();
         let client = Arc::new(Client {
             http,
@@ -192,6 +206,7 @@ impl GraphDirectory {
             scope: format!("{root}/.default"),
             settings,
             hold_until: Mutex::new(None),
+            metrics,
         });
         let (queue, rx) = mpsc::unbounded_channel();
         tokio::spawn(batch_loop(client.clone(), rx));
@@ -208,7 +223,12 @@ impl GraphDirectory {
 
     fn cached<T: Clone>(&self, cache: &Mutex<HashMap<String, (Instant, T)>>, key: &str) -> Option<T> {
         let cache = cache.lock().unwrap_or_else(|e| e.into_inner());
-        cache.get(key).filter(|(at, _)| at.elapsed() < self.client.settings.cache_ttl).map(|(_, v)| v.clone())
+        let hit =
+            cache.get(key).filter(|(at, _)| at.elapsed() < self.client.settings.cache_ttl).map(|(_, v)| v.clone());
+        if let Some(m) = &self.client.metrics {
+            m.cache(hit.is_some());
+        }
+        hit
     }
 
     fn remember<T>(&self, cache: &Mutex<HashMap<String, (Instant, T)>>, key: String, value: T) {
@@ -471,13 +491,20 @@ impl Client {
     async fn send_absolute(&self, url: &str) -> Result<Answer, DirectoryError> {
         let token = self.token().await?;
         let request = self.http.get(url).bearer_auth(token).timeout(self.settings.request_timeout);
-        answer(request.send().await).await
+        self.counted(answer(request.send().await).await)
+    }
+
+    fn counted(&self, answer: Result<Answer, DirectoryError>) -> Result<Answer, DirectoryError> {
+        if let Some(m) = &self.metrics {
+            m.graph_request(answer.as_ref().ok().map(|a| a.status));
+        }
+        answer
     }
 
     async fn post(&self, url: &str, body: &Value) -> Result<Answer, DirectoryError> {
         let token = self.token().await?;
         let request = self.http.post(url).bearer_auth(token).json(body).timeout(self.settings.request_timeout);
-        answer(request.send().await).await
+        self.counted(answer(request.send().await).await)
     }
 }
 

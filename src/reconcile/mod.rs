@@ -29,6 +29,7 @@ use tokio_stream::wrappers::WatchStream;
 use crate::{
     api::{FINALIZER, TeamAccess},
     directory::Directory,
+    telemetry::{Health, metrics::Metrics},
 };
 
 pub mod build;
@@ -68,6 +69,9 @@ pub struct Context {
     pub directory: Arc<dyn Directory>,
     pub recorder: Recorder,
     pub settings: Settings,
+    pub metrics: Arc<Metrics>,
+    /// Turned ready once the controller's cache has synced.
+    pub health: Arc<Health>,
     /// Consecutive failures per TeamAccess, for exponential backoff.
     failures: Mutex<HashMap<String, u32>>,
 }
@@ -80,8 +84,17 @@ impl Context {
             client,
             directory,
             settings,
+            metrics: Metrics::shared(),
+            health: Arc::default(),
             failures: Mutex::default(),
         }
+    }
+
+    /// Shares the process's metrics and health with the controller.
+    pub fn with_telemetry(mut self, metrics: Arc<Metrics>, health: Arc<Health>) -> Self {
+        self.metrics = metrics;
+        self.health = health;
+        self
     }
 
     /// The delay before the next try after a transient failure: 1 s doubling up to
@@ -118,6 +131,18 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
         .owns(Api::<Role>::all(client.clone()), children.clone())
         .owns(Api::<RoleBinding>::all(client.clone()), children)
         .with_config(controller::Config::default().concurrency(ctx.settings.concurrency));
+    // Ready once the cache of TeamAccess objects has synced; the gauge follows it.
+    let store = controller.store();
+    let (metrics, health) = (ctx.metrics.clone(), ctx.health.clone());
+    let watchdog = tokio::spawn(async move {
+        if store.wait_until_ready().await.is_ok() {
+            health.set_ready(true);
+        }
+        loop {
+            metrics.managed.set(store.len() as i64);
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+    });
     if let Some(changes) = ctx.directory.changes() {
         // A reloaded directory may resolve groups differently: look at every object again.
         controller = controller.reconcile_all_on(WatchStream::from_changes(changes).map(|_| ()));
@@ -135,6 +160,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
             }
         })
         .await;
+    watchdog.abort();
     Ok(())
 }
 
@@ -176,9 +202,12 @@ fn error_policy(ta: Arc<TeamAccess>, _error: &ReconcileError, ctx: Arc<Context>)
 /// The apply path: work out and put in place the access the object declares, then
 /// report the outcome in status and events.
 async fn grant(ta: &TeamAccess, ctx: &Context) -> Result<Action, Error> {
+    let started = std::time::Instant::now();
     let mut report = status::Report::for_object(ta);
     let outcome = grant_access(ta, ctx, &mut report).await;
     status::publish(ta, ctx, &report, &outcome).await?;
+    let reason = outcome.as_ref().err().map_or("Reconciled", Error::reason);
+    ctx.metrics.reconciled(outcome.is_ok(), reason, started.elapsed().as_secs_f64());
 
     let name = ta.name_any();
     Ok(match &outcome {

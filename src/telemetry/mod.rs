@@ -21,3 +21,21 @@ pub fn init(format: LogFormat) {
         LogFormat::Json => registry.with(fmt::layer().json().with_writer(std::io::stderr)).init(),
     }
 }
+
+pub mod metrics;
+
+/// Whether the operator is ready to serve: /readyz answers from this.
+#[derive(Debug, Default)]
+pub struct Health {
+    ready: std::sync::atomic::AtomicBool,
+}
+
+impl Health {
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}

@@ -1,0 +1,117 @@
+//! Prometheus metrics. Every label has a small, fixed set of values (results,
+//! condition reasons, HTTP status codes): never object names or error text.
+
+use std::sync::Arc;
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{Histogram, exponential_buckets},
+    },
+    registry::Registry,
+};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReconcileLabels {
+    /// `ready` or `failed`.
+    pub result: String,
+    /// The Ready condition's reason.
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabels {
+    /// The HTTP status, or `error` when no answer came.
+    pub status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CacheLabels {
+    /// `hit` or `miss`.
+    pub result: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub reconciles: Family<ReconcileLabels, Counter>,
+    pub reconcile_duration: Histogram,
+    pub graph_requests: Family<StatusLabels, Counter>,
+    pub directory_cache: Family<CacheLabels, Counter>,
+    pub managed: Gauge,
+    pub leader: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("teamaccess");
+        let reconciles = Family::<ReconcileLabels, Counter>::default();
+        registry.register("reconciles", "Reconciles of TeamAccess objects by result and reason", reconciles.clone());
+        let reconcile_duration = Histogram::new(exponential_buckets(0.005, 2.0, 12));
+        registry.register("reconcile_duration_seconds", "Time to reconcile one TeamAccess", reconcile_duration.clone());
+        let graph_requests = Family::<StatusLabels, Counter>::default();
+        registry.register("graph_requests", "Microsoft Graph HTTP requests by status", graph_requests.clone());
+        let directory_cache = Family::<CacheLabels, Counter>::default();
+        registry.register("directory_cache", "Directory cache lookups by result", directory_cache.clone());
+        let managed = Gauge::default();
+        registry.register("managed_teamaccesses", "TeamAccess objects this operator manages", managed.clone());
+        let leader = Gauge::default();
+        registry.register(
+            "leader",
+            "1 while this instance holds the leader Lease (or runs without election)",
+            leader.clone(),
+        );
+        Self { registry, reconciles, reconcile_duration, graph_requests, directory_cache, managed, leader }
+    }
+}
+
+impl Metrics {
+    pub fn shared() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    pub fn reconciled(&self, ready: bool, reason: &str, seconds: f64) {
+        let result = if ready { "ready" } else { "failed" };
+        self.reconciles.get_or_create(&ReconcileLabels { result: result.into(), reason: reason.into() }).inc();
+        self.reconcile_duration.observe(seconds);
+    }
+
+    pub fn graph_request(&self, status: Option<u16>) {
+        let status = status.map_or_else(|| "error".to_string(), |s| s.to_string());
+        self.graph_requests.get_or_create(&StatusLabels { status }).inc();
+    }
+
+    pub fn cache(&self, hit: bool) {
+        let result = if hit { "hit" } else { "miss" };
+        self.directory_cache.get_or_create(&CacheLabels { result: result.into() }).inc();
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_show_in_the_exposition_with_bounded_labels() {
+        let m = Metrics::default();
+        m.reconciled(true, "Reconciled", 0.01);
+        m.graph_request(Some(429));
+        m.cache(true);
+        m.managed.set(3);
+        let text = m.render();
+        assert!(text.contains(r#"teamaccess_reconciles_total{result="ready",reason="Reconciled"} 1"#), "{text}");
+        assert!(text.contains(r#"teamaccess_graph_requests_total{status="429"} 1"#), "{text}");
+        assert!(text.contains(r#"teamaccess_directory_cache_total{result="hit"} 1"#), "{text}");
+        assert!(text.contains("teamaccess_managed_teamaccesses 3"), "{text}");
+        assert!(text.contains("teamaccess_reconcile_duration_seconds_bucket"), "{text}");
+    }
+}
