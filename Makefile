@@ -2,7 +2,7 @@
 # so the scripts can be read (and run) on their own.
 SHELL := /bin/bash
 
-.PHONY: help build test unit demo emulator cluster-up cluster-down cluster-bin crds check-crds fmt lint
+.PHONY: help build test unit demo emulator cluster-up cluster-down cluster-bin generate crds check-generated fmt lint
 
 help:
 	@echo "make demo          the seed's scenario on a local control plane (KEEP=1 leaves it running)"
@@ -10,7 +10,7 @@ help:
 	@echo "make cluster-up    start a local control plane; prints KUBECONFIG=<path> last"
 	@echo "make cluster-down  stop it (KUBECONFIG=<path> picks one, else the last started)"
 	@echo "make emulator      run the Entra ID / Graph emulator on its own; prints its URL and CA path"
-	@echo "make crds          regenerate crds/ from the Rust types"
+	@echo "make generate      regenerate the CRD copies and deploy/operator.yaml (alias: make crds)"
 
 build:
 	cargo build --locked --release
@@ -36,11 +36,12 @@ cluster-up:
 cluster-down:
 	@tests/cluster/cluster.sh down
 
-crds:
-	cargo run --quiet --locked -- crd > crds/teamaccess.yaml
+# Regenerates the CRD copies and deploy/operator.yaml; `crds` is kept as an alias.
+generate crds:
+	scripts/generate.sh
 
-check-crds:
-	scripts/check-crds.sh
+check-generated:
+	scripts/generate.sh --check
 
 fmt:
 	cargo fmt --all

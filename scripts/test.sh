@@ -2,7 +2,7 @@
 # The README's test command (make test): every test the project has.
 #
 #   1. unit tests
-#   2. the CRD in crds/ matches the Rust types
+#   2. generated files (CRD copies, deploy/operator.yaml) match their sources
 #   3. a local control plane of its own, unless TEAMACCESS_TEST_KUBECONFIG names one
 #   4. the integration tests against that control plane
 #   5. cargo fmt --check and cargo clippy -D warnings
@@ -47,7 +47,7 @@ step() {
 }
 
 step "unit tests" cargo test --locked --workspace --lib --bins || exit 1
-step "CRD is generated" scripts/check-crds.sh || exit 1
+step "generated files are current" scripts/generate.sh --check || exit 1
 
 if [[ -z "${TEAMACCESS_TEST_KUBECONFIG:-}" ]]; then
   echo "==> starting a local control plane (TEAMACCESS_TEST_KUBECONFIG is not set)"

@@ -241,7 +241,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             let _ = stop.send(true);
         });
     }
-    let (addr, server) = server::serve(args.metrics_addr, metrics.clone(), health.clone(), stopped(stopping.clone()))
+    // The server outlives the stop signal by a moment, so probes see /readyz go unready.
+    let server_stop = {
+        let stopping = stopping.clone();
+        async move {
+            stopped(stopping).await;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    };
+    let (addr, server) = server::serve(args.metrics_addr, metrics.clone(), health.clone(), server_stop)
         .await
         .with_context(|| format!("cannot serve metrics and health on {}", args.metrics_addr))?;
     tracing::info!(%addr, "serving /metrics, /healthz and /readyz");

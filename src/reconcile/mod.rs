@@ -135,8 +135,21 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
     let store = controller.store();
     let (metrics, health) = (ctx.metrics.clone(), ctx.health.clone());
     let watchdog = tokio::spawn(async move {
-        if store.wait_until_ready().await.is_ok() {
-            health.set_ready(true);
+        // The store wakes only its latest waiter (the controller's), so poll again
+        // now and then rather than wait once.
+        loop {
+            match tokio::time::timeout(Duration::from_millis(200), store.wait_until_ready()).await {
+                Ok(Ok(())) => {
+                    tracing::info!(objects = store.len(), "TeamAccess cache synced; ready");
+                    health.set_ready(true);
+                    break;
+                }
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "the TeamAccess cache was dropped before it synced");
+                    break;
+                }
+                Err(_) => {}
+            }
         }
         loop {
             metrics.managed.set(store.len() as i64);
@@ -155,6 +168,10 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
                 Ok((obj, _)) => tracing::debug!(teamaccess = %obj.name, "reconciled"),
                 Err(controller::Error::ReconcilerFailed(e, obj)) => {
                     tracing::warn!(teamaccess = %obj.name, reason = e.reason(), error = %e, "reconcile failed")
+                }
+                // A child's owner outside this operator's selector (sharding) or just deleted.
+                Err(controller::Error::ObjectNotFound(obj)) => {
+                    tracing::debug!(teamaccess = %obj.name, "not in the cache")
                 }
                 Err(e) => tracing::warn!(error = %e, "controller error"),
             }

@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test binary uses its own part of the helpers
 
 pub mod operator;
+pub mod process;
 
 use std::{future::Future, path::PathBuf, time::Duration};
 
@@ -302,4 +303,45 @@ pub mod graph {
     pub fn directory(emulator: &Emulator) -> Arc<GraphDirectory> {
         directory_with(emulator, &secret_settings(emulator), fast_settings(emulator))
     }
+}
+
+/// A binary built with the control plane (kubectl, helm): from TEAMACCESS_TEST_BIN,
+/// else the cached build (tests/cluster/cluster.sh bin builds it when missing).
+pub fn cluster_tool(name: &str) -> PathBuf {
+    let dir = match std::env::var_os("TEAMACCESS_TEST_BIN") {
+        Some(dir) => PathBuf::from(dir),
+        None => {
+            let out = std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/cluster/cluster.sh"))
+                .arg("bin")
+                .output()
+                .expect("run tests/cluster/cluster.sh bin");
+            assert!(out.status.success(), "cluster.sh bin failed: {}", String::from_utf8_lossy(&out.stderr));
+            PathBuf::from(String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or_default().trim())
+        }
+    };
+    dir.join(name)
+}
+
+/// Runs a tool with the test cluster's kubeconfig; returns (success, stdout, stderr).
+pub fn run_tool(name: &str, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
+    use std::io::Write;
+    let mut child = std::process::Command::new(cluster_tool(name))
+        .args(args)
+        .env("KUBECONFIG", kubeconfig_path())
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {name}: {e}"));
+    if let Some(input) = stdin {
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    }
+    drop(child.stdin.take());
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }

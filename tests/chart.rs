@@ -1,0 +1,297 @@
+//! The Helm chart and the kustomize manifests against the real API server, and
+//! the operator run as the chart's ServiceAccount: its RBAC must be enough for
+//! the seed's scenario, and a missing rule must show as a Forbidden condition.
+
+mod support;
+
+use std::{path::PathBuf, time::Duration};
+
+use k8s_openapi::api::{
+    authentication::v1::{TokenRequest, TokenRequestSpec},
+    core::v1::ServiceAccount,
+    rbac::v1::ClusterRole,
+};
+use kube::{
+    Api,
+    api::{Patch, PatchParams, PostParams},
+    config::Kubeconfig,
+};
+use support::{operator::*, process::OperatorProcess, *};
+use teamaccess_operator::api::TeamAccess;
+
+const CHART: &str = "charts/teamaccess-operator";
+
+fn all_features_values() -> &'static str {
+    r#"
+replicaCount: 2
+directory:
+  type: static
+  static:
+    groups: [{objectId: 5f0a1d3e-8f8a-4c1e-9d55-0b0c2d7c1a01, displayName: appdev}]
+    users: [{objectId: 0b9c7c52-1e6d-4a8a-9b4c-6a6f7b1f2e11, userPrincipalName: aksdev@contoso.com}]
+azure: {tenantId: 72f988bf-86f1-41af-91ab-2d7cd011db47, clientId: 3b1f8e5a-2c4d-4e6f-8a9b-0c1d2e3f4a5b, credential: workload, workloadIdentity: {enabled: true}}
+graph: {cloud: usgov, caConfigMap: graph-ca, endpoint: "https://graph.example", authorityHost: "https://login.example", cacheTtl: 1m}
+metrics: {serviceMonitor: {enabled: true, labels: {release: prometheus}}}
+networkPolicy: {enabled: true}
+selector: "team=a"
+extraEnv: [{name: RUST_LOG, value: debug}]
+"#
+}
+
+/// Server-side dry-run applies every object of a rendered manifest.
+fn dry_run_apply(manifest: &str) {
+    let (ok, out, err) =
+        run_tool("kubectl", &["apply", "--server-side", "--dry-run=server", "-f", "-"], Some(manifest));
+    assert!(ok, "server-side dry-run failed:\n{err}\n{out}");
+    let applied = out.lines().filter(|l| l.contains("serverside-applied")).count();
+    let documents = manifest.matches("\nkind: ").count() + usize::from(manifest.starts_with("kind: "));
+    assert_eq!(applied, documents, "every rendered object is accepted:\n{out}");
+}
+
+/// A stand-in for the Prometheus operator's ServiceMonitor CRD, so the optional
+/// ServiceMonitor can be checked by the API server too.
+async fn ensure_servicemonitor_crd() {
+    let crd = r#"
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: servicemonitors.monitoring.coreos.com}
+spec:
+  group: monitoring.coreos.com
+  names: {kind: ServiceMonitor, plural: servicemonitors, listKind: ServiceMonitorList, singular: servicemonitor}
+  scope: Namespaced
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    schema: {openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}}
+"#;
+    let (ok, _, err) = run_tool("kubectl", &["apply", "--server-side", "-f", "-"], Some(crd));
+    assert!(ok, "{err}");
+    let (ok, _, err) = run_tool(
+        "kubectl",
+        &["wait", "--for=condition=Established", "crd/servicemonitors.monitoring.coreos.com"],
+        None,
+    );
+    assert!(ok, "{err}");
+}
+
+#[tokio::test]
+async fn the_chart_lints_and_every_rendered_object_is_accepted_by_the_api_server() {
+    let admin = admin_client().await;
+    ensure_crd(&admin).await;
+    ensure_servicemonitor_crd().await;
+    let ns = create_namespace(&admin, "chart-dry").await;
+    let (ok, out, err) = run_tool("helm", &["lint", CHART, "--strict"], None);
+    assert!(ok, "helm lint:\n{out}\n{err}");
+
+    let (ok, defaults, err) = run_tool("helm", &["template", "ta", CHART, "--namespace", &ns], None);
+    assert!(ok, "{err}");
+    dry_run_apply(&defaults);
+
+    let values = std::env::temp_dir().join(format!("{}-values.yaml", unique("all")));
+    std::fs::write(&values, all_features_values()).unwrap();
+    let (ok, everything, err) =
+        run_tool("helm", &["template", "ta", CHART, "--namespace", &ns, "-f", values.to_str().unwrap()], None);
+    assert!(ok, "{err}");
+    for kind in ["ServiceMonitor", "NetworkPolicy", "PodDisruptionBudget", "ConfigMap"] {
+        assert!(everything.contains(&format!("kind: {kind}")), "all features render a {kind}");
+    }
+    assert!(everything.contains("azure.workload.identity/use: \"true\""));
+    assert!(everything.contains("azure.workload.identity/client-id: 3b1f8e5a-2c4d-4e6f-8a9b-0c1d2e3f4a5b"));
+    dry_run_apply(&everything);
+    delete_namespace(&admin, &ns).await;
+}
+
+#[tokio::test]
+async fn the_kustomize_base_renders_objects_the_api_server_accepts() {
+    let admin = admin_client().await;
+    ensure_crd(&admin).await;
+    let (ok, rendered, err) = run_tool("kubectl", &["kustomize", "deploy/"], None);
+    assert!(ok, "{err}");
+    for kind in ["Namespace", "CustomResourceDefinition", "Deployment", "ClusterRole", "ServiceAccount"] {
+        assert!(rendered.contains(&format!("kind: {kind}")), "deploy/ renders a {kind}");
+    }
+    // Namespaced objects need their namespace to exist for a dry run.
+    let (_, _, _) = run_tool("kubectl", &["create", "namespace", "teamaccess-system"], None);
+    dry_run_apply(&rendered);
+}
+
+#[tokio::test]
+async fn values_schema_rejects_bad_values() {
+    for (set, expected) in [
+        ("logFormat=xml", "/logFormat"),
+        ("replicaCount=0", "/replicaCount"),
+        ("directory.type=ldap", "/directory/type"),
+        ("resync=soon", "/resync"),
+        ("unknownValue=1", "unknownValue"),
+    ] {
+        let (ok, _, err) = run_tool("helm", &["template", "ta", CHART, "--set", set], None);
+        assert!(!ok, "--set {set} must be rejected");
+        assert!(err.contains(expected), "--set {set}: {err}");
+    }
+    let (ok, _, err) = run_tool(
+        "helm",
+        &["template", "ta", CHART, "--set", "replicaCount=2", "--set", "leaderElection.enabled=false"],
+        None,
+    );
+    assert!(!ok && err.contains("needs leaderElection.enabled"), "{err}");
+}
+
+/// A kubeconfig that authenticates with `token` only, for the test cluster.
+fn token_kubeconfig(token: &str) -> PathBuf {
+    let mut kc = Kubeconfig::read_from(kubeconfig_path()).unwrap();
+    for named in &mut kc.auth_infos {
+        named.auth_info = Some(kube::config::AuthInfo { token: Some(token.to_string().into()), ..Default::default() });
+    }
+    let path = std::env::temp_dir().join(format!("{}.kubeconfig", unique("sa")));
+    std::fs::write(&path, serde_json::to_string(&kc).unwrap()).unwrap();
+    path
+}
+
+#[tokio::test]
+async fn the_operator_runs_the_seed_scenario_with_only_the_charts_rbac() {
+    let admin = admin_client().await;
+    ensure_crd(&admin).await;
+    let ns = unique("chart-sa");
+    let release = unique("ta");
+    let (ok, out, err) = run_tool(
+        "helm",
+        &["install", &release, CHART, "--namespace", &ns, "--create-namespace", "--set", "directory.type=static"],
+        None,
+    );
+    assert!(ok, "helm install:\n{out}\n{err}");
+    let service_account = format!("{release}-teamaccess-operator");
+
+    // The operator runs outside the cluster, authenticated only as that ServiceAccount.
+    let request = TokenRequest {
+        spec: Some(TokenRequestSpec { expiration_seconds: Some(3600), ..Default::default() }),
+        ..Default::default()
+    };
+    let token = Api::<ServiceAccount>::namespaced(admin.clone(), &ns)
+        .create_token_request(&service_account, &PostParams::default(), &request)
+        .await
+        .expect("a token for the chart's ServiceAccount")
+        .status
+        .and_then(|s| s.token)
+        .unwrap();
+    let kubeconfig = token_kubeconfig(&token);
+    let label = unique("chart");
+    let seed_file = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("deploy/examples/seed/directory.yaml");
+    let selector = format!("{TEST_LABEL}={label}");
+    let operator = OperatorProcess::start(
+        &kubeconfig,
+        &[
+            "--directory",
+            "static",
+            "--directory-file",
+            seed_file.to_str().unwrap(),
+            "--operator-namespace",
+            &ns,
+            "--leader-election",
+            "--lease-namespace",
+            &ns,
+            "--lease-duration",
+            "5s",
+            "--selector",
+            &selector,
+        ],
+        &[("POD_NAME", "chart-test")],
+        &std::env::temp_dir().join(&label),
+    );
+    operator.wait_ready().await;
+
+    let tas = Api::<TeamAccess>::all(admin.clone());
+    let team = |name: &str, group: &str, namespace: &str| {
+        serde_json::json!({
+            "apiVersion": "teamaccess.dev/v1alpha1", "kind": "TeamAccess",
+            "metadata": {"name": name, "labels": {TEST_LABEL: label}},
+            "spec": {"group": {"displayName": group}, "namespace": namespace, "verbs": ["*"]}
+        })
+    };
+    let (dev, sre) = (unique("dev"), unique("sre"));
+    let (appdev, opssre) = (format!("{label}-appdev"), format!("{label}-opssre"));
+    for (name, group, namespace) in [(&appdev, "appdev", &dev), (&opssre, "opssre", &sre)] {
+        tas.patch(name, &PatchParams::apply("chart-test"), &Patch::Apply(team(name, group, namespace))).await.unwrap();
+    }
+    let ready = |name: String| {
+        let tas = tas.clone();
+        async move {
+            wait_for(Duration::from_secs(30), &format!("{name} Ready"), || async {
+                let ta = tas.get(&name).await.map_err(|e| e.to_string())?;
+                let conditions = ta.status.map(|s| s.conditions).unwrap_or_default();
+                if conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True") {
+                    Ok(())
+                } else {
+                    Err(format!("{conditions:?}"))
+                }
+            })
+            .await
+        }
+    };
+    ready(appdev.clone()).await;
+    ready(opssre.clone()).await;
+    for namespace in [&dev, &sre] {
+        let api = Api::<ServiceAccount>::namespaced(admin.clone(), namespace);
+        wait_for(Duration::from_secs(30), "the default ServiceAccount", || async {
+            api.get_opt("default").await.map_err(|e| e.to_string())?.map(|_| ()).ok_or_else(|| "absent".to_string())
+        })
+        .await;
+    }
+    wait_pod_create_status(AKSDEV, &[APPDEV], &dev, 200).await;
+    assert_eq!(create_pod_as(AKSDEV, &[APPDEV], &sre).await, 403);
+    wait_pod_create_status(AKSSRE, &[OPSSRE], &sre, 200).await;
+    assert_eq!(list_all_pods_as(AKSSRE, &[OPSSRE]).await, 403);
+    assert!(
+        operator.metric("teamaccess_reconciles_total{result=\"ready\",reason=\"Reconciled\"}").await >= 2.0,
+        "metrics move"
+    );
+
+    // Take one permission away: the operator reports it, and keeps running.
+    let cluster_roles = Api::<ClusterRole>::all(admin.clone());
+    let mut role = cluster_roles.get(&service_account).await.unwrap();
+    let rules = role.rules.take().unwrap_or_default();
+    role.rules = Some(
+        rules
+            .into_iter()
+            .filter(|r| !r.resources.clone().unwrap_or_default().contains(&"rolebindings".to_string()))
+            .collect(),
+    );
+    role.metadata.managed_fields = None;
+    cluster_roles.replace(&service_account, &PostParams::default(), &role).await.unwrap();
+    let third = format!("{label}-third");
+    tas.patch(&third, &PatchParams::apply("chart-test"), &Patch::Apply(team(&third, "appdev", &unique("third"))))
+        .await
+        .unwrap();
+    wait_for(Duration::from_secs(30), "a Forbidden condition", || async {
+        let ta = tas.get(&third).await.map_err(|e| e.to_string())?;
+        let ready = ta.status.map(|s| s.conditions).unwrap_or_default().into_iter().find(|c| c.type_ == "Ready");
+        match ready {
+            Some(c) if c.reason == "Forbidden" && c.message.contains("RoleBinding") => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    let mut operator = operator;
+    assert!(operator.is_running(), "a missing permission must not crash the operator: {}", operator.log_tail());
+
+    // Put the rule back and clean up through the operator's finalizer.
+    let (ok, _, err) =
+        run_tool("helm", &["upgrade", &release, CHART, "--namespace", &ns, "--set", "directory.type=static"], None);
+    assert!(ok, "{err}");
+    for name in [&appdev, &opssre, &third] {
+        let _ = tas.delete(name, &Default::default()).await;
+    }
+    for name in [&appdev, &opssre, &third] {
+        wait_for(Duration::from_secs(30), &format!("{name} deleted"), || async {
+            match tas.get_opt(name).await.map_err(|e| e.to_string())? {
+                None => Ok(()),
+                Some(_) => Err("present".to_string()),
+            }
+        })
+        .await;
+    }
+    operator.signal("TERM");
+    operator.wait_exit(Duration::from_secs(20)).await;
+    let _ = run_tool("helm", &["uninstall", &release, "--namespace", &ns], None);
+    delete_namespace(&admin, &ns).await;
+}

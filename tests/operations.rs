@@ -1,0 +1,143 @@
+//! The operator binary as it runs in production: leader election between two
+//! processes, metrics that move, and readiness around startup and shutdown.
+
+mod support;
+
+use std::{path::PathBuf, time::Duration};
+
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::{
+    Api,
+    api::{Patch, PatchParams},
+};
+use support::{operator::TEST_LABEL, process::OperatorProcess, *};
+use teamaccess_operator::api::TeamAccess;
+
+fn seed_file() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("deploy/examples/seed/directory.yaml")
+}
+
+fn team(name: &str, label: &str, namespace: &str) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "teamaccess.dev/v1alpha1", "kind": "TeamAccess",
+        "metadata": {"name": name, "labels": {TEST_LABEL: label}},
+        "spec": {"group": {"displayName": "appdev"}, "namespace": namespace, "verbs": ["get"]}
+    })
+}
+
+async fn wait_ready(tas: &Api<TeamAccess>, name: &str, timeout: Duration) {
+    wait_for(timeout, &format!("{name} Ready"), || async {
+        let ta = tas.get(name).await.map_err(|e| e.to_string())?;
+        let conditions = ta.status.map(|s| s.conditions).unwrap_or_default();
+        if conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True") {
+            Ok(())
+        } else {
+            Err(format!("{conditions:?}"))
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn only_the_leader_reconciles_and_a_standby_takes_over_when_it_dies() {
+    let admin = admin_client().await;
+    ensure_crd(&admin).await;
+    let ns = create_namespace(&admin, "leader").await;
+    let label = unique("le");
+    let selector = format!("{TEST_LABEL}={label}");
+    let lease_seconds = 5;
+    let seed = seed_file();
+    let args = [
+        "--directory",
+        "static",
+        "--directory-file",
+        seed.to_str().unwrap(),
+        "--leader-election",
+        "--lease-namespace",
+        &ns,
+        "--lease-name",
+        "teamaccess-test",
+        "--lease-duration",
+        "5s",
+        "--selector",
+        &selector,
+        "--operator-namespace",
+        &ns,
+    ];
+    let logs = std::env::temp_dir().join(&label);
+    let a = OperatorProcess::start(&kubeconfig_path(), &args, &[("POD_NAME", "op-a")], &logs);
+    let b = OperatorProcess::start(&kubeconfig_path(), &args, &[("POD_NAME", "op-b")], &logs);
+    a.wait_ready().await;
+    b.wait_ready().await;
+
+    let leases = Api::<Lease>::namespaced(admin.clone(), &ns);
+    let holder = wait_for(Duration::from_secs(20), "a leader", || async {
+        let lease = leases.get_opt("teamaccess-test").await.map_err(|e| e.to_string())?;
+        lease.and_then(|l| l.spec?.holder_identity).ok_or_else(|| "no holder".to_string())
+    })
+    .await;
+    let (leader, standby) = if holder.starts_with("op-a") { (a, b) } else { (b, a) };
+    assert_eq!(leader.metric("teamaccess_leader").await, 1.0);
+    assert_eq!(standby.metric("teamaccess_leader").await, 0.0);
+
+    let tas = Api::<TeamAccess>::all(admin.clone());
+    let first = format!("{label}-first");
+    tas.patch(&first, &PatchParams::apply("le-test"), &Patch::Apply(team(&first, &label, &unique("le1"))))
+        .await
+        .unwrap();
+    wait_ready(&tas, &first, Duration::from_secs(30)).await;
+    let series = "teamaccess_reconciles_total{result=\"ready\",reason=\"Reconciled\"}";
+    assert!(leader.metric(series).await >= 1.0, "the leader reconciled");
+    assert_eq!(standby.metric(series).await, 0.0, "the standby wrote nothing");
+
+    // The leader dies without releasing the Lease.
+    leader.signal("KILL");
+    let killed = tokio::time::Instant::now();
+    let second = format!("{label}-second");
+    tas.patch(&second, &PatchParams::apply("le-test"), &Patch::Apply(team(&second, &label, &unique("le2"))))
+        .await
+        .unwrap();
+    wait_ready(&tas, &second, Duration::from_secs(lease_seconds + 10)).await;
+    println!(
+        "failover: the standby reconciled a new TeamAccess {:.1} s after the leader was killed (lease {lease_seconds} s)",
+        killed.elapsed().as_secs_f64()
+    );
+    assert_eq!(standby.metric("teamaccess_leader").await, 1.0);
+
+    for name in [&first, &second] {
+        let _ = tas.delete(name, &Default::default()).await;
+    }
+    for name in [&first, &second] {
+        wait_for(Duration::from_secs(30), &format!("{name} deleted"), || async {
+            tas.get_opt(name).await.map_err(|e| e.to_string())?.map_or(Ok(()), |_| Err("present".to_string()))
+        })
+        .await;
+    }
+    delete_namespace(&admin, &ns).await;
+}
+
+#[tokio::test]
+async fn readyz_turns_ready_on_start_and_unready_on_shutdown() {
+    let admin = admin_client().await;
+    ensure_crd(&admin).await;
+    let label = unique("rz");
+    let selector = format!("{TEST_LABEL}={label}");
+    let seed = seed_file();
+    let mut op = OperatorProcess::start(
+        &kubeconfig_path(),
+        &["--directory", "static", "--directory-file", seed.to_str().unwrap(), "--selector", &selector],
+        &[],
+        &std::env::temp_dir().join(&label),
+    );
+    op.wait_ready().await;
+    assert_eq!(op.get("/healthz").await.map(|r| r.0), Some(200));
+    op.signal("TERM");
+    wait_for(Duration::from_secs(5), "/readyz to turn unready", || async {
+        match op.get("/readyz").await {
+            Some((503, _)) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    op.wait_exit(Duration::from_secs(20)).await;
+}

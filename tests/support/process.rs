@@ -1,0 +1,101 @@
+//! Runs the real operator binary as a process, the way a pod would run it.
+
+use std::{
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use super::wait_for;
+
+pub struct OperatorProcess {
+    child: Child,
+    pub metrics_port: u16,
+    pub log: PathBuf,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl OperatorProcess {
+    /// Starts `teamaccess-operator run` with `args`, the given kubeconfig and env.
+    pub fn start(kubeconfig: &Path, args: &[&str], env: &[(&str, &str)], log_dir: &Path) -> Self {
+        let metrics_port = free_port();
+        std::fs::create_dir_all(log_dir).unwrap();
+        let log = log_dir.join(format!("operator-{metrics_port}.log"));
+        let log_file = std::fs::File::create(&log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_teamaccess-operator"))
+            .arg("run")
+            .args(args)
+            .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
+            .env("KUBECONFIG", kubeconfig)
+            .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .expect("start teamaccess-operator");
+        Self { child, metrics_port, log }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.metrics_port)
+    }
+
+    /// GETs an endpoint of the operator: (status, body), or None when nothing answers.
+    pub async fn get(&self, path: &str) -> Option<(u16, String)> {
+        let response = reqwest::Client::new().get(self.url(path)).timeout(Duration::from_secs(2)).send().await.ok()?;
+        let status = response.status().as_u16();
+        Some((status, response.text().await.unwrap_or_default()))
+    }
+
+    pub async fn wait_ready(&self) {
+        wait_for(Duration::from_secs(30), "the operator's /readyz", || async {
+            match self.get("/readyz").await {
+                Some((200, _)) => Ok(()),
+                other => Err(format!("{other:?}; log: {}", self.log_tail())),
+            }
+        })
+        .await
+    }
+
+    /// The value of a metric line (exact name with labels), 0 when absent.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let (_, body) = self.get("/metrics").await.unwrap_or_default();
+        body.lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().split(' ').next()?.parse().ok()))
+            .unwrap_or(0.0)
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill").arg(format!("-{signal}")).arg(self.child.id().to_string()).status().unwrap();
+        assert!(status.success());
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    pub async fn wait_exit(&mut self, timeout: Duration) {
+        wait_for(timeout, "the operator to exit", || {
+            let running = self.child.try_wait().unwrap().is_none();
+            async move { if running { Err("running".to_string()) } else { Ok(()) } }
+        })
+        .await
+    }
+
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(15)..].join("\n")
+    }
+}
+
+impl Drop for OperatorProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
