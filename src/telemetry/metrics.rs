@@ -88,6 +88,15 @@ impl Metrics {
         self.directory_cache.get_or_create(&CacheLabels { result: result.into() }).inc();
     }
 
+    /// How many reconciles were timed.
+    pub fn reconcile_duration_count(&self) -> u64 {
+        self.render()
+            .lines()
+            .find_map(|l| l.strip_prefix("teamaccess_reconcile_duration_seconds_count "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
     /// The OpenMetrics text exposition.
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -113,5 +122,6 @@ mod tests {
         assert!(text.contains(r#"teamaccess_directory_cache_total{result="hit"} 1"#), "{text}");
         assert!(text.contains("teamaccess_managed_teamaccesses 3"), "{text}");
         assert!(text.contains("teamaccess_reconcile_duration_seconds_bucket"), "{text}");
+        assert_eq!(m.reconcile_duration_count(), 1, "{text}");
     }
 }

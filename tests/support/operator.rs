@@ -13,6 +13,7 @@ use teamaccess_operator::{
     api::{GroupSelector, TeamAccess, TeamAccessSpec},
     directory::{Directory, static_file::StaticDirectory},
     reconcile::{self, Context, Policy, Settings},
+    telemetry::metrics::Metrics,
 };
 use tokio::{sync::oneshot, task::JoinHandle};
 
@@ -33,6 +34,7 @@ pub struct TestOperator {
     pub directory_file: PathBuf,
     directory: Arc<dyn Directory>,
     resync: Duration,
+    metrics: Arc<Metrics>,
     running: Option<(oneshot::Sender<()>, JoinHandle<()>)>,
 }
 
@@ -63,7 +65,8 @@ impl TestOperator {
     ) -> Self {
         let client = admin_client().await;
         ensure_crd(&client).await;
-        let mut op = Self { client, label, directory_file, directory, resync, running: None };
+        let mut op =
+            Self { client, label, directory_file, directory, resync, metrics: Metrics::shared(), running: None };
         op.resume().await;
         op
     }
@@ -79,8 +82,9 @@ impl TestOperator {
             concurrency: Settings::default().concurrency,
             selector: Some(format!("{TEST_LABEL}={}", self.label)),
         };
-        let ctx =
-            Arc::new(Context::new(self.client.clone(), self.directory.clone(), settings, Some(self.label.clone())));
+        let ctx = Context::new(self.client.clone(), self.directory.clone(), settings, Some(self.label.clone()))
+            .with_telemetry(self.metrics.clone(), Arc::default());
+        let ctx = Arc::new(ctx);
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             reconcile::run(ctx, async move {
@@ -98,6 +102,11 @@ impl TestOperator {
             let _ = stop.send(());
             let _ = tokio::time::timeout(Duration::from_secs(20), task).await;
         }
+    }
+
+    /// Reconciles run so far (apply path), whatever their outcome.
+    pub fn reconciles(&self) -> u64 {
+        self.metrics.reconcile_duration_count()
     }
 
     pub fn write_directory(&self, yaml: &str) {

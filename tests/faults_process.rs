@@ -1,0 +1,286 @@
+//! Faults that take processes down: the API server (with an etcd compaction, so
+//! watches come back to 410 Gone) and the operator itself in the middle of a
+//! cleanup. The API server test runs on a control plane of its own.
+
+mod support;
+
+use std::{
+    os::unix::process::CommandExt,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use k8s_openapi::api::{core::v1::Namespace, rbac::v1::RoleBinding};
+use kube::{
+    Api, Client, Config,
+    api::{ListParams, Patch, PatchParams},
+    config::{KubeConfigOptions, Kubeconfig},
+};
+use support::{operator::TEST_LABEL, process::OperatorProcess, *};
+use teamaccess_operator::api::TeamAccess;
+
+const APPDEV: &str = "5f0a1d3e-8f8a-4c1e-9d55-0b0c2d7c1a01";
+
+fn seed_file() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("deploy/examples/seed/directory.yaml")
+}
+
+fn team(name: &str, label: &str, namespace: &str) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "teamaccess.dev/v1alpha1", "kind": "TeamAccess",
+        "metadata": {"name": name, "labels": {TEST_LABEL: label}},
+        "spec": {"group": {"displayName": "appdev"}, "namespace": namespace, "verbs": ["get"]}
+    })
+}
+
+/// A control plane of the test's own, stopped when dropped.
+struct OwnCluster {
+    kubeconfig: PathBuf,
+    /// An API server this test started again; reaped after cluster-down stops it.
+    restarted: std::sync::Mutex<Option<std::process::Child>>,
+}
+
+impl OwnCluster {
+    fn start() -> Self {
+        let out = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/cluster/cluster.sh"))
+            .arg("up")
+            .env_remove("KUBECONFIG")
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("cluster.sh up");
+        assert!(out.status.success(), "cluster.sh up failed");
+        let line = String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or_default().to_string();
+        Self { kubeconfig: PathBuf::from(line.trim().trim_start_matches("KUBECONFIG=")), restarted: Default::default() }
+    }
+
+    fn state(&self) -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(self.kubeconfig.with_file_name("cluster.json")).unwrap()).unwrap()
+    }
+
+    async fn client(&self) -> Client {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let kc = Kubeconfig::read_from(&self.kubeconfig).unwrap();
+        Client::try_from(Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await.unwrap()).unwrap()
+    }
+
+    /// Kills the API server, compacts etcd to its current revision, and starts the
+    /// API server again with the same arguments.
+    async fn restart_apiserver_after_compaction(&self) {
+        let pid = self.state()["pids"]["kube-apiserver"].as_u64().unwrap();
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+        let argv: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let etcd = argv.iter().find_map(|a| a.strip_prefix("--etcd-servers=")).unwrap().to_string();
+        assert!(Command::new("kill").args(["-KILL", &pid.to_string()]).status().unwrap().success());
+
+        // Compact etcd through its JSON gateway: watches resuming from an older
+        // resourceVersion now get 410 Gone and must relist.
+        let http = reqwest::Client::new();
+        let range: serde_json::Value = http
+            .post(format!("{etcd}/v3/kv/range"))
+            .json(&serde_json::json!({"key": "Lw=="}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let revision = range["header"]["revision"].as_str().unwrap().to_string();
+        let compacted = http
+            .post(format!("{etcd}/v3/kv/compaction"))
+            .json(&serde_json::json!({"revision": revision, "physical": true}))
+            .send()
+            .await
+            .unwrap();
+        assert!(compacted.status().is_success(), "etcd compaction: {}", compacted.text().await.unwrap_or_default());
+
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.kubeconfig.with_file_name("kube-apiserver.log"))
+            .unwrap();
+        // Reaped in Drop, after cluster-down has stopped it.
+        #[allow(clippy::zombie_processes)]
+        let child = Command::new(&argv[0])
+            .args(&argv[1..])
+            .current_dir(self.kubeconfig.parent().unwrap())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .expect("restart kube-apiserver");
+        // Let cluster-down find and stop the new process.
+        let mut state = self.state();
+        state["pids"]["kube-apiserver"] = child.id().into();
+        std::fs::write(self.kubeconfig.with_file_name("cluster.json"), serde_json::to_string_pretty(&state).unwrap())
+            .unwrap();
+    }
+}
+
+impl Drop for OwnCluster {
+    fn drop(&mut self) {
+        let _ = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/cluster/cluster.sh"))
+            .arg("down")
+            .env("KUBECONFIG", &self.kubeconfig)
+            .status();
+        if let Some(mut child) = self.restarted.lock().unwrap().take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+async fn wait_all_ready(tas: &Api<TeamAccess>, selector: &str, n: usize, timeout: Duration) {
+    wait_for(timeout, &format!("{n} TeamAccess Ready"), || async {
+        let list = tas.list(&ListParams::default().labels(selector)).await.map_err(|e| e.to_string())?;
+        let ready = list
+            .items
+            .iter()
+            .filter(|ta| {
+                ta.status
+                    .as_ref()
+                    .is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+            })
+            .count();
+        if ready == n { Ok(()) } else { Err(format!("{ready} of {n} Ready")) }
+    })
+    .await
+}
+
+/// Every TeamAccess has its binding to appdev, and there is no other binding.
+async fn assert_bindings_exact(client: &Client, namespace: &str, names: &[String]) {
+    let bindings =
+        Api::<RoleBinding>::namespaced(client.clone(), namespace).list(&ListParams::default()).await.unwrap();
+    let mut found: Vec<String> = bindings.items.iter().filter_map(|rb| rb.metadata.name.clone()).collect();
+    found.sort();
+    let mut expected: Vec<String> = names.iter().map(|n| format!("teamaccess-{n}")).collect();
+    expected.sort();
+    assert_eq!(found, expected, "exactly the bindings that should exist");
+    for rb in bindings.items {
+        assert_eq!(rb.subjects.unwrap()[0].name, APPDEV);
+    }
+}
+
+#[tokio::test]
+async fn the_api_server_killed_and_restarted_after_a_compaction_loses_nothing() {
+    let cluster = OwnCluster::start();
+    let client = cluster.client().await;
+    ensure_crd(&client).await;
+    let label = unique("apisrv");
+    let selector = format!("{TEST_LABEL}={label}");
+    let seed = seed_file();
+    let logs = std::env::temp_dir().join(&label);
+    let operator = OperatorProcess::start(
+        &cluster.kubeconfig,
+        &["--directory", "static", "--directory-file", seed.to_str().unwrap(), "--selector", &selector],
+        &[],
+        &logs,
+    );
+    operator.wait_ready().await;
+
+    let tas = Api::<TeamAccess>::all(client.clone());
+    let ns = unique("restart");
+    let names: Vec<String> = (0..100).map(|i| format!("{label}-{i}")).collect();
+    futures::future::join_all(names.iter().map(|name| {
+        let (tas, ns, label) = (&tas, &ns, &label);
+        async move {
+            tas.patch(name, &PatchParams::apply("fault-test"), &Patch::Apply(team(name, label, ns))).await.unwrap()
+        }
+    }))
+    .await;
+    // While they reconcile, the API server goes away and comes back to a compacted etcd.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cluster.restart_apiserver_after_compaction().await;
+    let restarted = tokio::time::Instant::now();
+    wait_all_ready(&tas, &selector, 100, Duration::from_secs(120)).await;
+    println!("100 TeamAccess all Ready {:.1} s after the API server restart", restarted.elapsed().as_secs_f64());
+    assert_bindings_exact(&client, &ns, &names).await;
+
+    // The operator's watches survived: a change after the restart is still seen.
+    let rb_api = Api::<RoleBinding>::namespaced(client.clone(), &ns);
+    rb_api.delete(&format!("teamaccess-{}", names[0]), &Default::default()).await.unwrap();
+    wait_for(Duration::from_secs(20), "drift repaired after the restart", || async {
+        rb_api
+            .get_opt(&format!("teamaccess-{}", names[0]))
+            .await
+            .map_err(|e| e.to_string())?
+            .map(|_| ())
+            .ok_or("absent".to_string())
+    })
+    .await;
+    let log = std::fs::read_to_string(&operator.log).unwrap_or_default();
+    println!(
+        "operator log mentions 410/Gone: {}",
+        log.contains("410") || log.contains("Gone") || log.contains("too old")
+    );
+    drop(operator);
+}
+
+async fn wait_gone<K>(api: &Api<K>, name: &str, timeout: Duration)
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    wait_for(timeout, &format!("{name} gone"), || async {
+        api.get_opt(name).await.map_err(|e| e.to_string())?.map_or(Ok(()), |_| Err("present".to_string()))
+    })
+    .await
+}
+
+#[tokio::test]
+async fn an_operator_killed_during_cleanup_finishes_it_after_restart() {
+    let admin = admin_client().await;
+    ensure_crd(&admin).await;
+    let label = unique("kill");
+    let selector = format!("{TEST_LABEL}={label}");
+    let seed = seed_file();
+    let args = ["--directory", "static", "--directory-file", seed.to_str().unwrap(), "--selector", &selector];
+    let logs = std::env::temp_dir().join(&label);
+    let start = |dir: &Path| OperatorProcess::start(&kubeconfig_path(), &args, &[], dir);
+    let first = start(&logs);
+    first.wait_ready().await;
+    let tas = Api::<TeamAccess>::all(admin.clone());
+    let names: Vec<String> = (0..10).map(|i| format!("{label}-{i}")).collect();
+    let namespaces: Vec<String> = (0..10).map(|i| format!("{label}-ns{i}")).collect();
+    for (name, ns) in names.iter().zip(&namespaces) {
+        tas.patch(name, &PatchParams::apply("fault-test"), &Patch::Apply(team(name, &label, ns))).await.unwrap();
+    }
+    wait_for(Duration::from_secs(60), "all Ready", || async {
+        let list = tas.list(&ListParams::default().labels(&selector)).await.map_err(|e| e.to_string())?;
+        let ready = list
+            .items
+            .iter()
+            .filter(|ta| {
+                ta.status
+                    .as_ref()
+                    .is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+            })
+            .count();
+        if ready == 10 { Ok(()) } else { Err(format!("{ready} Ready")) }
+    })
+    .await;
+
+    // Delete all ten and SIGKILL the operator while its finalizers are at work.
+    let delete = kube::api::DeleteParams::default();
+    futures::future::join_all(names.iter().map(|n| tas.delete(n, &delete))).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    first.signal("KILL");
+    drop(first);
+    let remaining = tas.list(&ListParams::default().labels(&selector)).await.unwrap().items.len();
+    println!("TeamAccess objects left when the operator was killed: {remaining} of 10");
+
+    let second = start(&logs);
+    second.wait_ready().await;
+    for (name, ns) in names.iter().zip(&namespaces) {
+        wait_gone(&tas, name, Duration::from_secs(60)).await;
+        wait_gone(
+            &Api::<RoleBinding>::namespaced(admin.clone(), ns),
+            &format!("teamaccess-{name}"),
+            Duration::from_secs(10),
+        )
+        .await;
+        wait_gone(&Api::<Namespace>::all(admin.clone()), ns, Duration::from_secs(90)).await;
+    }
+}
