@@ -2,11 +2,12 @@
 # so the scripts can be read (and run) on their own.
 SHELL := /bin/bash
 
-.PHONY: help build test unit demo emulator cluster-up cluster-down cluster-bin generate crds check-generated fmt lint
+.PHONY: help build test unit demo bench emulator cluster-up cluster-down cluster-bin generate crds check-generated fmt lint
 
 help:
 	@echo "make demo          the seed's scenario on a local control plane (KEEP=1 leaves it running)"
 	@echo "make test          every test: unit, integration on a real control plane, fmt, clippy"
+	@echo "make bench         N TeamAccess vs the ideal client; writes docs/benchmarks.md (BENCH_N=100,1000)"
 	@echo "make cluster-up    start a local control plane; prints KUBECONFIG=<path> last"
 	@echo "make cluster-down  stop it (KUBECONFIG=<path> picks one, else the last started)"
 	@echo "make emulator      run the Entra ID / Graph emulator on its own; prints its URL and CA path"
@@ -23,6 +24,10 @@ unit:
 
 demo:
 	scripts/demo.sh
+
+# BENCH_N=100,1000 by default; docs/benchmarks.md receives the table.
+bench:
+	scripts/bench.sh
 
 emulator:
 	cargo run --locked --quiet -p graph-emulator -- --state-dir $${EMULATOR_STATE:-/tmp/graph-emulator}

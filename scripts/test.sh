@@ -5,7 +5,8 @@
 #   2. generated files (CRD copies, deploy/operator.yaml) match their sources
 #   3. a local control plane of its own, unless TEAMACCESS_TEST_KUBECONFIG names one
 #   4. the integration tests against that control plane
-#   5. cargo fmt --check and cargo clippy -D warnings
+#   5. the benchmark at N=10 as a smoke test (release build, a control plane of its own)
+#   6. cargo fmt --check and cargo clippy -D warnings
 #
 # A cluster it started is stopped on exit, also when a test fails. The last line
 # is the summed count of all test binaries: "N passed, M failed".
@@ -57,5 +58,7 @@ if [[ -z "${TEAMACCESS_TEST_KUBECONFIG:-}" ]]; then
 fi
 
 step "integration tests" cargo test --locked --test '*' -- --test-threads="${TEAMACCESS_TEST_THREADS:-4}"
+# The benchmark at a small N, as a smoke test (make bench gives the real figures).
+step "benchmark smoke test" env BENCH_N=10 BENCH_IDLE_SECS=5 BENCH_OUT="$(mktemp -d)/benchmarks.md" scripts/bench.sh
 step "cargo fmt --check" cargo fmt --all -- --check
 step "cargo clippy" cargo clippy --locked --workspace --all-targets -- -D warnings

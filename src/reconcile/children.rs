@@ -1,7 +1,7 @@
 //! Puts the built children in place with server-side apply, and removes them on
 //! deletion. Only objects that carry our owner reference are ever deleted.
 
-use std::fmt::Debug;
+use std::{collections::BTreeMap, fmt::Debug};
 
 use k8s_openapi::{
     NamespaceResourceScope,
@@ -9,6 +9,7 @@ use k8s_openapi::{
         core::v1::Namespace,
         rbac::v1::{ClusterRole, Role, RoleBinding},
     },
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 use kube::{
     Api, Resource, ResourceExt,
@@ -41,9 +42,11 @@ pub async fn apply(
     let bindings = Api::<RoleBinding>::namespaced(ctx.client.clone(), namespace);
 
     if let Some(role) = build::build_role(ta) {
-        server_side_apply(&roles, &name, &role)
-            .await
-            .map_err(|e| Error::kube(format!("apply Role {namespace}/{name}"), e))?;
+        apply_if_changed(&roles, &name, &role, |have| {
+            have.rules == role.rules && carries(&have.metadata, &role.metadata)
+        })
+        .await
+        .map_err(|e| Error::kube(format!("apply Role {namespace}/{name}"), e))?;
         report.role = Some(name.clone());
     } else if let Some(cluster_role) = &ta.spec.cluster_role {
         let exists = Api::<ClusterRole>::all(ctx.client.clone())
@@ -56,8 +59,13 @@ pub async fn apply(
     }
 
     let binding = build::build_role_binding(ta, group, user_subjects);
-    match server_side_apply(&bindings, &name, &binding).await {
-        Ok(_) => {}
+    let unchanged = |have: &RoleBinding| {
+        have.role_ref == binding.role_ref
+            && have.subjects == binding.subjects
+            && carries(&have.metadata, &binding.metadata)
+    };
+    match apply_if_changed(&bindings, &name, &binding, unchanged).await {
+        Ok(()) => {}
         // roleRef is immutable: switching between Role and ClusterRole needs a new binding.
         Err(kube::Error::Api(s)) if s.is_invalid() && s.message.contains("roleRef") => {
             delete_owned(&bindings, &name, ta).await?;
@@ -90,9 +98,12 @@ async fn ensure_namespace(ta: &TeamAccess, ctx: &Context, report: &mut Report) -
         Some(ns)
             if build::is_managed(&ns.metadata) && build::created_by(&ns.metadata) == Some(ta.name_any().as_str()) =>
         {
-            server_side_apply(&api, namespace, &build::build_namespace(ta))
-                .await
-                .map_err(|e| Error::kube(format!("apply namespace {namespace}"), e))?;
+            let desired = build::build_namespace(ta);
+            if !carries(&ns.metadata, &desired.metadata) {
+                server_side_apply(&api, namespace, &desired)
+                    .await
+                    .map_err(|e| Error::kube(format!("apply namespace {namespace}"), e))?;
+            }
             Ok(())
         }
         Some(_) => Ok(()),
@@ -121,6 +132,33 @@ fn termination_blockers(ns: &Namespace) -> String {
         .filter_map(|c| c.message.clone())
         .collect();
     if blockers.is_empty() { String::new() } else { format!(" ({})", blockers.join("; ")) }
+}
+
+/// Whether `have` already carries every label, annotation and owner reference of
+/// `want`. Keys others added are left alone, as server-side apply would.
+fn carries(have: &ObjectMeta, want: &ObjectMeta) -> bool {
+    let contains = |have: &Option<BTreeMap<String, String>>, want: &Option<BTreeMap<String, String>>| {
+        want.iter().flatten().all(|(k, v)| have.as_ref().and_then(|h| h.get(k)) == Some(v))
+    };
+    let owners = want.owner_references.iter().flatten().all(|w| have.owner_references.iter().flatten().any(|h| h == w));
+    contains(&have.labels, &want.labels) && contains(&have.annotations, &want.annotations) && owners
+}
+
+/// Server-side applies `desired` unless the live object already matches: an idle
+/// resync then reads instead of writing.
+async fn apply_if_changed<K>(
+    api: &Api<K>,
+    name: &str,
+    desired: &K,
+    unchanged: impl Fn(&K) -> bool,
+) -> Result<(), kube::Error>
+where
+    K: Resource + Clone + DeserializeOwned + Serialize + Debug,
+{
+    if api.get_opt(name).await?.is_some_and(|have| unchanged(&have)) {
+        return Ok(());
+    }
+    server_side_apply(api, name, desired).await.map(|_| ())
 }
 
 async fn server_side_apply<K>(api: &Api<K>, name: &str, obj: &K) -> Result<K, kube::Error>

@@ -42,6 +42,9 @@ pub mod validate;
 pub use error::Error;
 pub use validate::Policy;
 
+/// The longest wait before a TeamAccess looks again at a directory that was down.
+const MAX_DIRECTORY_RETRY: Duration = Duration::from_secs(20);
+
 /// The one field manager every server-side apply of the operator uses.
 pub const FIELD_MANAGER: &str = "teamaccess-operator";
 
@@ -238,6 +241,9 @@ async fn grant(ta: &TeamAccess, ctx: &Context) -> Result<Action, Error> {
             let wait = e.retry_after().unwrap_or_default().max(Duration::from_secs(1));
             Action::requeue(wait.mul_f64(1.0 + fastrand::f64() * 0.5))
         }
+        // A directory outage ends on its own: look again at least every 20 s (the
+        // Graph client holds requests back meanwhile, so this adds no load).
+        Err(Error::Directory(e)) if e.is_transient() => Action::requeue(ctx.backoff(&name).min(MAX_DIRECTORY_RETRY)),
         Err(e) if e.is_transient() => Action::requeue(ctx.backoff(&name)),
         // Needs the user to act; any change to the object or the directory triggers a
         // reconcile, and the periodic look catches a fix made elsewhere.
