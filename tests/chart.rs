@@ -176,7 +176,7 @@ async fn the_operator_runs_the_seed_scenario_with_only_the_charts_rbac() {
         .unwrap();
     let kubeconfig = token_kubeconfig(&token);
     let label = unique("chart");
-    let seed_file = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("deploy/examples/seed/directory.yaml");
+    let seed_file = seed_directory_file();
     let selector = format!("{TEST_LABEL}={label}");
     let operator = OperatorProcess::start(
         &kubeconfig,
@@ -201,41 +201,16 @@ async fn the_operator_runs_the_seed_scenario_with_only_the_charts_rbac() {
     operator.wait_ready().await;
 
     let tas = Api::<TeamAccess>::all(admin.clone());
-    let team = |name: &str, group: &str, namespace: &str| {
-        serde_json::json!({
-            "apiVersion": "teamaccess.dev/v1alpha1", "kind": "TeamAccess",
-            "metadata": {"name": name, "labels": {TEST_LABEL: label}},
-            "spec": {"group": {"displayName": group}, "namespace": namespace, "verbs": ["*"]}
-        })
-    };
+    let team = |name: &str, group: &str, namespace: &str| team_manifest(name, &label, group, namespace, &["*"]);
     let (dev, sre) = (unique("dev"), unique("sre"));
     let (appdev, opssre) = (format!("{label}-appdev"), format!("{label}-opssre"));
     for (name, group, namespace) in [(&appdev, "appdev", &dev), (&opssre, "opssre", &sre)] {
         tas.patch(name, &PatchParams::apply("chart-test"), &Patch::Apply(team(name, group, namespace))).await.unwrap();
     }
-    let ready = |name: String| {
-        let tas = tas.clone();
-        async move {
-            wait_for(Duration::from_secs(30), &format!("{name} Ready"), || async {
-                let ta = tas.get(&name).await.map_err(|e| e.to_string())?;
-                let conditions = ta.status.map(|s| s.conditions).unwrap_or_default();
-                if conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True") {
-                    Ok(())
-                } else {
-                    Err(format!("{conditions:?}"))
-                }
-            })
-            .await
-        }
-    };
-    ready(appdev.clone()).await;
-    ready(opssre.clone()).await;
+    wait_teamaccess_ready(&tas, &appdev, Duration::from_secs(30)).await;
+    wait_teamaccess_ready(&tas, &opssre, Duration::from_secs(30)).await;
     for namespace in [&dev, &sre] {
-        let api = Api::<ServiceAccount>::namespaced(admin.clone(), namespace);
-        wait_for(Duration::from_secs(30), "the default ServiceAccount", || async {
-            api.get_opt("default").await.map_err(|e| e.to_string())?.map(|_| ()).ok_or_else(|| "absent".to_string())
-        })
-        .await;
+        wait_default_service_account(&admin, namespace).await;
     }
     wait_pod_create_status(AKSDEV, &[APPDEV], &dev, 200).await;
     assert_eq!(create_pod_as(AKSDEV, &[APPDEV], &sre).await, 403);
@@ -282,13 +257,7 @@ async fn the_operator_runs_the_seed_scenario_with_only_the_charts_rbac() {
         let _ = tas.delete(name, &Default::default()).await;
     }
     for name in [&appdev, &opssre, &third] {
-        wait_for(Duration::from_secs(30), &format!("{name} deleted"), || async {
-            match tas.get_opt(name).await.map_err(|e| e.to_string())? {
-                None => Ok(()),
-                Some(_) => Err("present".to_string()),
-            }
-        })
-        .await;
+        wait_gone(&tas, name, Duration::from_secs(30)).await;
     }
     operator.signal("TERM");
     operator.wait_exit(Duration::from_secs(20)).await;

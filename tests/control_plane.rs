@@ -29,15 +29,6 @@ fn pod(name: &str) -> Pod {
     .unwrap()
 }
 
-/// Pods need the namespace's default ServiceAccount, which the serviceaccount controller creates.
-async fn wait_default_service_account(client: &Client, namespace: &str) {
-    let api = Api::<ServiceAccount>::namespaced(client.clone(), namespace);
-    wait_for(Duration::from_secs(30), "the default ServiceAccount", || async {
-        api.get_opt("default").await.map_err(|e| e.to_string())?.map(|_| ()).ok_or_else(|| "absent".to_string())
-    })
-    .await
-}
-
 async fn subject_access_review(admin: &Client, user: &str, group: &str, namespace: &str) -> bool {
     let review = SubjectAccessReview {
         spec: SubjectAccessReviewSpec {

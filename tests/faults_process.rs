@@ -22,18 +22,6 @@ use teamaccess_operator::api::TeamAccess;
 
 const APPDEV: &str = "5f0a1d3e-8f8a-4c1e-9d55-0b0c2d7c1a01";
 
-fn seed_file() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("deploy/examples/seed/directory.yaml")
-}
-
-fn team(name: &str, label: &str, namespace: &str) -> serde_json::Value {
-    serde_json::json!({
-        "apiVersion": "teamaccess.dev/v1alpha1", "kind": "TeamAccess",
-        "metadata": {"name": name, "labels": {TEST_LABEL: label}},
-        "spec": {"group": {"displayName": "appdev"}, "namespace": namespace, "verbs": ["get"]}
-    })
-}
-
 /// A control plane of the test's own, stopped when dropped.
 struct OwnCluster {
     kubeconfig: PathBuf,
@@ -171,7 +159,7 @@ async fn the_api_server_killed_and_restarted_after_a_compaction_loses_nothing() 
     ensure_crd(&client).await;
     let label = unique("apisrv");
     let selector = format!("{TEST_LABEL}={label}");
-    let seed = seed_file();
+    let seed = seed_directory_file();
     let logs = std::env::temp_dir().join(&label);
     let operator = OperatorProcess::start(
         &cluster.kubeconfig,
@@ -187,7 +175,13 @@ async fn the_api_server_killed_and_restarted_after_a_compaction_loses_nothing() 
     futures::future::join_all(names.iter().map(|name| {
         let (tas, ns, label) = (&tas, &ns, &label);
         async move {
-            tas.patch(name, &PatchParams::apply("fault-test"), &Patch::Apply(team(name, label, ns))).await.unwrap()
+            tas.patch(
+                name,
+                &PatchParams::apply("fault-test"),
+                &Patch::Apply(team_manifest(name, label, "appdev", ns, &["get"])),
+            )
+            .await
+            .unwrap()
         }
     }))
     .await;
@@ -219,23 +213,13 @@ async fn the_api_server_killed_and_restarted_after_a_compaction_loses_nothing() 
     drop(operator);
 }
 
-async fn wait_gone<K>(api: &Api<K>, name: &str, timeout: Duration)
-where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
-{
-    wait_for(timeout, &format!("{name} gone"), || async {
-        api.get_opt(name).await.map_err(|e| e.to_string())?.map_or(Ok(()), |_| Err("present".to_string()))
-    })
-    .await
-}
-
 #[tokio::test]
 async fn an_operator_killed_during_cleanup_finishes_it_after_restart() {
     let admin = admin_client().await;
     ensure_crd(&admin).await;
     let label = unique("kill");
     let selector = format!("{TEST_LABEL}={label}");
-    let seed = seed_file();
+    let seed = seed_directory_file();
     let args = ["--directory", "static", "--directory-file", seed.to_str().unwrap(), "--selector", &selector];
     let logs = std::env::temp_dir().join(&label);
     let start = |dir: &Path| OperatorProcess::start(&kubeconfig_path(), &args, &[], dir);
@@ -245,7 +229,13 @@ async fn an_operator_killed_during_cleanup_finishes_it_after_restart() {
     let names: Vec<String> = (0..10).map(|i| format!("{label}-{i}")).collect();
     let namespaces: Vec<String> = (0..10).map(|i| format!("{label}-ns{i}")).collect();
     for (name, ns) in names.iter().zip(&namespaces) {
-        tas.patch(name, &PatchParams::apply("fault-test"), &Patch::Apply(team(name, &label, ns))).await.unwrap();
+        tas.patch(
+            name,
+            &PatchParams::apply("fault-test"),
+            &Patch::Apply(team_manifest(name, &label, "appdev", ns, &["get"])),
+        )
+        .await
+        .unwrap();
     }
     wait_for(Duration::from_secs(60), "all Ready", || async {
         let list = tas.list(&ListParams::default().labels(&selector)).await.map_err(|e| e.to_string())?;

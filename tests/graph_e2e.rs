@@ -41,18 +41,8 @@ async fn seed_scenario_through_graph_then_rename_delete_and_recreate() {
     op.apply(&op.team(&opssre, by_name("opssre"), &sre)).await;
     op.wait_ready(&appdev).await;
     op.wait_ready(&opssre).await;
-    let default_sa = |ns: String| {
-        let client = op.client.clone();
-        async move {
-            let api = Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(client, &ns);
-            wait_for(Duration::from_secs(30), "the default ServiceAccount", || async {
-                api.get_opt("default").await.map_err(|e| e.to_string())?.map(|_| ()).ok_or_else(|| "absent".to_string())
-            })
-            .await
-        }
-    };
-    default_sa(dev.clone()).await;
-    default_sa(sre.clone()).await;
+    wait_default_service_account(&op.client, &dev).await;
+    wait_default_service_account(&op.client, &sre).await;
     wait_pod_create_status(AKSDEV, &[APPDEV], &dev, 200).await;
     assert_eq!(create_pod_as(AKSDEV, &[APPDEV], &sre).await, 403);
     wait_pod_create_status(AKSSRE, &[OPSSRE], &sre, 200).await;
@@ -164,7 +154,7 @@ async fn a_hundred_teamaccess_resolve_cold_in_few_graph_requests() {
 
 #[tokio::test]
 async fn a_429_storm_loses_no_binding_and_ends_with_all_ready() {
-    let emulator = emulator(&tenant_of(20)).await;
+    let emulator = emulator(&tenant_of(30)).await;
     // A short TTL and resync keep the operator asking Graph during the storm.
     let op = operator_on(&emulator, Duration::from_millis(500), Duration::from_secs(2)).await;
     let ns = unique("storm");
@@ -177,7 +167,17 @@ async fn a_429_storm_loses_no_binding_and_ends_with_all_ready() {
     emulator.set_faults(&Faults { throttle_for_secs: 30, retry_after_secs: 2, ..Default::default() });
     // The storm shows in status...
     op.wait_condition(&names[0], "Ready", "False", Some("GraphThrottled"), Duration::from_secs(15)).await;
+    // ...a bulk apply lands in the middle of it and binds nothing while it lasts...
+    let late: Vec<String> = (20..30).map(|i| format!("{}-{i}", op.label)).collect();
+    futures::future::join_all(late.iter().enumerate().map(|(i, name)| {
+        let (op, ns) = (&op, &ns);
+        async move { op.apply(&op.team(name, by_name(&format!("team-{}", i + 20)), ns)).await }
+    }))
+    .await;
     tokio::time::sleep_until(storm_end - Duration::from_secs(1)).await;
+    for name in &late {
+        assert_eq!(binding_subject(&op, &ns, name).await, None, "nothing new is bound during the storm");
+    }
     let during = emulator.stats();
     // ...no binding is lost or changed...
     let bindings_during: Vec<Option<String>> =
@@ -191,15 +191,19 @@ async fn a_429_storm_loses_no_binding_and_ends_with_all_ready() {
     );
     assert!(during.graph_requests <= 45, "{during:?}");
 
-    // After the storm: all Ready within 10 s of its end.
+    // After the storm: all Ready within 10 s of its end, the late ones bound too.
     tokio::time::sleep_until(storm_end).await;
-    for name in &names {
+    for name in names.iter().chain(&late) {
         op.wait_condition(name, "Ready", "True", None, Duration::from_secs(10).saturating_sub(storm_end.elapsed()))
             .await;
     }
-    println!("all 20 Ready {:.1} s after the storm ended", storm_end.elapsed().as_secs_f64());
+    println!("all 30 Ready {:.1} s after the storm ended", storm_end.elapsed().as_secs_f64());
     let bindings_after: Vec<Option<String>> =
         futures::future::join_all(names.iter().map(|n| binding_subject(&op, &ns, n))).await;
     assert_eq!(bindings_after, bindings_before);
+    for (i, name) in late.iter().enumerate() {
+        assert_eq!(binding_subject(&op, &ns, name).await, Some(group_id(i + 20)));
+    }
     delete_teams(&op, &names).await;
+    delete_teams(&op, &late).await;
 }

@@ -3,7 +3,7 @@
 
 mod support;
 
-use std::{path::PathBuf, time::Duration};
+use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::{
@@ -13,31 +13,6 @@ use kube::{
 use support::{operator::TEST_LABEL, process::OperatorProcess, *};
 use teamaccess_operator::api::TeamAccess;
 
-fn seed_file() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("deploy/examples/seed/directory.yaml")
-}
-
-fn team(name: &str, label: &str, namespace: &str) -> serde_json::Value {
-    serde_json::json!({
-        "apiVersion": "teamaccess.dev/v1alpha1", "kind": "TeamAccess",
-        "metadata": {"name": name, "labels": {TEST_LABEL: label}},
-        "spec": {"group": {"displayName": "appdev"}, "namespace": namespace, "verbs": ["get"]}
-    })
-}
-
-async fn wait_ready(tas: &Api<TeamAccess>, name: &str, timeout: Duration) {
-    wait_for(timeout, &format!("{name} Ready"), || async {
-        let ta = tas.get(name).await.map_err(|e| e.to_string())?;
-        let conditions = ta.status.map(|s| s.conditions).unwrap_or_default();
-        if conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True") {
-            Ok(())
-        } else {
-            Err(format!("{conditions:?}"))
-        }
-    })
-    .await
-}
-
 #[tokio::test]
 async fn only_the_leader_reconciles_and_a_standby_takes_over_when_it_dies() {
     let admin = admin_client().await;
@@ -46,7 +21,7 @@ async fn only_the_leader_reconciles_and_a_standby_takes_over_when_it_dies() {
     let label = unique("le");
     let selector = format!("{TEST_LABEL}={label}");
     let lease_seconds = 5;
-    let seed = seed_file();
+    let seed = seed_directory_file();
     let args = [
         "--directory",
         "static",
@@ -82,10 +57,14 @@ async fn only_the_leader_reconciles_and_a_standby_takes_over_when_it_dies() {
 
     let tas = Api::<TeamAccess>::all(admin.clone());
     let first = format!("{label}-first");
-    tas.patch(&first, &PatchParams::apply("le-test"), &Patch::Apply(team(&first, &label, &unique("le1"))))
-        .await
-        .unwrap();
-    wait_ready(&tas, &first, Duration::from_secs(30)).await;
+    tas.patch(
+        &first,
+        &PatchParams::apply("le-test"),
+        &Patch::Apply(team_manifest(&first, &label, "appdev", &unique("le1"), &["get"])),
+    )
+    .await
+    .unwrap();
+    wait_teamaccess_ready(&tas, &first, Duration::from_secs(30)).await;
     let series = "teamaccess_reconciles_total{result=\"ready\",reason=\"Reconciled\"}";
     assert!(leader.metric(series).await >= 1.0, "the leader reconciled");
     assert_eq!(standby.metric(series).await, 0.0, "the standby wrote nothing");
@@ -94,10 +73,14 @@ async fn only_the_leader_reconciles_and_a_standby_takes_over_when_it_dies() {
     leader.signal("KILL");
     let killed = tokio::time::Instant::now();
     let second = format!("{label}-second");
-    tas.patch(&second, &PatchParams::apply("le-test"), &Patch::Apply(team(&second, &label, &unique("le2"))))
-        .await
-        .unwrap();
-    wait_ready(&tas, &second, Duration::from_secs(lease_seconds + 10)).await;
+    tas.patch(
+        &second,
+        &PatchParams::apply("le-test"),
+        &Patch::Apply(team_manifest(&second, &label, "appdev", &unique("le2"), &["get"])),
+    )
+    .await
+    .unwrap();
+    wait_teamaccess_ready(&tas, &second, Duration::from_secs(lease_seconds + 10)).await;
     println!(
         "failover: the standby reconciled a new TeamAccess {:.1} s after the leader was killed (lease {lease_seconds} s)",
         killed.elapsed().as_secs_f64()
@@ -108,10 +91,7 @@ async fn only_the_leader_reconciles_and_a_standby_takes_over_when_it_dies() {
         let _ = tas.delete(name, &Default::default()).await;
     }
     for name in [&first, &second] {
-        wait_for(Duration::from_secs(30), &format!("{name} deleted"), || async {
-            tas.get_opt(name).await.map_err(|e| e.to_string())?.map_or(Ok(()), |_| Err("present".to_string()))
-        })
-        .await;
+        wait_gone(&tas, name, Duration::from_secs(30)).await;
     }
     delete_namespace(&admin, &ns).await;
 }
@@ -122,7 +102,7 @@ async fn readyz_turns_ready_on_start_and_unready_on_shutdown() {
     ensure_crd(&admin).await;
     let label = unique("rz");
     let selector = format!("{TEST_LABEL}={label}");
-    let seed = seed_file();
+    let seed = seed_directory_file();
     let mut op = OperatorProcess::start(
         &kubeconfig_path(),
         &["--directory", "static", "--directory-file", seed.to_str().unwrap(), "--selector", &selector],

@@ -21,14 +21,6 @@ async fn namespace_exists(op: &TestOperator, name: &str) -> bool {
     Api::<Namespace>::all(op.client.clone()).get_opt(name).await.unwrap().is_some()
 }
 
-async fn wait_default_service_account(op: &TestOperator, namespace: &str) {
-    let api = Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(op.client.clone(), namespace);
-    wait_for(SHORT, "the default ServiceAccount", || async {
-        api.get_opt("default").await.map_err(|e| e.to_string())?.map(|_| ()).ok_or_else(|| "absent".to_string())
-    })
-    .await
-}
-
 async fn role_binding(op: &TestOperator, namespace: &str, name: &str) -> Option<RoleBinding> {
     Api::<RoleBinding>::namespaced(op.client.clone(), namespace).get_opt(name).await.unwrap()
 }
@@ -45,8 +37,8 @@ async fn seed_scenario_each_team_gets_in_to_its_own_namespace_only() {
     let ready = op.wait_ready(&appdev).await;
     op.wait_ready(&opssre).await;
     assert_eq!(ready.status.unwrap().group.unwrap().object_id, APPDEV);
-    wait_default_service_account(&op, &dev).await;
-    wait_default_service_account(&op, &sre).await;
+    wait_default_service_account(&op.client, &dev).await;
+    wait_default_service_account(&op.client, &sre).await;
 
     // aksdev, member of appdev
     wait_pod_create_status(AKSDEV, &[APPDEV], &dev, 200).await;
@@ -73,7 +65,7 @@ async fn deleting_a_teamaccess_removes_its_children_and_the_namespace_it_created
     let name = unique("appdev");
     op.apply(&op.team(&name, by_name("appdev"), &ns)).await;
     op.wait_ready(&name).await;
-    wait_default_service_account(&op, &ns).await;
+    wait_default_service_account(&op.client, &ns).await;
     wait_pod_create_status(AKSDEV, &[APPDEV], &ns, 200).await;
     let created: Namespace = Api::<Namespace>::all(op.client.clone()).get(&ns).await.unwrap();
     assert_eq!(created.metadata.labels.unwrap()["app.kubernetes.io/managed-by"], "teamaccess-operator");
@@ -92,7 +84,7 @@ async fn a_preexisting_namespace_is_used_and_never_deleted() {
     let name = unique("appdev");
     op.apply(&op.team(&name, by_name("appdev"), &ns)).await;
     op.wait_ready(&name).await;
-    wait_default_service_account(&op, &ns).await;
+    wait_default_service_account(&op.client, &ns).await;
     wait_pod_create_status(AKSDEV, &[APPDEV], &ns, 200).await;
     let untouched: Namespace = Api::<Namespace>::all(op.client.clone()).get(&ns).await.unwrap();
     assert!(!untouched.metadata.labels.unwrap_or_default().contains_key("app.kubernetes.io/managed-by"));
@@ -134,7 +126,7 @@ async fn two_teamaccess_share_a_namespace_until_the_last_one_goes() {
     op.apply(&op.team(&sre, by_name("opssre"), &ns)).await;
     op.wait_ready(&dev).await;
     op.wait_ready(&sre).await;
-    wait_default_service_account(&op, &ns).await;
+    wait_default_service_account(&op.client, &ns).await;
     wait_pod_create_status(AKSDEV, &[APPDEV], &ns, 200).await;
     wait_pod_create_status(AKSSRE, &[OPSSRE], &ns, 200).await;
 
@@ -306,7 +298,7 @@ async fn a_missing_group_binds_nothing_until_the_directory_has_it() {
     // Adding the group to the directory file is enough: the TeamAccess is not touched.
     op.write_directory(SEED_DIRECTORY);
     op.wait_condition(&name, "Ready", "True", None, SHORT).await;
-    wait_default_service_account(&op, &ns).await;
+    wait_default_service_account(&op.client, &ns).await;
     wait_pod_create_status(AKSDEV, &[APPDEV], &ns, 200).await;
     op.delete(&name).await;
     op.wait_deleted(&name, SHORT).await;
@@ -372,7 +364,7 @@ async fn extra_users_are_bound_and_unknown_users_are_reported() {
     let ready = ta.status.unwrap().conditions.into_iter().find(|c| c.type_ == "Ready").unwrap();
     assert!(ready.message.contains("ghost@contoso.com"), "{}", ready.message);
     // aksdev is bound by UPN without its group; the unknown user is not bound.
-    wait_default_service_account(&op, &ns).await;
+    wait_default_service_account(&op.client, &ns).await;
     wait_pod_create_status(AKSDEV, &[], &ns, 200).await;
     assert_eq!(create_pod_as("ghost@contoso.com", &[], &ns).await, 403);
     op.delete(&name).await;
@@ -408,7 +400,7 @@ async fn a_restarted_operator_converges_and_cleans_up_what_was_deleted_while_it_
     })
     .await;
     op.wait_ready(&kept).await;
-    wait_default_service_account(&op, &ns_kept).await;
+    wait_default_service_account(&op.client, &ns_kept).await;
     wait_pod_create_status(AKSDEV, &[APPDEV], &ns_kept, 200).await;
     op.delete(&kept).await;
     op.wait_deleted(&kept, SHORT).await;

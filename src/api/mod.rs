@@ -249,6 +249,23 @@ impl GroupSelector {
     }
 }
 
+impl TeamAccessSpec {
+    /// A spec granting `group` every verb on the default resource set in `namespace`,
+    /// as the seed does; change the other fields from there.
+    pub fn new(group: GroupSelector, namespace: impl Into<String>) -> Self {
+        Self {
+            group,
+            namespace: namespace.into(),
+            verbs: Some(vec!["*".into()]),
+            rules: None,
+            cluster_role: None,
+            users: Vec::new(),
+            namespace_metadata: None,
+            deletion_policy: DeletionPolicy::Delete,
+        }
+    }
+}
+
 impl TeamAccess {
     /// Name shared by the Role and the RoleBinding of this TeamAccess.
     pub fn child_name(&self) -> String {

@@ -155,16 +155,7 @@ mod tests {
     fn team(name: &str, namespace: &str) -> TeamAccess {
         let mut ta = TeamAccess::new(
             name,
-            TeamAccessSpec {
-                group: GroupSelector { display_name: Some("appdev".into()), ..Default::default() },
-                namespace: namespace.into(),
-                verbs: Some(vec!["*".into()]),
-                rules: None,
-                cluster_role: None,
-                users: vec![],
-                namespace_metadata: None,
-                deletion_policy: Default::default(),
-            },
+            TeamAccessSpec::new(GroupSelector { display_name: Some("appdev".into()), ..Default::default() }, namespace),
         );
         ta.metadata.uid = Some("0000-uid".into());
         ta

@@ -206,16 +206,7 @@ mod tests {
     fn seed_team() -> TeamAccess {
         TeamAccess::new(
             "appdev-dev",
-            TeamAccessSpec {
-                group: GroupSelector { display_name: Some("appdev".into()), ..Default::default() },
-                namespace: "dev".into(),
-                verbs: Some(vec!["*".into()]),
-                rules: None,
-                cluster_role: None,
-                users: vec![],
-                namespace_metadata: None,
-                deletion_policy: Default::default(),
-            },
+            TeamAccessSpec::new(GroupSelector { display_name: Some("appdev".into()), ..Default::default() }, "dev"),
         )
     }
 

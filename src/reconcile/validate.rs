@@ -48,17 +48,8 @@ mod tests {
         TeamAccess::new(
             "t",
             TeamAccessSpec {
-                group: GroupSelector {
-                    object_id: Some("5f0a1d3e-8f8a-4c1e-9d55-0b0c2d7c1a01".into()),
-                    ..Default::default()
-                },
-                namespace: namespace.into(),
                 verbs: Some(vec!["get".into()]),
-                rules: None,
-                cluster_role: None,
-                users: vec![],
-                namespace_metadata: None,
-                deletion_policy: Default::default(),
+                ..TeamAccessSpec::new(GroupSelector::by_object_id("5f0a1d3e-8f8a-4c1e-9d55-0b0c2d7c1a01"), namespace)
             },
         )
     }

@@ -345,3 +345,52 @@ pub fn run_tool(name: &str, args: &[&str], stdin: Option<&str>) -> (bool, String
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// Pods need their namespace's default ServiceAccount, which the serviceaccount
+/// controller creates a moment after the namespace.
+pub async fn wait_default_service_account(client: &Client, namespace: &str) {
+    let api = Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(client.clone(), namespace);
+    wait_for(Duration::from_secs(30), "the default ServiceAccount", || async {
+        api.get_opt("default").await.map_err(|e| e.to_string())?.map(|_| ()).ok_or_else(|| "absent".to_string())
+    })
+    .await
+}
+
+/// Waits until an object is gone.
+pub async fn wait_gone<K>(api: &Api<K>, name: &str, timeout: Duration)
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    wait_for(timeout, &format!("{name} to be gone"), || async {
+        api.get_opt(name).await.map_err(|e| e.to_string())?.map_or(Ok(()), |_| Err("present".to_string()))
+    })
+    .await
+}
+
+/// The seed's directory file, for operators run as processes.
+pub fn seed_directory_file() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("deploy/examples/seed/directory.yaml")
+}
+
+/// A TeamAccess manifest carrying the test label, for objects applied as JSON.
+pub fn team_manifest(name: &str, label: &str, group: &str, namespace: &str, verbs: &[&str]) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "teamaccess.dev/v1alpha1", "kind": "TeamAccess",
+        "metadata": {"name": name, "labels": {operator::TEST_LABEL: label}},
+        "spec": {"group": {"displayName": group}, "namespace": namespace, "verbs": verbs}
+    })
+}
+
+/// Waits until a TeamAccess reports Ready=True.
+pub async fn wait_teamaccess_ready(api: &Api<teamaccess_operator::api::TeamAccess>, name: &str, timeout: Duration) {
+    wait_for(timeout, &format!("{name} Ready"), || async {
+        let ta = api.get(name).await.map_err(|e| e.to_string())?;
+        let conditions = ta.status.map(|s| s.conditions).unwrap_or_default();
+        if conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True") {
+            Ok(())
+        } else {
+            Err(format!("{conditions:?}"))
+        }
+    })
+    .await
+}

@@ -119,19 +119,7 @@ impl TestOperator {
 
     /// A TeamAccess this operator reconciles.
     pub fn team(&self, name: &str, group: GroupSelector, namespace: &str) -> TeamAccess {
-        let mut ta = TeamAccess::new(
-            name,
-            TeamAccessSpec {
-                group,
-                namespace: namespace.into(),
-                verbs: Some(vec!["*".into()]),
-                rules: None,
-                cluster_role: None,
-                users: vec![],
-                namespace_metadata: None,
-                deletion_policy: Default::default(),
-            },
-        );
+        let mut ta = TeamAccess::new(name, TeamAccessSpec::new(group, namespace));
         ta.metadata.labels = Some(BTreeMap::from([(TEST_LABEL.to_string(), self.label.clone())]));
         ta
     }
