@@ -58,7 +58,10 @@ async fn main() {
     let sizes: Vec<usize> = args.get(1).map_or("100", String::as_str).split(',').map(|n| n.parse().unwrap()).collect();
     let output = args.get(2).map(PathBuf::from);
     let client = client(&kubeconfig).await;
-    let operator_bin = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/release/teamaccess-operator");
+    // scripts/bench.sh says where the release build is (CARGO_TARGET_DIR may move it).
+    let operator_bin = std::env::var_os("BENCH_OPERATOR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/release/teamaccess-operator"));
     assert!(operator_bin.exists(), "build the operator first: cargo build --release ({})", operator_bin.display());
 
     let mut rows = Vec::new();

@@ -9,6 +9,8 @@ sizes="${BENCH_N:-100,1000}"
 out="${BENCH_OUT:-docs/benchmarks.md}"
 mkdir -p "$(dirname "$out")"
 cargo build --locked --release --quiet --bin teamaccess-operator
+target_dir="${CARGO_TARGET_DIR:-target}"
+export BENCH_OPERATOR="$(cd "$target_dir" && pwd)/release/teamaccess-operator"
 line="$(tests/cluster/cluster.sh up | tail -n 1)"
 kubeconfig="${line#KUBECONFIG=}"
 trap 'KUBECONFIG="$kubeconfig" tests/cluster/cluster.sh down' EXIT

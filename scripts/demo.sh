@@ -19,7 +19,8 @@ say() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 directory_kind="${DIRECTORY:-graph}"
 say "building the operator and the Graph emulator"
 cargo build --locked --quiet -p teamaccess-operator -p graph-emulator
-operator="$root/target/debug/teamaccess-operator"
+target_dir="$(cd "${CARGO_TARGET_DIR:-$root/target}" && pwd)"
+operator="$target_dir/debug/teamaccess-operator"
 
 say "building the local control plane (cached after the first run)"
 # kubectl from the same Kubernetes release as the control plane: no version skew.
@@ -69,7 +70,7 @@ if [[ "$directory_kind" == static ]]; then
 else
   say "starting the Graph emulator with the seed's tenant ($seed/directory.yaml)"
   emu="$state/graph-emulator"
-  "$root/target/debug/graph-emulator" --directory-file "$seed/directory.yaml" --state-dir "$emu" \
+  "$target_dir/debug/graph-emulator" --directory-file "$seed/directory.yaml" --state-dir "$emu" \
     >"$state/graph-emulator.log" 2>&1 &
   emulator_pid=$!
   for _ in $(seq 1 50); do [[ -s "$emu/url" ]] && break; sleep 0.1; done
