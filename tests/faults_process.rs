@@ -237,20 +237,7 @@ async fn an_operator_killed_during_cleanup_finishes_it_after_restart() {
         .await
         .unwrap();
     }
-    wait_for(Duration::from_secs(60), "all Ready", || async {
-        let list = tas.list(&ListParams::default().labels(&selector)).await.map_err(|e| e.to_string())?;
-        let ready = list
-            .items
-            .iter()
-            .filter(|ta| {
-                ta.status
-                    .as_ref()
-                    .is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-            })
-            .count();
-        if ready == 10 { Ok(()) } else { Err(format!("{ready} Ready")) }
-    })
-    .await;
+    wait_all_ready(&tas, &selector, 10, Duration::from_secs(60)).await;
 
     // Delete all ten and SIGKILL the operator while its finalizers are at work.
     let delete = kube::api::DeleteParams::default();
