@@ -14,13 +14,14 @@ pub const STALLED: &str = "Stalled";
 pub struct DesiredCondition {
     pub type_: &'static str,
     pub status: bool,
-    pub reason: String,
+    /// One of a closed set (condition and event reasons are never free text).
+    pub reason: &'static str,
     pub message: String,
 }
 
 impl DesiredCondition {
-    pub fn new(type_: &'static str, status: bool, reason: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { type_, status, reason: reason.into(), message: message.into() }
+    pub fn new(type_: &'static str, status: bool, reason: &'static str, message: impl Into<String>) -> Self {
+        Self { type_, status, reason, message: message.into() }
     }
 }
 
@@ -44,7 +45,7 @@ pub fn merge(
             Condition {
                 type_: d.type_.to_string(),
                 status,
-                reason: d.reason.clone(),
+                reason: d.reason.to_string(),
                 // The API server caps condition messages at 32768 bytes.
                 message: truncate(&d.message, 32 * 1024),
                 observed_generation: generation,

@@ -208,7 +208,11 @@ async fn reconcile(ta: Arc<TeamAccess>, ctx: Arc<Context>) -> Result<Action, Rec
     finalizer(&api, FINALIZER, ta, |event| async {
         match event {
             finalizer::Event::Apply(ta) => grant(&ta, &ctx).await,
-            finalizer::Event::Cleanup(ta) => children::cleanup(&ta, &ctx).await,
+            finalizer::Event::Cleanup(ta) => {
+                let action = children::cleanup(&ta, &ctx).await?;
+                ctx.reset_backoff(&ta.name_any());
+                Ok(action)
+            }
         }
     })
     .await

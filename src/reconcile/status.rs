@@ -90,7 +90,7 @@ pub fn desired_conditions(ta: &TeamAccess, report: &Report, outcome: &Result<(),
             });
         }
         Some(Err((reason, message))) => {
-            desired.push(DesiredCondition::new(GROUP_RESOLVED, false, *reason, message.clone()))
+            desired.push(DesiredCondition::new(GROUP_RESOLVED, false, reason, message.clone()))
         }
         None => {}
     }
@@ -151,7 +151,7 @@ fn transition_events(
     previous: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
     desired: &[DesiredCondition],
 ) -> Vec<(EventType, &'static str, String)> {
-    let ready_reason = desired.iter().find(|d| d.type_ == READY).map(|d| d.reason.as_str());
+    let ready_reason = desired.iter().find(|d| d.type_ == READY).map(|d| d.reason);
     desired
         .iter()
         .filter(|d| d.type_ == READY || d.type_ == GROUP_RESOLVED)
@@ -159,40 +159,14 @@ fn transition_events(
             let status = if d.status { "True" } else { "False" };
             conditions::find(previous, d.type_).is_none_or(|p| p.status != status || p.reason != d.reason)
         })
-        .filter(|d| d.type_ == READY || Some(d.reason.as_str()) != ready_reason)
+        .filter(|d| d.type_ == READY || Some(d.reason) != ready_reason)
         .filter(|d| !(d.type_ == GROUP_RESOLVED && d.status && d.reason == "Resolved"))
         .map(|d| {
             let healthy = d.status && (d.reason == "Reconciled" || d.reason == "Resolved");
             let type_ = if healthy { EventType::Normal } else { EventType::Warning };
-            // Event reasons must be static for the recorder's series; map known ones.
-            (type_, static_reason(&d.reason), d.message.clone())
+            (type_, d.reason, d.message.clone())
         })
         .collect()
-}
-
-/// Reasons are a small closed set; anything unexpected is reported generically.
-fn static_reason(reason: &str) -> &'static str {
-    const KNOWN: &[&str] = &[
-        "Reconciled",
-        "Resolved",
-        "GroupNotSecurityEnabled",
-        "GroupNotFound",
-        "AmbiguousGroup",
-        "UserNotFound",
-        "GraphPermissionDenied",
-        "GraphThrottled",
-        "GraphUnavailable",
-        "GraphAuthenticationFailed",
-        "GraphRequestRejected",
-        "GroupObjectIdChanged",
-        "GroupMissing",
-        "ProtectedNamespace",
-        "NamespaceTerminating",
-        "ClusterRoleNotFound",
-        "Forbidden",
-        "ApplyFailed",
-    ];
-    KNOWN.iter().copied().find(|k| *k == reason).unwrap_or("ReconcileFailed")
 }
 
 #[cfg(test)]
@@ -227,7 +201,7 @@ mod tests {
     fn success_is_ready_with_a_message_naming_group_and_namespace() {
         let conds = desired_conditions(&seed_team(), &resolved_report(), &Ok(()));
         assert_eq!(conds.len(), 2);
-        assert_eq!((conds[0].type_, conds[0].status, conds[0].reason.as_str()), (READY, true, "Reconciled"));
+        assert_eq!((conds[0].type_, conds[0].status, conds[0].reason), (READY, true, "Reconciled"));
         assert!(conds[0].message.contains("appdev (5f0a1d3e-8f8a-4c1e-9d55-0b0c2d7c1a01)"));
         assert!(conds[0].message.contains("namespace dev"));
         assert_eq!((conds[1].type_, conds[1].status), (GROUP_RESOLVED, true));
