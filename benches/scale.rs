@@ -7,10 +7,14 @@
 //!
 //! Prints a table and writes it (with the machine and the command) to OUTPUT.md.
 
+// The benchmark shares the integration tests' helpers: the same operator-process
+// launcher, kubeconfig client, readiness wait and tenant generator.
+#[path = "../tests/support/mod.rs"]
+mod support;
+
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -21,18 +25,11 @@ use k8s_openapi::api::{
     rbac::v1::{Role, RoleBinding},
 };
 use kube::{
-    Api, Client, Config,
+    Api, Client,
     api::{DeleteParams, ListParams, Patch, PatchParams},
-    config::{KubeConfigOptions, Kubeconfig},
 };
-use teamaccess_operator::{
-    api::TeamAccess,
-    directory::{
-        DirectoryGroup,
-        file_format::{DirectoryFile, GroupRecord},
-    },
-    reconcile::build,
-};
+use support::{process::OperatorProcess, tenant};
+use teamaccess_operator::{api::TeamAccess, reconcile::build};
 
 const LABEL: &str = "teamaccess.dev/bench";
 
@@ -57,7 +54,7 @@ async fn main() {
     let kubeconfig = PathBuf::from(args.first().expect("usage: scale KUBECONFIG N[,N...] OUTPUT.md"));
     let sizes: Vec<usize> = args.get(1).map_or("100", String::as_str).split(',').map(|n| n.parse().unwrap()).collect();
     let output = args.get(2).map(PathBuf::from);
-    let client = client(&kubeconfig).await;
+    let client = support::client_for(&kubeconfig).await;
     // scripts/bench.sh says where the release build is (CARGO_TARGET_DIR may move it).
     let operator_bin = std::env::var_os("BENCH_OPERATOR")
         .map(PathBuf::from)
@@ -121,19 +118,19 @@ fn render(rows: &[Row]) -> String {
     t
 }
 
-async fn client(kubeconfig: &Path) -> Client {
-    let kc = Kubeconfig::read_from(kubeconfig).unwrap();
-    let mut config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await.unwrap();
-    config.read_timeout = Some(Duration::from_secs(60));
-    Client::try_from(config).unwrap()
-}
-
-fn group_id(i: usize) -> String {
-    format!("{i:08x}-3333-4333-8333-333333333333")
-}
-
 fn run_id() -> String {
     format!("b{:06x}", fastrand::u32(..1 << 24))
+}
+
+/// Whether all `n` objects matching `selector` are Ready. Two requests: a cheap
+/// metadata count first, the full list only once all exist.
+async fn all_ready(api: &Api<TeamAccess>, selector: &str, n: usize) -> bool {
+    let list = api.list_metadata(&ListParams::default().labels(selector)).await;
+    if list.map(|l| l.items.len()).unwrap_or(0) < n {
+        return false;
+    }
+    let list = api.list(&ListParams::default().labels(selector)).await.unwrap();
+    list.items.iter().filter(|ta| support::is_ready(ta)).count() == n
 }
 
 /// API server requests so far, from its own metrics. With `operator_writes`, only
@@ -171,79 +168,44 @@ fn proc_stat(pid: u32) -> (f64, f64) {
     (hwm_kib / 1024.0, ticks / 100.0)
 }
 
-struct Operator {
-    child: Child,
-    port: u16,
-}
-
-impl Operator {
-    fn start(bin: &Path, kubeconfig: &Path, emulator: &Emulator, selector: &str, resync: &str) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let child = Command::new(bin)
-            .args(["run", "--directory", "graph", "--credential", "secret"])
-            .args(["--graph-endpoint", emulator.url(), "--authority-host", emulator.url()])
-            .args(["--ca-file", emulator.ca_path().to_str().unwrap(), "--selector", selector, "--resync", resync])
-            .args(["--metrics-addr", &format!("127.0.0.1:{port}"), "--log-format", "json"])
-            .env("KUBECONFIG", kubeconfig)
-            .env("AZURE_TENANT_ID", TENANT_ID)
-            .env("AZURE_CLIENT_ID", CLIENT_ID)
-            .env("AZURE_CLIENT_SECRET", CLIENT_SECRET)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        Self { child, port }
-    }
-
-    async fn reconciles(&self) -> f64 {
-        let Ok(resp) = reqwest::get(format!("http://127.0.0.1:{}/metrics", self.port)).await else { return 0.0 };
-        let text = resp.text().await.unwrap_or_default();
-        text.lines()
-            .filter(|l| l.starts_with("teamaccess_reconciles_total{"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    }
-
-    fn stop(mut self) {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
-        let _ = self.child.wait();
-    }
-}
-
-async fn all_ready(api: &Api<TeamAccess>, selector: &str, n: usize) -> bool {
-    let list = api.list_metadata(&ListParams::default().labels(selector)).await;
-    if list.map(|l| l.items.len()).unwrap_or(0) < n {
-        return false;
-    }
-    let list = api.list(&ListParams::default().labels(selector)).await.unwrap();
-    list.items
-        .iter()
-        .filter(|ta| {
-            ta.status.as_ref().is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-        })
-        .count()
-        == n
+/// The release operator against the emulator, as `make bench` runs it.
+fn start_operator(bin: &Path, kubeconfig: &Path, emulator: &Emulator, selector: &str, resync: &str) -> OperatorProcess {
+    let ca = emulator.ca_path().to_str().unwrap().to_string();
+    let args = [
+        "--directory",
+        "graph",
+        "--credential",
+        "secret",
+        "--graph-endpoint",
+        emulator.url(),
+        "--authority-host",
+        emulator.url(),
+        "--ca-file",
+        &ca,
+        "--selector",
+        selector,
+        "--resync",
+        resync,
+        "--log-format",
+        "json",
+    ];
+    let env = [
+        ("AZURE_TENANT_ID", TENANT_ID),
+        ("AZURE_CLIENT_ID", CLIENT_ID),
+        ("AZURE_CLIENT_SECRET", CLIENT_SECRET),
+        ("RUST_LOG", "warn"),
+    ];
+    OperatorProcess::start_binary(bin, kubeconfig, &args, &env, &std::env::temp_dir().join("teamaccess-bench"))
 }
 
 async fn measure(client: &Client, kubeconfig: &Path, bin: &Path, n: usize) -> Row {
     let id = run_id();
     let selector = format!("{LABEL}={id}");
-    let tenant = DirectoryFile {
-        groups: (0..n)
-            .map(|i| GroupRecord {
-                object_id: group_id(i),
-                display_name: format!("{id}-team-{i}"),
-                mail_nickname: None,
-                security_enabled: true,
-            })
-            .collect(),
-        users: vec![],
-    };
+    let tenant = tenant::groups(&format!("{id}-team"), n);
     let emulator = Emulator::start(tenant, &std::env::temp_dir().join(format!("bench-{id}"))).await.unwrap();
     emulator.set_faults(&Faults { latency_ms: 50, ..Default::default() });
     let api = Api::<TeamAccess>::all(client.clone());
-    let operator = Operator::start(bin, kubeconfig, &emulator, &selector, "10m");
+    let operator = start_operator(bin, kubeconfig, &emulator, &selector, "10m");
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     // T: apply N at once, wait for all Ready.
@@ -272,15 +234,15 @@ async fn measure(client: &Client, kubeconfig: &Path, bin: &Path, n: usize) -> Ro
     let t = started.elapsed().as_secs_f64();
     let after = apiserver_requests(client, false).await;
     let own = n as f64 + polls.load(std::sync::atomic::Ordering::Relaxed) as f64 + 2.0;
-    let (peak_rss_mib, cpu_seconds) = proc_stat(operator.child.id());
+    let (peak_rss_mib, cpu_seconds) = proc_stat(operator.pid());
     let graph_requests = emulator.stats().graph_requests;
     eprintln!("T = {t:.2}s, graph {graph_requests}, rss {peak_rss_mib:.1} MiB");
 
     // Restart: a new process reconciles every object again.
-    operator.stop();
+    operator.stop().await;
     let restarted = Instant::now();
-    let operator = Operator::start(bin, kubeconfig, &emulator, &selector, "20s");
-    while operator.reconciles().await < n as f64 {
+    let operator = start_operator(bin, kubeconfig, &emulator, &selector, "20s");
+    while operator.metric_sum("teamaccess_reconciles_total").await.unwrap_or(0.0) < n as f64 {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let restart = restarted.elapsed().as_secs_f64();
@@ -288,10 +250,10 @@ async fn measure(client: &Client, kubeconfig: &Path, bin: &Path, n: usize) -> Ro
     // Idle: 60 s (BENCH_IDLE_SECS) with N objects, resyncing every 20 s; figures per 60 s.
     let idle_secs: u64 = std::env::var("BENCH_IDLE_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(60);
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let (_, cpu0) = proc_stat(operator.child.id());
+    let (_, cpu0) = proc_stat(operator.pid());
     let writes0 = apiserver_requests(client, true).await;
     tokio::time::sleep(Duration::from_secs(idle_secs)).await;
-    let (_, cpu1) = proc_stat(operator.child.id());
+    let (_, cpu1) = proc_stat(operator.pid());
     let writes1 = apiserver_requests(client, true).await;
     let per_minute = 60.0 / idle_secs as f64;
     let (idle_cpu, idle_writes) = ((cpu1 - cpu0) * per_minute, (writes1 - writes0) * per_minute);
@@ -314,7 +276,7 @@ async fn measure(client: &Client, kubeconfig: &Path, bin: &Path, n: usize) -> Ro
     {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    operator.stop();
+    operator.stop().await;
 
     let (t0, t0_concurrency) = ideal_client(client, n).await;
     Row {
@@ -371,7 +333,7 @@ async fn apply_ideal(client: &Client, name: &str, i: usize) {
     let ta = TeamAccess::new(
         name,
         serde_json::from_value(
-            serde_json::json!({"group": {"objectId": group_id(i)}, "namespace": name, "verbs": ["*"]}),
+            serde_json::json!({"group": {"objectId": tenant::group_id(i)}, "namespace": name, "verbs": ["*"]}),
         )
         .unwrap(),
     );
@@ -380,13 +342,7 @@ async fn apply_ideal(client: &Client, name: &str, i: usize) {
     Api::<Namespace>::all(client.clone()).patch(name, &pp, &Patch::Apply(&ns)).await.unwrap();
     let role: Role = build::build_role(&ta).unwrap();
     Api::<Role>::namespaced(client.clone(), name).patch(&ta.child_name(), &pp, &Patch::Apply(&role)).await.unwrap();
-    let group = DirectoryGroup {
-        object_id: group_id(i),
-        display_name: String::new(),
-        mail_nickname: None,
-        security_enabled: true,
-    };
-    let rb: RoleBinding = build::build_role_binding(&ta, &group, &[]);
+    let rb: RoleBinding = build::build_role_binding(&ta, &tenant::group_id(i), &[]);
     Api::<RoleBinding>::namespaced(client.clone(), name)
         .patch(&ta.child_name(), &pp, &Patch::Apply(&rb))
         .await

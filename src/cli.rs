@@ -121,7 +121,7 @@ pub struct RunArgs {
     pub operator_namespace: Option<String>,
 
     /// How many TeamAccess objects are reconciled at once.
-    #[arg(long, env = "TEAMACCESS_CONCURRENCY", default_value_t = 64)]
+    #[arg(long, env = "TEAMACCESS_CONCURRENCY", default_value_t = Settings::DEFAULT_CONCURRENCY)]
     pub concurrency: u16,
 
     /// Reconcile only TeamAccess objects matching this label selector, to run several
@@ -155,7 +155,7 @@ pub struct RunArgs {
 }
 
 /// Builds the Graph directory and its credential from the flags and environment.
-fn graph_directory(args: &RunArgs) -> anyhow::Result<Arc<dyn Directory>> {
+fn graph_directory(args: &RunArgs, metrics: Arc<Metrics>) -> anyhow::Result<Arc<dyn Directory>> {
     let mut http = reqwest::Client::builder();
     if let Some(path) = &args.ca_file {
         let pem = std::fs::read(path).with_context(|| format!("reading --ca-file {}", path.display()))?;
@@ -181,12 +181,12 @@ fn graph_directory(args: &RunArgs) -> anyhow::Result<Arc<dyn Directory>> {
         federated_token_file: args.federated_token_file.clone(),
         authority_host: args.authority_host.clone().or_else(|| std::env::var("AZURE_AUTHORITY_HOST").ok()),
     };
-    let (credential, description) = credential::build(&settings, args.cloud, http.clone())
-        .map_err(|e| anyhow::anyhow!("building the credential: {e}"))?;
+    let (credential, description) =
+        credential::build(&settings, args.cloud, http.clone()).context("building the credential")?;
     let endpoint = args.graph_endpoint.clone().unwrap_or_else(|| args.cloud.graph_endpoint().to_string());
     tracing::info!(credential = %description, graph = %endpoint, "using the Microsoft Graph directory");
     let graph = GraphSettings { endpoint, cache_ttl: args.graph_cache_ttl, ..Default::default() };
-    Ok(Arc::new(GraphDirectory::new(http, credential, graph)))
+    Ok(Arc::new(GraphDirectory::new(http, credential, graph, Some(metrics))))
 }
 
 const SERVICE_ACCOUNT_NAMESPACE_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
@@ -199,12 +199,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let version = client.apiserver_version().await.context("cannot reach the Kubernetes API server")?;
     tracing::info!(version = %version.git_version, platform = %version.platform, "connected to the Kubernetes API server");
 
+    // Made first, so the directory counts its requests where /metrics shows them.
+    let metrics = Metrics::shared();
     let directory: Arc<dyn Directory> = match args.directory {
         DirectoryKind::Static => {
             let path = args.directory_file.as_deref().context("--directory static needs --directory-file")?;
-            Arc::new(StaticDirectory::load(path).await.map_err(anyhow::Error::msg)?)
+            Arc::new(StaticDirectory::load(path).await?)
         }
-        DirectoryKind::Graph => graph_directory(&args)?,
+        DirectoryKind::Graph => graph_directory(&args, metrics.clone())?,
     };
 
     let own_namespace = args
@@ -224,7 +226,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         "starting the TeamAccess controller"
     );
     let instance = std::env::var("POD_NAME").ok().or_else(|| std::env::var("HOSTNAME").ok());
-    let metrics = Metrics::shared();
     let health = Arc::new(Health::default());
     let ctx = reconcile::Context::new(client.clone(), directory, settings, instance.clone())
         .with_telemetry(metrics.clone(), health.clone());

@@ -13,12 +13,12 @@ use std::{
 
 use k8s_openapi::api::{core::v1::Namespace, rbac::v1::RoleBinding};
 use kube::{
-    Api, Client, Config,
+    Api, Client,
     api::{ListParams, Patch, PatchParams},
-    config::{KubeConfigOptions, Kubeconfig},
 };
 use support::{operator::TEST_LABEL, process::OperatorProcess, *};
 use teamaccess_operator::api::TeamAccess;
+use teamaccess_operator::reconcile::build::MANAGED_BY_SELECTOR as MANAGED_BY;
 
 const APPDEV: &str = "5f0a1d3e-8f8a-4c1e-9d55-0b0c2d7c1a01";
 
@@ -47,9 +47,7 @@ impl OwnCluster {
     }
 
     async fn client(&self) -> Client {
-        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-        let kc = Kubeconfig::read_from(&self.kubeconfig).unwrap();
-        Client::try_from(Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await.unwrap()).unwrap()
+        client_for(&self.kubeconfig).await
     }
 
     /// Kills the API server, compacts etcd to its current revision, and starts the
@@ -86,12 +84,17 @@ impl OwnCluster {
             .unwrap();
         assert!(compacted.status().is_success(), "etcd compaction: {}", compacted.text().await.unwrap_or_default());
 
-        let log = std::fs::OpenOptions::new()
-            .append(true)
-            .open(self.kubeconfig.with_file_name("kube-apiserver.log"))
-            .unwrap();
-        // Reaped in Drop, after cluster-down has stopped it.
-        #[allow(clippy::zombie_processes)]
+        // The old process must be gone (or a zombie) before the new one binds its port.
+        wait_for(Duration::from_secs(20), "the killed API server to exit", || async {
+            match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+                Err(_) => Ok(()),
+                Ok(stat) if stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')) => Ok(()),
+                Ok(_) => Err("still running".to_string()),
+            }
+        })
+        .await;
+        let log_path = self.kubeconfig.with_file_name("kube-apiserver.log");
+        let log = std::fs::OpenOptions::new().append(true).open(&log_path).unwrap();
         let child = Command::new(&argv[0])
             .args(&argv[1..])
             .current_dir(self.kubeconfig.parent().unwrap())
@@ -100,11 +103,29 @@ impl OwnCluster {
             .process_group(0)
             .spawn()
             .expect("restart kube-apiserver");
+        let new_pid = child.id();
+        // Kept so Drop reaps it after cluster-down has stopped it.
+        *self.restarted.lock().unwrap() = Some(child);
         // Let cluster-down find and stop the new process.
         let mut state = self.state();
-        state["pids"]["kube-apiserver"] = child.id().into();
+        state["pids"]["kube-apiserver"] = new_pid.into();
         std::fs::write(self.kubeconfig.with_file_name("cluster.json"), serde_json::to_string_pretty(&state).unwrap())
             .unwrap();
+        // Ready again, or the reason it is not.
+        let client = self.client().await;
+        wait_for(Duration::from_secs(60), "the restarted API server's /readyz", || async {
+            if let Some(status) = self.restarted.lock().unwrap().as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(20).collect();
+                panic!(
+                    "the restarted API server exited ({status}):\n{}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+            }
+            let req = http::Request::get("/readyz").body(Vec::new()).unwrap();
+            client.request_text(req).await.map(|_| ()).map_err(|e| e.to_string())
+        })
+        .await;
     }
 }
 
@@ -121,23 +142,6 @@ impl Drop for OwnCluster {
     }
 }
 
-async fn wait_all_ready(tas: &Api<TeamAccess>, selector: &str, n: usize, timeout: Duration) {
-    wait_for(timeout, &format!("{n} TeamAccess Ready"), || async {
-        let list = tas.list(&ListParams::default().labels(selector)).await.map_err(|e| e.to_string())?;
-        let ready = list
-            .items
-            .iter()
-            .filter(|ta| {
-                ta.status
-                    .as_ref()
-                    .is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-            })
-            .count();
-        if ready == n { Ok(()) } else { Err(format!("{ready} of {n} Ready")) }
-    })
-    .await
-}
-
 /// Every TeamAccess has its binding to appdev, and there is no other binding.
 async fn assert_bindings_exact(client: &Client, namespace: &str, names: &[String]) {
     let bindings =
@@ -148,8 +152,14 @@ async fn assert_bindings_exact(client: &Client, namespace: &str, names: &[String
     expected.sort();
     assert_eq!(found, expected, "exactly the bindings that should exist");
     for rb in bindings.items {
-        assert_eq!(rb.subjects.unwrap()[0].name, APPDEV);
+        let subjects: Vec<(String, String)> =
+            rb.subjects.unwrap_or_default().into_iter().map(|s| (s.kind, s.name)).collect();
+        assert_eq!(subjects, [("Group".to_string(), APPDEV.to_string())], "{:?}", rb.metadata.name);
     }
+    // And the API server grants the group what the TeamAccess objects say, no more.
+    wait_allowed(client, "member@contoso.com", &[APPDEV], "get", "", "pods", namespace, true).await;
+    assert!(!allowed(client, "member@contoso.com", &[APPDEV], "delete", "", "pods", namespace).await);
+    assert!(!allowed(client, "outsider@contoso.com", &["someone-else"], "get", "", "pods", namespace).await);
 }
 
 #[tokio::test]
@@ -187,7 +197,16 @@ async fn the_api_server_killed_and_restarted_after_a_compaction_loses_nothing() 
     .await;
     // While they reconcile, the API server goes away and comes back to a compacted etcd.
     tokio::time::sleep(Duration::from_millis(300)).await;
+    let ready_at_kill = tas
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .filter(|ta| is_ready(ta))
+        .count();
     cluster.restart_apiserver_after_compaction().await;
+    assert!(ready_at_kill < 100, "the fault must hit work in flight: {ready_at_kill} of 100 were Ready at the kill");
     let restarted = tokio::time::Instant::now();
     wait_all_ready(&tas, &selector, 100, Duration::from_secs(120)).await;
     println!("100 TeamAccess all Ready {:.1} s after the API server restart", restarted.elapsed().as_secs_f64());
@@ -196,7 +215,9 @@ async fn the_api_server_killed_and_restarted_after_a_compaction_loses_nothing() 
     // The operator's watches survived: a change after the restart is still seen.
     let rb_api = Api::<RoleBinding>::namespaced(client.clone(), &ns);
     rb_api.delete(&format!("teamaccess-{}", names[0]), &Default::default()).await.unwrap();
-    wait_for(Duration::from_secs(20), "drift repaired after the restart", || async {
+    // The watches back off while the API server is away (kube-runtime: up to 30 s
+    // between tries), so the first event after the restart may take that long.
+    wait_for(Duration::from_secs(60), "drift repaired after the restart", || async {
         rb_api
             .get_opt(&format!("teamaccess-{}", names[0]))
             .await
@@ -205,11 +226,15 @@ async fn the_api_server_killed_and_restarted_after_a_compaction_loses_nothing() 
             .ok_or("absent".to_string())
     })
     .await;
+    // The watches really resumed from a compacted revision and had to relist.
     let log = std::fs::read_to_string(&operator.log).unwrap_or_default();
-    println!(
-        "operator log mentions 410/Gone: {}",
-        log.contains("410") || log.contains("Gone") || log.contains("too old")
+    let gone: Vec<&str> = log.lines().filter(|l| l.contains("too old resource version")).take(2).collect();
+    assert!(
+        !gone.is_empty(),
+        "no 410 Gone in the operator log; the compaction did not reach a watch:\n{}",
+        operator.log_tail()
     );
+    println!("{ready_at_kill} of 100 Ready at the kill; the watches saw: {}", gone.join(" | "));
     drop(operator);
 }
 
@@ -223,7 +248,7 @@ async fn an_operator_killed_during_cleanup_finishes_it_after_restart() {
     let args = ["--directory", "static", "--directory-file", seed.to_str().unwrap(), "--selector", &selector];
     let logs = std::env::temp_dir().join(&label);
     let start = |dir: &Path| OperatorProcess::start(&kubeconfig_path(), &args, &[], dir);
-    let first = start(&logs);
+    let mut first = start(&logs);
     first.wait_ready().await;
     let tas = Api::<TeamAccess>::all(admin.clone());
     let names: Vec<String> = (0..10).map(|i| format!("{label}-{i}")).collect();
@@ -239,14 +264,42 @@ async fn an_operator_killed_during_cleanup_finishes_it_after_restart() {
     }
     wait_all_ready(&tas, &selector, 10, Duration::from_secs(60)).await;
 
-    // Delete all ten and SIGKILL the operator while its finalizers are at work.
+    // Delete all ten and SIGKILL the operator as soon as its cleanup has begun:
+    // the first of our RoleBindings is gone.
+    let our_bindings = Api::<RoleBinding>::all(admin.clone());
+    let bindings_left = || async {
+        let list = our_bindings.list_metadata(&ListParams::default().labels(MANAGED_BY)).await.unwrap();
+        list.items.iter().filter(|rb| rb.metadata.name.as_deref().is_some_and(|n| n.contains(&label))).count()
+    };
+    assert_eq!(bindings_left().await, 10);
     let delete = kube::api::DeleteParams::default();
     futures::future::join_all(names.iter().map(|n| tas.delete(n, &delete))).await;
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while bindings_left().await == 10 {
+        assert!(tokio::time::Instant::now() < deadline, "the operator never began the cleanup");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     first.signal("KILL");
+    first.wait_exit(Duration::from_secs(10)).await;
     drop(first);
-    let remaining = tas.list(&ListParams::default().labels(&selector)).await.unwrap().items.len();
-    println!("TeamAccess objects left when the operator was killed: {remaining} of 10");
+    // The kill hit work in flight: objects still held by our finalizer.
+    let held: Vec<TeamAccess> = tas
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|ta| ta.metadata.finalizers.iter().flatten().any(|f| f == teamaccess_operator::api::FINALIZER))
+        .collect();
+    println!(
+        "when the operator was killed: {} of 10 TeamAccess still held by the finalizer, {} RoleBindings left",
+        held.len(),
+        bindings_left().await
+    );
+    assert!(
+        !held.is_empty(),
+        "the first operator had finished every cleanup before the kill; nothing was left for the restart"
+    );
 
     let second = start(&logs);
     second.wait_ready().await;

@@ -176,17 +176,9 @@ async fn a_throttled_lookup_honours_retry_after_and_then_succeeds() {
     assert_eq!(emulator.stats().throttled, 1);
 }
 
-fn many_groups(n: usize) -> String {
-    let mut yaml = String::from("groups:\n");
-    for i in 0..n {
-        yaml.push_str(&format!("- objectId: {i:08x}-1111-4111-8111-111111111111\n  displayName: team-{i}\n"));
-    }
-    yaml
-}
-
 #[tokio::test]
 async fn concurrent_lookups_are_batched_and_then_served_from_the_cache() {
-    let emulator = emulator(&many_groups(100)).await;
+    let emulator = emulator(&support::tenant::groups_yaml("team", 100)).await;
     let graph = directory(&emulator);
     let resolve_all = || {
         let graph = graph.clone();
@@ -215,7 +207,7 @@ async fn concurrent_lookups_are_batched_and_then_served_from_the_cache() {
 
 #[tokio::test]
 async fn a_throttled_batch_item_is_retried_alone() {
-    let emulator = emulator(&many_groups(10)).await;
+    let emulator = emulator(&support::tenant::groups_yaml("team", 10)).await;
     let graph = directory(&emulator);
     emulator.set_faults(&Faults { throttle_next: 1, retry_after_secs: 1, ..Default::default() });
     let lookups = (0..10).map(|i| {

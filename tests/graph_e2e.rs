@@ -86,18 +86,6 @@ async fn seed_scenario_through_graph_then_rename_delete_and_recreate() {
     }
 }
 
-fn tenant_of(n: usize) -> String {
-    let mut yaml = String::from("groups:\n");
-    for i in 0..n {
-        yaml.push_str(&format!("- objectId: {i:08x}-2222-4222-8222-222222222222\n  displayName: team-{i}\n"));
-    }
-    yaml
-}
-
-fn group_id(i: usize) -> String {
-    format!("{i:08x}-2222-4222-8222-222222222222")
-}
-
 /// Applies `n` TeamAccess objects (one group each) in one namespace, waits until all
 /// are Ready, and returns their names.
 async fn apply_teams(op: &TestOperator, n: usize, namespace: &str) -> Vec<String> {
@@ -124,7 +112,7 @@ async fn delete_teams(op: &TestOperator, names: &[String]) {
 
 #[tokio::test]
 async fn a_hundred_teamaccess_resolve_cold_in_few_graph_requests() {
-    let emulator = emulator(&tenant_of(100)).await;
+    let emulator = emulator(&tenant::groups_yaml("team", 100)).await;
     let mut op = operator_on(&emulator, Duration::from_secs(300), Duration::from_secs(600)).await;
     // "Applied at once": all 100 land while the operator is away (a GitOps sync,
     // or a new operator), so they arrive together in its initial list.
@@ -147,14 +135,14 @@ async fn a_hundred_teamaccess_resolve_cold_in_few_graph_requests() {
     );
     assert!(stats.graph_requests <= 5 + 100_u64.div_ceil(20), "{stats:?}");
     for (i, name) in names.iter().enumerate() {
-        assert_eq!(binding_subject(&op, &ns, name).await, Some(group_id(i)));
+        assert_eq!(binding_subject(&op, &ns, name).await, Some(tenant::group_id(i)));
     }
     delete_teams(&op, &names).await;
 }
 
 #[tokio::test]
 async fn a_429_storm_loses_no_binding_and_ends_with_all_ready() {
-    let emulator = emulator(&tenant_of(30)).await;
+    let emulator = emulator(&tenant::groups_yaml("team", 30)).await;
     // A short TTL and resync keep the operator asking Graph during the storm.
     let op = operator_on(&emulator, Duration::from_millis(500), Duration::from_secs(2)).await;
     let ns = unique("storm");
@@ -202,7 +190,7 @@ async fn a_429_storm_loses_no_binding_and_ends_with_all_ready() {
         futures::future::join_all(names.iter().map(|n| binding_subject(&op, &ns, n))).await;
     assert_eq!(bindings_after, bindings_before);
     for (i, name) in late.iter().enumerate() {
-        assert_eq!(binding_subject(&op, &ns, name).await, Some(group_id(i + 20)));
+        assert_eq!(binding_subject(&op, &ns, name).await, Some(tenant::group_id(i + 20)));
     }
     delete_teams(&op, &names).await;
     delete_teams(&op, &late).await;

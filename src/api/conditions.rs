@@ -4,6 +4,8 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
+use super::Reason;
+
 pub const READY: &str = "Ready";
 pub const GROUP_RESOLVED: &str = "GroupResolved";
 pub const RECONCILING: &str = "Reconciling";
@@ -15,12 +17,12 @@ pub struct DesiredCondition {
     pub type_: &'static str,
     pub status: bool,
     /// One of a closed set (condition and event reasons are never free text).
-    pub reason: &'static str,
+    pub reason: Reason,
     pub message: String,
 }
 
 impl DesiredCondition {
-    pub fn new(type_: &'static str, status: bool, reason: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(type_: &'static str, status: bool, reason: Reason, message: impl Into<String>) -> Self {
         Self { type_, status, reason, message: message.into() }
     }
 }
@@ -45,7 +47,7 @@ pub fn merge(
             Condition {
                 type_: d.type_.to_string(),
                 status,
-                reason: d.reason.to_string(),
+                reason: d.reason.as_str().to_string(),
                 // The API server caps condition messages at 32768 bytes.
                 message: truncate(&d.message, 32 * 1024),
                 observed_generation: generation,
@@ -82,12 +84,12 @@ mod tests {
     fn transition_time_is_kept_while_status_holds_and_moves_when_it_flips() {
         let t0 = time("2026-01-01T00:00:00Z");
         let t1 = time("2026-01-02T00:00:00Z");
-        let first = merge(&[], &[DesiredCondition::new(READY, false, "GroupNotFound", "m")], Some(1), &t0);
-        let same = merge(&first, &[DesiredCondition::new(READY, false, "AmbiguousGroup", "m2")], Some(2), &t1);
+        let first = merge(&[], &[DesiredCondition::new(READY, false, Reason::GroupNotFound, "m")], Some(1), &t0);
+        let same = merge(&first, &[DesiredCondition::new(READY, false, Reason::AmbiguousGroup, "m2")], Some(2), &t1);
         assert_eq!(same[0].last_transition_time, t0);
         assert_eq!(same[0].reason, "AmbiguousGroup");
         assert_eq!(same[0].observed_generation, Some(2));
-        let flipped = merge(&same, &[DesiredCondition::new(READY, true, "Reconciled", "ok")], Some(2), &t1);
+        let flipped = merge(&same, &[DesiredCondition::new(READY, true, Reason::Reconciled, "ok")], Some(2), &t1);
         assert_eq!(flipped[0].last_transition_time, t1);
         assert_eq!(flipped[0].status, "True");
     }
@@ -95,7 +97,12 @@ mod tests {
     #[test]
     fn long_messages_are_cut_at_a_character_boundary() {
         let long = "é".repeat(20_000);
-        let c = merge(&[], &[DesiredCondition::new(READY, false, "X", long)], None, &time("2026-01-01T00:00:00Z"));
+        let c = merge(
+            &[],
+            &[DesiredCondition::new(READY, false, Reason::ApplyFailed, long)],
+            None,
+            &time("2026-01-01T00:00:00Z"),
+        );
         assert!(c[0].message.len() <= 32 * 1024);
     }
 }

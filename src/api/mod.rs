@@ -12,6 +12,9 @@ use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
 pub mod conditions;
+pub mod reason;
+
+pub use reason::Reason;
 
 /// API group of the TeamAccess resource.
 pub const GROUP: &str = "teamaccess.dev";

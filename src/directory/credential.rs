@@ -76,6 +76,15 @@ impl CredentialSettings {
     }
 }
 
+/// Why no credential could be built from the settings.
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialError {
+    #[error("the {kind:?} credential needs {what}")]
+    Missing { kind: CredentialKind, what: &'static str },
+    #[error("the credential settings are invalid: {0}")]
+    Invalid(#[source] azure_core::Error),
+}
+
 /// Builds the credential; `http` is the client it talks to Entra ID with (the same
 /// one Graph uses, so an extra CA applies to both). Returns it with a description
 /// for the startup log, which never includes a secret.
@@ -83,7 +92,7 @@ pub fn build(
     settings: &CredentialSettings,
     cloud: Cloud,
     http: reqwest::Client,
-) -> Result<(Arc<dyn TokenCredential>, String), String> {
+) -> Result<(Arc<dyn TokenCredential>, String), CredentialError> {
     let cloud_config = match &settings.authority_host {
         Some(host) => {
             let mut custom = CustomConfiguration::default();
@@ -99,9 +108,8 @@ pub fn build(
     };
     let authority = settings.authority_host.clone().unwrap_or_else(|| format!("{cloud:?} cloud"));
     let kind = settings.detect_kind();
-    let need = |value: &Option<String>, what: &str| {
-        value.clone().ok_or_else(|| format!("the {kind:?} credential needs {what}"))
-    };
+    let need =
+        |value: &Option<String>, what: &'static str| value.clone().ok_or(CredentialError::Missing { kind, what });
     match kind {
         CredentialKind::Workload => {
             let options = WorkloadIdentityCredentialOptions {
@@ -112,10 +120,10 @@ pub fn build(
                     settings
                         .federated_token_file
                         .clone()
-                        .ok_or("the Workload credential needs AZURE_FEDERATED_TOKEN_FILE")?,
+                        .ok_or(CredentialError::Missing { kind, what: "AZURE_FEDERATED_TOKEN_FILE" })?,
                 ),
             };
-            let credential = WorkloadIdentityCredential::new(Some(options)).map_err(|e| e.to_string())?;
+            let credential = WorkloadIdentityCredential::new(Some(options)).map_err(CredentialError::Invalid)?;
             let description = format!(
                 "workload identity (client {}, tenant {}, token file {}, authority {authority})",
                 settings.client_id.as_deref().unwrap_or_default(),
@@ -130,7 +138,7 @@ pub fn build(
             let secret = need(&settings.client_secret, "AZURE_CLIENT_SECRET or --client-secret-file")?;
             let options = ClientSecretCredentialOptions { client_options };
             let credential = ClientSecretCredential::new(&tenant, client.clone(), Secret::new(secret), Some(options))
-                .map_err(|e| e.to_string())?;
+                .map_err(CredentialError::Invalid)?;
             Ok((credential, format!("client secret (client {client}, tenant {tenant}, authority {authority})")))
         }
         CredentialKind::Managed => {
@@ -138,7 +146,7 @@ pub fn build(
                 user_assigned_id: settings.client_id.clone().map(UserAssignedId::ClientId),
                 client_options,
             };
-            let credential = ManagedIdentityCredential::new(Some(options)).map_err(|e| e.to_string())?;
+            let credential = ManagedIdentityCredential::new(Some(options)).map_err(CredentialError::Invalid)?;
             let which = settings.client_id.as_deref().map_or("system-assigned".to_string(), |c| format!("client {c}"));
             Ok((credential, format!("managed identity ({which})")))
         }

@@ -40,14 +40,19 @@ pub struct UserRecord {
     pub member_of: Vec<String>,
 }
 
+/// A directory file that is not valid YAML of this format; says where and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct FileFormatError(String);
+
 fn default_true() -> bool {
     true
 }
 
 impl DirectoryFile {
     /// Parses the YAML text of a directory file.
-    pub fn parse(text: &str) -> Result<Self, String> {
-        serde_saphyr::from_str(text).map_err(|e| e.to_string())
+    pub fn parse(text: &str) -> Result<Self, FileFormatError> {
+        serde_saphyr::from_str(text).map_err(|e| FileFormatError(e.to_string()))
     }
 
     /// Finds the one group matching the selector. Like Entra ID, names compare
@@ -101,6 +106,7 @@ impl DirectoryFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::Reason;
 
     const SEED: &str = r#"
 groups:
@@ -151,7 +157,7 @@ users:
     #[test]
     fn duplicate_display_names_are_ambiguous_and_list_every_candidate() {
         let err = seed().find_group(&by_name("shared")).unwrap_err();
-        assert_eq!(err.reason(), "AmbiguousGroup");
+        assert_eq!(err.reason(), Reason::AmbiguousGroup);
         let msg = err.to_string();
         assert!(msg.contains("11111111-1111-4111-8111-111111111111"), "{msg}");
         assert!(msg.contains("22222222-2222-4222-8222-222222222222"), "{msg}");
@@ -166,7 +172,7 @@ users:
     #[test]
     fn a_name_with_a_quote_matches_only_literally() {
         let err = seed().find_group(&by_name("x' or displayName eq 'appdev")).unwrap_err();
-        assert_eq!(err.reason(), "GroupNotFound");
+        assert_eq!(err.reason(), Reason::GroupNotFound);
     }
 
     #[test]
@@ -183,12 +189,12 @@ users:
             .unwrap();
         assert!(guest.is_guest());
         let missing = f.find_user(&UserRef { user_principal_name: Some("nobody@contoso.com".into()), object_id: None });
-        assert_eq!(missing.unwrap_err().reason(), "UserNotFound");
+        assert_eq!(missing.unwrap_err().reason(), Reason::UserNotFound);
     }
 
     #[test]
     fn unknown_fields_are_rejected_so_typos_do_not_pass_silently() {
-        let err = DirectoryFile::parse("groups:\n- objectId: a\n  displayname: x\n").unwrap_err();
+        let err = DirectoryFile::parse("groups:\n- objectId: a\n  displayname: x\n").unwrap_err().to_string();
         assert!(err.contains("displayname") || err.contains("unknown"), "{err}");
     }
 }

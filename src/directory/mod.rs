@@ -1,14 +1,15 @@
 //! The directory: where group and user identities are looked up.
 //!
-//! Two implementations share one trait: `static_file` (a YAML file, for clusters
-//! without Entra ID, labs, the demo and tests) and, later, Microsoft Graph.
+//! Two implementations share one trait: `graph` (Microsoft Graph, for Entra ID)
+//! and `static_file` (a YAML file, for clusters without Entra ID, labs, the demo
+//! and tests). See docs/architecture.md for how the reconcile uses them.
 
 use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::sync::watch;
 
-use crate::api::{GroupSelector, UserRef};
+use crate::api::{GroupSelector, Reason, UserRef};
 
 pub mod credential;
 pub mod file_format;
@@ -81,16 +82,16 @@ pub enum DirectoryError {
 
 impl DirectoryError {
     /// The condition and event reason for this failure.
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> Reason {
         match self {
-            DirectoryError::GroupNotFound { .. } => "GroupNotFound",
-            DirectoryError::AmbiguousGroup { .. } => "AmbiguousGroup",
-            DirectoryError::UserNotFound { .. } => "UserNotFound",
-            DirectoryError::PermissionDenied { .. } => "GraphPermissionDenied",
-            DirectoryError::Throttled { .. } => "GraphThrottled",
-            DirectoryError::Unavailable { .. } => "GraphUnavailable",
-            DirectoryError::AuthenticationFailed { .. } => "GraphAuthenticationFailed",
-            DirectoryError::Rejected { .. } => "GraphRequestRejected",
+            DirectoryError::GroupNotFound { .. } => Reason::GroupNotFound,
+            DirectoryError::AmbiguousGroup { .. } => Reason::AmbiguousGroup,
+            DirectoryError::UserNotFound { .. } => Reason::UserNotFound,
+            DirectoryError::PermissionDenied { .. } => Reason::GraphPermissionDenied,
+            DirectoryError::Throttled { .. } => Reason::GraphThrottled,
+            DirectoryError::Unavailable { .. } => Reason::GraphUnavailable,
+            DirectoryError::AuthenticationFailed { .. } => Reason::GraphAuthenticationFailed,
+            DirectoryError::Rejected { .. } => Reason::GraphRequestRejected,
         }
     }
 

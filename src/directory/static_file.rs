@@ -9,7 +9,10 @@ use std::{
 use async_trait::async_trait;
 use tokio::sync::watch;
 
-use super::{Directory, DirectoryError, DirectoryGroup, DirectoryUser, file_format::DirectoryFile};
+use super::{
+    Directory, DirectoryError, DirectoryGroup, DirectoryUser,
+    file_format::{DirectoryFile, FileFormatError},
+};
 use crate::api::{GroupSelector, UserRef};
 
 /// How often the file is read again. A mounted ConfigMap is updated by swapping a
@@ -17,8 +20,16 @@ use crate::api::{GroupSelector, UserRef};
 /// file every few seconds is cheap and sees every kind of update.
 pub const RELOAD_INTERVAL: Duration = Duration::from_secs(2);
 
+/// Why the directory file could not be loaded at startup.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read the directory file {}: {source}", path.display())]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("the directory file {} does not parse: {source}", path.display())]
+    Parse { path: PathBuf, source: FileFormatError },
+}
+
 pub struct StaticDirectory {
-    path: PathBuf,
     content: Arc<RwLock<Loaded>>,
     changes: watch::Receiver<u64>,
 }
@@ -31,21 +42,17 @@ struct Loaded {
 impl StaticDirectory {
     /// Loads the file; it must exist and parse at startup. Afterwards a background
     /// task reloads it, and a file that no longer parses keeps the last good content.
-    pub async fn load(path: &Path) -> Result<Self, String> {
+    pub async fn load(path: &Path) -> Result<Self, LoadError> {
         let text = tokio::fs::read_to_string(path)
             .await
-            .map_err(|e| format!("reading directory file {}: {e}", path.display()))?;
+            .map_err(|source| LoadError::Read { path: path.to_path_buf(), source })?;
         let file =
-            DirectoryFile::parse(&text).map_err(|e| format!("parsing directory file {}: {e}", path.display()))?;
+            DirectoryFile::parse(&text).map_err(|source| LoadError::Parse { path: path.to_path_buf(), source })?;
         tracing::info!(path = %path.display(), groups = file.groups.len(), users = file.users.len(), "loaded static directory");
         let content = Arc::new(RwLock::new(Loaded { text, file }));
         let (tx, rx) = watch::channel(0);
         tokio::spawn(reload_loop(path.to_path_buf(), content.clone(), tx));
-        Ok(Self { path: path.to_path_buf(), content, changes: rx })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
+        Ok(Self { content, changes: rx })
     }
 
     fn read<T>(&self, f: impl FnOnce(&DirectoryFile) -> T) -> T {
@@ -108,6 +115,7 @@ impl Directory for StaticDirectory {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::Reason;
 
     #[tokio::test]
     async fn a_changed_file_is_reloaded_and_announced() {
@@ -117,7 +125,7 @@ mod tests {
         std::fs::write(&path, "groups: []\n").unwrap();
         let directory = StaticDirectory::load(&path).await.unwrap();
         let selector = GroupSelector { display_name: Some("late".into()), ..Default::default() };
-        assert_eq!(directory.resolve_group(&selector).await.unwrap_err().reason(), "GroupNotFound");
+        assert_eq!(directory.resolve_group(&selector).await.unwrap_err().reason(), Reason::GroupNotFound);
 
         let mut changes = directory.changes().unwrap();
         std::fs::write(&path, "groups:\n- objectId: 7b7b7b7b-7b7b-4b7b-8b7b-7b7b7b7b7b7b\n  displayName: late\n")

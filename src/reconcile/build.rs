@@ -1,5 +1,5 @@
-//! Builds the children of a TeamAccess as plain data. No client, no I/O: the
-//! business rules live here and are unit-tested.
+//! Step 3, build: the children of a resolved TeamAccess as plain data. No client,
+//! no I/O: the business rules live here and are unit-tested.
 
 use std::collections::BTreeMap;
 
@@ -12,10 +12,8 @@ use k8s_openapi::{
 };
 use kube::{Resource, ResourceExt};
 
-use crate::{
-    api::TeamAccess,
-    directory::{DirectoryGroup, DirectoryUser},
-};
+use super::resolve::Resolved;
+use crate::api::TeamAccess;
 
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY: &str = "teamaccess-operator";
@@ -28,6 +26,40 @@ pub const OWNER_ANNOTATION: &str = "teamaccess.dev/owner";
 pub const CREATED_BY_ANNOTATION: &str = "teamaccess.dev/created-by";
 
 const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
+
+/// Everything the apply step puts in place for one TeamAccess.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Desired {
+    /// The TeamAccess's name and uid: children carry them, and only children
+    /// carrying that uid are ever deleted.
+    pub owner: String,
+    pub owner_uid: Option<String>,
+    /// The namespace as the operator would create it; one that exists and was
+    /// not created by this TeamAccess is used as it is.
+    pub namespace: Namespace,
+    /// None when a ClusterRole is bound instead.
+    pub role: Option<Role>,
+    pub role_binding: RoleBinding,
+    /// The ClusterRole the binding names, which must exist.
+    pub cluster_role: Option<String>,
+    /// A Role of ours may be left from before spec.clusterRole was set: remove it
+    /// once the binding has moved away from it.
+    pub remove_role: bool,
+}
+
+pub fn build(resolved: &Resolved) -> Desired {
+    let ta = resolved.ta;
+    let role = build_role(ta);
+    Desired {
+        owner: ta.name_any(),
+        owner_uid: ta.metadata.uid.clone(),
+        namespace: build_namespace(ta),
+        remove_role: role.is_none() && ta.status.as_ref().is_some_and(|s| s.role.is_some()),
+        role,
+        role_binding: build_role_binding(ta, &resolved.group_object_id, &resolved.user_subjects),
+        cluster_role: ta.spec.cluster_role.clone(),
+    }
+}
 
 /// The seed's rules: the given verbs on all resources of the core, extensions and
 /// apps groups, and on batch jobs and cronjobs.
@@ -96,17 +128,11 @@ pub fn role_ref(ta: &TeamAccess) -> RoleRef {
     }
 }
 
-/// The subject name of a user: the UPN for members of the cluster's tenant, the
-/// objectId for guests, and the objectId when that is how spec.users names them.
-pub fn user_subject_name(requested_by_object_id: bool, user: &DirectoryUser) -> String {
-    if requested_by_object_id || user.is_guest() { user.object_id.clone() } else { user.user_principal_name.clone() }
-}
-
-pub fn build_role_binding(ta: &TeamAccess, group: &DirectoryGroup, user_subjects: &[String]) -> RoleBinding {
+pub fn build_role_binding(ta: &TeamAccess, group_object_id: &str, user_subjects: &[String]) -> RoleBinding {
     let mut subjects = vec![Subject {
         kind: "Group".into(),
         api_group: Some(RBAC_GROUP.into()),
-        name: group.object_id.clone(),
+        name: group_object_id.to_string(),
         namespace: None,
     }];
     subjects.extend(user_subjects.iter().map(|name| Subject {
@@ -150,7 +176,10 @@ pub fn created_by(meta: &ObjectMeta) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{AccessRule, GroupSelector, NamespaceMetadata, TeamAccessSpec};
+    use crate::{
+        api::{AccessRule, GroupSelector, NamespaceMetadata, ResolvedGroup, TeamAccessSpec, TeamAccessStatus},
+        reconcile::resolve::GroupReport,
+    };
 
     fn team(name: &str, namespace: &str) -> TeamAccess {
         let mut ta = TeamAccess::new(
@@ -161,12 +190,19 @@ mod tests {
         ta
     }
 
-    fn appdev() -> DirectoryGroup {
-        DirectoryGroup {
-            object_id: "5f0a1d3e-8f8a-4c1e-9d55-0b0c2d7c1a01".into(),
-            display_name: "appdev".into(),
-            mail_nickname: None,
-            security_enabled: true,
+    const APPDEV: &str = "5f0a1d3e-8f8a-4c1e-9d55-0b0c2d7c1a01";
+
+    fn resolved(ta: &TeamAccess) -> Resolved<'_> {
+        Resolved {
+            ta,
+            group: GroupReport {
+                pin: ResolvedGroup { object_id: APPDEV.into(), ..Default::default() },
+                security_enabled: true,
+                renamed_from: None,
+            },
+            group_object_id: APPDEV.into(),
+            user_subjects: vec![],
+            missing_users: vec![],
         }
     }
 
@@ -206,7 +242,7 @@ mod tests {
         ta.spec.verbs = None;
         ta.spec.cluster_role = Some("edit".into());
         assert!(build_role(&ta).is_none());
-        let rb = build_role_binding(&ta, &appdev(), &[]);
+        let rb = build_role_binding(&ta, APPDEV, &[]);
         assert_eq!(rb.role_ref.kind, "ClusterRole");
         assert_eq!(rb.role_ref.name, "edit");
     }
@@ -214,7 +250,7 @@ mod tests {
     #[test]
     fn the_binding_names_the_group_by_object_id_and_is_owned_by_the_teamaccess() {
         let ta = team("appdev-dev", "dev");
-        let rb = build_role_binding(&ta, &appdev(), &["aksdev@contoso.com".into()]);
+        let rb = build_role_binding(&ta, APPDEV, &["aksdev@contoso.com".into()]);
         let subjects = rb.subjects.unwrap();
         assert_eq!(subjects[0].kind, "Group");
         assert_eq!(subjects[0].name, "5f0a1d3e-8f8a-4c1e-9d55-0b0c2d7c1a01");
@@ -226,20 +262,6 @@ mod tests {
         assert_eq!((owner.kind.as_str(), owner.uid.as_str()), ("TeamAccess", "0000-uid"));
         assert_eq!(owner.controller, Some(true));
         assert_eq!(rb.metadata.labels.unwrap()[MANAGED_BY_LABEL], MANAGED_BY);
-    }
-
-    #[test]
-    fn guests_are_bound_by_object_id_and_members_by_upn() {
-        let member =
-            DirectoryUser { object_id: "a".into(), user_principal_name: "aksdev@contoso.com".into(), user_type: None };
-        let guest = DirectoryUser {
-            object_id: "b".into(),
-            user_principal_name: "x_fabrikam.com#EXT#@contoso.onmicrosoft.com".into(),
-            user_type: Some("Guest".into()),
-        };
-        assert_eq!(user_subject_name(false, &member), "aksdev@contoso.com");
-        assert_eq!(user_subject_name(true, &member), "a");
-        assert_eq!(user_subject_name(false, &guest), "b");
     }
 
     #[test]
@@ -256,5 +278,33 @@ mod tests {
         assert!(is_managed(&ns.metadata));
         assert_eq!(created_by(&ns.metadata), Some("appdev-dev"));
         assert_eq!(ns.metadata.labels.unwrap()["team"], "appdev");
+    }
+
+    #[test]
+    fn a_role_left_from_before_a_cluster_role_is_removed_and_only_then() {
+        let mut ta = team("editors", "dev");
+        let desired = build(&resolved(&ta));
+        assert!(desired.role.is_some() && !desired.remove_role);
+
+        ta.spec.verbs = None;
+        ta.spec.cluster_role = Some("edit".into());
+        let desired = build(&resolved(&ta));
+        assert_eq!((desired.role.is_none(), desired.remove_role), (true, false), "no Role was ever made");
+        assert_eq!(desired.cluster_role.as_deref(), Some("edit"));
+
+        ta.status = Some(TeamAccessStatus { role: Some("teamaccess-editors".into()), ..Default::default() });
+        assert!(build(&resolved(&ta)).remove_role, "status says our Role is still there");
+    }
+
+    #[test]
+    fn the_desired_children_carry_the_owner_and_the_resolved_subjects() {
+        let ta = team("appdev-dev", "dev");
+        let mut r = resolved(&ta);
+        r.user_subjects = vec!["aksdev@contoso.com".into()];
+        let desired = build(&r);
+        assert_eq!((desired.owner.as_str(), desired.owner_uid.as_deref()), ("appdev-dev", Some("0000-uid")));
+        let names: Vec<&str> = desired.role_binding.subjects.iter().flatten().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, [APPDEV, "aksdev@contoso.com"]);
+        assert_eq!(desired.namespace.metadata.name.as_deref(), Some("dev"));
     }
 }

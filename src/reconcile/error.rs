@@ -1,7 +1,7 @@
-//! Reconcile failures. Each variant has a bounded `reason()` that becomes the
-//! condition reason, the Warning event reason and (later) a metric label.
+//! Reconcile failures. Each variant has a `reason()` from the closed `Reason`
+//! set: the condition reason, the Warning event reason and the metric label.
 
-use crate::directory::DirectoryError;
+use crate::{api::Reason, directory::DirectoryError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -41,16 +41,16 @@ pub enum Error {
 }
 
 impl Error {
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> Reason {
         match self {
             Error::Directory(e) => e.reason(),
-            Error::GroupChanged { .. } => "GroupObjectIdChanged",
-            Error::GroupMissing { .. } => "GroupMissing",
-            Error::ProtectedNamespace { .. } => "ProtectedNamespace",
-            Error::NamespaceTerminating { .. } => "NamespaceTerminating",
-            Error::ClusterRoleNotFound { .. } => "ClusterRoleNotFound",
-            Error::Forbidden { .. } => "Forbidden",
-            Error::Kube { .. } => "ApplyFailed",
+            Error::GroupChanged { .. } => Reason::GroupObjectIdChanged,
+            Error::GroupMissing { .. } => Reason::GroupMissing,
+            Error::ProtectedNamespace { .. } => Reason::ProtectedNamespace,
+            Error::NamespaceTerminating { .. } => Reason::NamespaceTerminating,
+            Error::ClusterRoleNotFound { .. } => Reason::ClusterRoleNotFound,
+            Error::Forbidden { .. } => Reason::Forbidden,
+            Error::Kube { .. } => Reason::ApplyFailed,
         }
     }
 
@@ -76,5 +76,3 @@ impl Error {
         }
     }
 }
-
-pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,119 +1,48 @@
 //! The TeamAccess controller.
 //!
-//! Each reconcile reads top to bottom as the pipeline of DESIGN.md:
-//! validate → resolve → build → apply → status. Validation (pure policy) runs
-//! before resolution so an object the policy refuses never costs a directory call.
+//! A reconcile is a typed pipeline, one module per step, each step taking what
+//! the previous one returned (docs/architecture.md tells why):
+//!
+//! validate → resolve → build → apply → status
+//!
+//! Deletion goes through the finalizer to `cleanup`. The steps import from
+//! `context` and `error` below them, never from this module.
 
-use std::{
-    collections::HashMap,
-    future::Future,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{future::Future, sync::Arc, time::Duration};
 
 use futures::StreamExt;
-use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::{
+    api::rbac::v1::{Role, RoleBinding},
+    apimachinery::pkg::apis::meta::v1::Time,
+};
 use kube::{
-    Api, Client, ResourceExt,
+    Api, ResourceExt,
     api::ListParams,
     runtime::{
         Controller,
         controller::{self, Action},
-        events::{Recorder, Reporter},
         finalizer::{self, finalizer},
         watcher,
     },
 };
 use tokio_stream::wrappers::WatchStream;
 
-use crate::{
-    api::{FINALIZER, TeamAccess},
-    directory::Directory,
-    telemetry::{Health, metrics::Metrics},
-};
+use crate::api::{FINALIZER, Reason, TeamAccess};
 
+pub mod apply;
 pub mod build;
-mod children;
+pub mod cleanup;
+pub mod context;
 pub mod error;
-mod resolve;
+pub mod requeue;
+pub mod resolve;
 pub mod status;
 pub mod validate;
+mod write;
 
+pub use context::{Context, FIELD_MANAGER, Settings};
 pub use error::Error;
 pub use validate::Policy;
-
-/// The longest wait before a TeamAccess looks again at a directory that was down.
-const MAX_DIRECTORY_RETRY: Duration = Duration::from_secs(20);
-
-/// The one field manager every server-side apply of the operator uses.
-pub const FIELD_MANAGER: &str = "teamaccess-operator";
-
-/// Settings of the controller that come from the command line.
-#[derive(Clone, Debug)]
-pub struct Settings {
-    pub policy: Policy,
-    /// How often every TeamAccess is reconciled even when nothing changed.
-    pub resync: Duration,
-    /// How many TeamAccess objects are reconciled at once.
-    pub concurrency: u16,
-    /// Only TeamAccess objects matching this label selector are reconciled.
-    pub selector: Option<String>,
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        Self { policy: Policy::default(), resync: Duration::from_secs(600), concurrency: 64, selector: None }
-    }
-}
-
-/// What every reconcile needs.
-pub struct Context {
-    pub client: Client,
-    pub directory: Arc<dyn Directory>,
-    pub recorder: Recorder,
-    pub settings: Settings,
-    pub metrics: Arc<Metrics>,
-    /// Turned ready once the controller's cache has synced.
-    pub health: Arc<Health>,
-    /// Consecutive failures per TeamAccess, for exponential backoff.
-    failures: Mutex<HashMap<String, u32>>,
-}
-
-impl Context {
-    pub fn new(client: Client, directory: Arc<dyn Directory>, settings: Settings, instance: Option<String>) -> Self {
-        let reporter = Reporter { controller: FIELD_MANAGER.into(), instance };
-        Self {
-            recorder: Recorder::new(client.clone(), reporter),
-            client,
-            directory,
-            settings,
-            metrics: Metrics::shared(),
-            health: Arc::default(),
-            failures: Mutex::default(),
-        }
-    }
-
-    /// Shares the process's metrics and health with the controller.
-    pub fn with_telemetry(mut self, metrics: Arc<Metrics>, health: Arc<Health>) -> Self {
-        self.metrics = metrics;
-        self.health = health;
-        self
-    }
-
-    /// The delay before the next try after a transient failure: 1 s doubling up to
-    /// 5 min, with jitter so objects failing together do not retry together.
-    fn backoff(&self, name: &str) -> Duration {
-        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        let n = failures.entry(name.to_string()).or_insert(0);
-        *n = n.saturating_add(1);
-        let base = Duration::from_secs(1u64 << (*n - 1).min(8)).min(Duration::from_secs(300));
-        base.mul_f64(0.8 + fastrand::f64() * 0.4)
-    }
-
-    fn reset_backoff(&self, name: &str) {
-        self.failures.lock().unwrap_or_else(|e| e.into_inner()).remove(name);
-    }
-}
 
 /// Runs the controller until `shutdown` completes.
 pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) -> anyhow::Result<()> {
@@ -170,7 +99,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
             match result {
                 Ok((obj, _)) => tracing::debug!(teamaccess = %obj.name, "reconciled"),
                 Err(controller::Error::ReconcilerFailed(e, obj)) => {
-                    tracing::warn!(teamaccess = %obj.name, reason = e.reason(), error = %e, "reconcile failed")
+                    tracing::warn!(teamaccess = %obj.name, reason = %e.reason(), error = %e, "reconcile failed")
                 }
                 // A child's owner outside this operator's selector (sharding) or just deleted.
                 Err(controller::Error::ObjectNotFound(obj)) => {
@@ -184,16 +113,17 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
     Ok(())
 }
 
-/// Errors that reach the controller: the reconcile could not even write status.
+/// Errors that reach the controller: the reconcile could not even write status
+/// or its finalizer.
 #[derive(Debug, thiserror::Error)]
 #[error(transparent)]
 pub struct ReconcileError(#[from] Box<finalizer::Error<Error>>);
 
 impl ReconcileError {
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> Reason {
         match &*self.0 {
             finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e.reason(),
-            _ => "FinalizerFailed",
+            _ => Reason::FinalizerFailed,
         }
     }
 }
@@ -209,9 +139,9 @@ async fn reconcile(ta: Arc<TeamAccess>, ctx: Arc<Context>) -> Result<Action, Rec
         match event {
             finalizer::Event::Apply(ta) => grant(&ta, &ctx).await,
             finalizer::Event::Cleanup(ta) => {
-                let action = children::cleanup(&ta, &ctx).await?;
-                ctx.reset_backoff(&ta.name_any());
-                Ok(action)
+                cleanup::cleanup(&ta, &ctx).await?;
+                ctx.clear_failures(&ta.name_any());
+                Ok(Action::await_change())
             }
         }
     })
@@ -220,48 +150,45 @@ async fn reconcile(ta: Arc<TeamAccess>, ctx: Arc<Context>) -> Result<Action, Rec
 }
 
 fn error_policy(ta: Arc<TeamAccess>, _error: &ReconcileError, ctx: Arc<Context>) -> Action {
-    Action::requeue(ctx.backoff(&ta.name_any()))
+    let name = ta.name_any();
+    let delay = requeue::after_error(ctx.failures(&name), fastrand::f64());
+    ctx.record_failure(&name);
+    Action::requeue(delay)
 }
 
-/// The apply path: work out and put in place the access the object declares, then
-/// report the outcome in status and events.
+/// The apply path: the pipeline, its outcome written to status and events, and
+/// the next look decided from how it ended.
 async fn grant(ta: &TeamAccess, ctx: &Context) -> Result<Action, Error> {
     let started = std::time::Instant::now();
-    let mut report = status::Report::for_object(ta);
-    let outcome = grant_access(ta, ctx, &mut report).await;
-    status::publish(ta, ctx, &report, &outcome).await?;
-    let reason = outcome.as_ref().err().map_or("Reconciled", Error::reason);
-    ctx.metrics.reconciled(outcome.is_ok(), reason, started.elapsed().as_secs_f64());
+    let outcome = pipeline(ta, ctx).await;
+    let (new_status, events) = status::compute(&outcome, &Time(jiff::Timestamp::now()));
+    status::publish(ta, &new_status, events, ctx).await?;
 
+    let error = outcome.error();
+    let reason = error.map_or(Reason::Reconciled, Error::reason);
+    ctx.metrics.reconciled(error.is_none(), reason, started.elapsed().as_secs_f64());
     let name = ta.name_any();
-    Ok(match &outcome {
-        Ok(()) => {
-            ctx.reset_backoff(&name);
-            Action::requeue(ctx.settings.resync)
-        }
-        // Graph said when to come back: do so (with jitter), rather than backing off
-        // further, so objects recover soon after a throttling storm ends.
-        Err(Error::Directory(e)) if e.retry_after().is_some() => {
-            let wait = e.retry_after().unwrap_or_default().max(Duration::from_secs(1));
-            Action::requeue(wait.mul_f64(1.0 + fastrand::f64() * 0.5))
-        }
-        // A directory outage ends on its own: look again at least every 20 s (the
-        // Graph client holds requests back meanwhile, so this adds no load).
-        Err(Error::Directory(e)) if e.is_transient() => Action::requeue(ctx.backoff(&name).min(MAX_DIRECTORY_RETRY)),
-        Err(e) if e.is_transient() => Action::requeue(ctx.backoff(&name)),
-        // Needs the user to act; any change to the object or the directory triggers a
-        // reconcile, and the periodic look catches a fix made elsewhere.
-        Err(_) => {
-            ctx.reset_backoff(&name);
-            Action::requeue(ctx.settings.resync.min(Duration::from_secs(300)))
-        }
-    })
+    let next = requeue::next_action(error, ctx.failures(&name), ctx.settings.resync, fastrand::f64());
+    if next.failed {
+        ctx.record_failure(&name);
+    } else {
+        ctx.clear_failures(&name);
+    }
+    Ok(Action::requeue(next.after))
 }
 
-async fn grant_access(ta: &TeamAccess, ctx: &Context, report: &mut status::Report) -> Result<(), Error> {
-    ctx.settings.policy.check(ta)?;
-    let group = resolve::group(ta, ctx, report).await?;
-    let users = resolve::users(ta, ctx).await?;
-    children::apply(ta, ctx, &group, &users.subjects, report).await?;
-    users.into_result()
+/// validate → resolve → build → apply; each step stops the pipeline with what it
+/// knows, and the outcome says how far it got.
+async fn pipeline<'a>(ta: &'a TeamAccess, ctx: &Context) -> status::Outcome<'a> {
+    let validated = match validate::validate(ta, &ctx.settings.policy) {
+        Ok(validated) => validated,
+        Err(error) => return status::Outcome::refused(ta, error),
+    };
+    let resolved = match resolve::resolve(validated, ctx.directory.as_ref()).await {
+        Ok(resolved) => resolved,
+        Err(unresolved) => return status::Outcome::unresolved(ta, unresolved),
+    };
+    let desired = build::build(&resolved);
+    let applied = apply::apply(desired, &ctx.client).await;
+    status::Outcome::resolved(resolved, applied)
 }

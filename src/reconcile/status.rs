@@ -1,40 +1,182 @@
-//! Reports the outcome of a reconcile: status (written only when it changed, so an
-//! idle resync writes nothing) and an event on every transition.
+//! Step 5, status: what a reconcile found out becomes status and Events.
+//!
+//! `compute` is pure: from the `Outcome` of the pipeline and the object's previous
+//! status it works out the new status and one Event per transition. `publish`
+//! only writes: status when it changed (so an idle resync writes nothing), then
+//! the Events.
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{
     Api, Resource, ResourceExt,
     api::{Patch, PatchParams},
     runtime::events::{Event, EventType},
 };
 
-use super::{Context, Error, FIELD_MANAGER};
+use super::{
+    apply::{Applied, ApplyFailed},
+    context::{Context, FIELD_MANAGER},
+    error::Error,
+    resolve::{GroupReport, Resolved, Unresolved},
+};
 use crate::api::{
-    ResolvedGroup, TeamAccess, TeamAccessStatus,
+    Reason, ResolvedGroup, TeamAccess, TeamAccessStatus,
     conditions::{self, DesiredCondition, GROUP_RESOLVED, READY, RECONCILING, STALLED},
 };
 
-/// What a reconcile found out, beyond success or failure.
-#[derive(Debug, Default)]
-pub struct Report {
-    /// The group status should show: newly resolved, or the pinned one on failure.
-    pub group: Option<ResolvedGroup>,
-    /// Outcome of the group lookup as (reason, message); None when not attempted.
-    pub group_outcome: Option<Result<(), (&'static str, String)>>,
-    /// The resolved group is not security-enabled, so tokens do not carry it.
-    pub security_disabled: bool,
-    pub role: Option<String>,
-    pub role_binding: Option<String>,
-    /// Events beyond the condition transitions, such as a renamed group.
-    pub events: Vec<(EventType, &'static str, String)>,
+/// An Event to publish about the TeamAccess.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Note {
+    pub type_: EventType,
+    pub reason: Reason,
+    pub message: String,
 }
 
-impl Report {
-    /// Starts from what status says now, so a failed step keeps what was in place.
-    pub fn for_object(ta: &TeamAccess) -> Self {
-        let status = ta.status.clone().unwrap_or_default();
-        Self { group: status.group, role: status.role, role_binding: status.role_binding, ..Default::default() }
+/// How the group lookup went, as GroupResolved reports it.
+#[derive(Clone, Debug, PartialEq)]
+enum GroupState {
+    /// The policy refused the object before any lookup.
+    NotLookedUp {
+        previous: Option<ResolvedGroup>,
+    },
+    Found(GroupReport),
+    /// The lookup failed; the pin for the current selector, if any, is kept.
+    Failed {
+        kept: Option<ResolvedGroup>,
+        reason: Reason,
+        message: String,
+    },
+}
+
+/// How far the pipeline got for one TeamAccess, and why it stopped.
+#[derive(Debug)]
+pub struct Outcome<'a> {
+    pub ta: &'a TeamAccess,
+    group: GroupState,
+    /// What is in place after a successful apply; None keeps what status said.
+    applied: Option<Applied>,
+    namespace_created: bool,
+    error: Option<Error>,
+}
+
+impl<'a> Outcome<'a> {
+    /// The policy refused the object: nothing was looked up or written.
+    pub fn refused(ta: &'a TeamAccess, error: Error) -> Self {
+        let previous = ta.status.as_ref().and_then(|s| s.group.clone());
+        Self {
+            ta,
+            group: GroupState::NotLookedUp { previous },
+            applied: None,
+            namespace_created: false,
+            error: Some(error),
+        }
     }
+
+    /// The directory could not resolve the group or a user: nothing was written.
+    pub fn unresolved(ta: &'a TeamAccess, unresolved: Unresolved) -> Self {
+        let (group, error) = match unresolved {
+            Unresolved::Group { kept, error } => {
+                (GroupState::Failed { kept, reason: error.reason(), message: error.to_string() }, error)
+            }
+            Unresolved::Users { group, error } => (GroupState::Found(group), error),
+        };
+        Self { ta, group, applied: None, namespace_created: false, error: Some(error) }
+    }
+
+    /// The group resolved and the children were applied, or applying failed.
+    /// Users the directory does not know leave the object not Ready, while the
+    /// rest of the access is in place.
+    pub fn resolved(resolved: Resolved<'a>, applied: Result<Applied, ApplyFailed>) -> Self {
+        let missing_users = (!resolved.missing_users.is_empty()).then(|| {
+            Error::from(crate::directory::DirectoryError::UserNotFound { user: resolved.missing_users.join(", ") })
+        });
+        let (applied, namespace_created, error) = match applied {
+            Ok(applied) => {
+                let created = applied.namespace_created;
+                (Some(applied), created, missing_users)
+            }
+            Err(failed) => (None, failed.namespace_created, Some(failed.error)),
+        };
+        Self { ta: resolved.ta, group: GroupState::Found(resolved.group), applied, namespace_created, error }
+    }
+
+    /// Why the reconcile did not end Ready, if it did not.
+    pub fn error(&self) -> Option<&Error> {
+        self.error.as_ref()
+    }
+}
+
+/// The status to write and the Events to publish for `outcome`.
+pub fn compute(outcome: &Outcome, now: &Time) -> (TeamAccessStatus, Vec<Note>) {
+    let ta = outcome.ta;
+    let previous = ta.status.clone().unwrap_or_default();
+    let desired = desired_conditions(outcome);
+    let group = match &outcome.group {
+        GroupState::NotLookedUp { previous } => previous.clone(),
+        GroupState::Found(report) => Some(report.pin.clone()),
+        GroupState::Failed { kept, .. } => kept.clone(),
+    };
+    let (role, role_binding) = match &outcome.applied {
+        Some(applied) => (applied.role.clone(), Some(applied.role_binding.clone())),
+        None => (previous.role.clone(), previous.role_binding.clone()),
+    };
+    let generation = ta.metadata.generation;
+    let status = TeamAccessStatus {
+        observed_generation: generation,
+        group,
+        namespace: Some(ta.spec.namespace.clone()),
+        role,
+        role_binding,
+        conditions: conditions::merge(&previous.conditions, &desired, generation, now),
+    };
+
+    let mut notes = transition_events(&previous.conditions, &desired);
+    if let GroupState::Found(GroupReport { pin, renamed_from: Some(old), .. }) = &outcome.group {
+        notes.push(Note {
+            type_: EventType::Normal,
+            reason: Reason::GroupRenamed,
+            message: format!(
+                "group {} was renamed from {old} to {}; the binding is unchanged",
+                pin.object_id,
+                pin.display_name.as_deref().unwrap_or("?")
+            ),
+        });
+    }
+    if outcome.namespace_created {
+        notes.push(Note {
+            type_: EventType::Normal,
+            reason: Reason::NamespaceCreated,
+            message: format!("created namespace {}", ta.spec.namespace),
+        });
+    }
+    (status, notes)
+}
+
+/// Writes status when it changed, then publishes the Events.
+pub async fn publish(ta: &TeamAccess, status: &TeamAccessStatus, notes: Vec<Note>, ctx: &Context) -> Result<(), Error> {
+    if ta.status.as_ref() != Some(status) {
+        let api = Api::<TeamAccess>::all(ctx.client.clone());
+        let patch = serde_json::json!({
+            "apiVersion": TeamAccess::api_version(&()),
+            "kind": TeamAccess::kind(&()),
+            "status": status,
+        });
+        api.patch_status(&ta.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
+            .await
+            .map_err(|e| Error::kube("update TeamAccess status", e))?;
+    }
+    for note in notes {
+        let event = Event {
+            type_: note.type_,
+            reason: note.reason.to_string(),
+            note: Some(note.message),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(e) = ctx.recorder.publish(&event, &ta.object_ref(&())).await {
+            tracing::warn!(teamaccess = %ta.name_any(), error = %e, "cannot publish event");
+        }
+    }
+    Ok(())
 }
 
 /// A short description of the access granted, for the Ready message.
@@ -47,124 +189,73 @@ fn describe_access(ta: &TeamAccess) -> String {
     }
 }
 
-pub fn desired_conditions(ta: &TeamAccess, report: &Report, outcome: &Result<(), Error>) -> Vec<DesiredCondition> {
+fn desired_conditions(outcome: &Outcome) -> Vec<DesiredCondition> {
+    let ta = outcome.ta;
     let mut desired = Vec::with_capacity(3);
-    desired.push(match outcome {
-        Ok(()) => {
-            let group = report.group.as_ref();
-            DesiredCondition::new(
-                READY,
-                true,
-                "Reconciled",
-                format!(
-                    "group {} ({}) has {} in namespace {}",
-                    group.and_then(|g| g.display_name.as_deref()).unwrap_or("?"),
-                    group.map(|g| g.object_id.as_str()).unwrap_or("?"),
-                    describe_access(ta),
-                    ta.spec.namespace
-                ),
-            )
-        }
-        Err(e) => DesiredCondition::new(READY, false, e.reason(), e.to_string()),
+    desired.push(match (&outcome.error, &outcome.group) {
+        (None, GroupState::Found(report)) => DesiredCondition::new(
+            READY,
+            true,
+            Reason::Reconciled,
+            format!(
+                "group {} ({}) has {} in namespace {}",
+                report.pin.display_name.as_deref().unwrap_or("?"),
+                report.pin.object_id,
+                describe_access(ta),
+                ta.spec.namespace
+            ),
+        ),
+        (Some(e), _) => DesiredCondition::new(READY, false, e.reason(), e.to_string()),
+        // Not reachable: only a resolved group ends without an error.
+        (None, _) => DesiredCondition::new(READY, false, Reason::ApplyFailed, "the group was not resolved"),
     });
-    match &report.group_outcome {
-        Some(Ok(())) => {
-            let group = report.group.as_ref();
-            let id = group.map(|g| g.object_id.as_str()).unwrap_or("?");
-            desired.push(if report.security_disabled {
-                DesiredCondition::new(
-                    GROUP_RESOLVED,
-                    true,
-                    "GroupNotSecurityEnabled",
-                    format!(
-                        "group {id} is not security-enabled: its members' tokens do not carry it in the groups claim, so the binding lets nobody in. Make it a security group"
-                    ),
-                )
-            } else {
-                DesiredCondition::new(
-                    GROUP_RESOLVED,
-                    true,
-                    "Resolved",
-                    format!("{} resolved to group {id}", ta.spec.group.describe()),
-                )
-            });
+    match &outcome.group {
+        GroupState::Found(report) if !report.security_enabled => desired.push(DesiredCondition::new(
+            GROUP_RESOLVED,
+            true,
+            Reason::GroupNotSecurityEnabled,
+            format!(
+                "group {} is not security-enabled: its members' tokens do not carry it in the groups claim, so the binding lets nobody in. Make it a security group",
+                report.pin.object_id
+            ),
+        )),
+        GroupState::Found(report) => desired.push(DesiredCondition::new(
+            GROUP_RESOLVED,
+            true,
+            Reason::Resolved,
+            format!("{} resolved to group {}", ta.spec.group.describe(), report.pin.object_id),
+        )),
+        GroupState::Failed { reason, message, .. } => {
+            desired.push(DesiredCondition::new(GROUP_RESOLVED, false, *reason, message.clone()))
         }
-        Some(Err((reason, message))) => {
-            desired.push(DesiredCondition::new(GROUP_RESOLVED, false, reason, message.clone()))
-        }
-        None => {}
+        GroupState::NotLookedUp { .. } => {}
     }
-    if let Err(e) = outcome {
+    if let Some(e) = &outcome.error {
         let kind = if e.is_transient() { RECONCILING } else { STALLED };
         desired.push(DesiredCondition::new(kind, true, e.reason(), e.to_string()));
     }
     desired
 }
 
-/// Writes status when it changed and publishes an event for each transition.
-pub async fn publish(
-    ta: &TeamAccess,
-    ctx: &Context,
-    report: &Report,
-    outcome: &Result<(), Error>,
-) -> Result<(), Error> {
-    let previous = ta.status.clone().unwrap_or_default();
-    let generation = ta.metadata.generation;
-    let desired = desired_conditions(ta, report, outcome);
-    let now = Time(jiff::Timestamp::now());
-    let status = TeamAccessStatus {
-        observed_generation: generation,
-        group: report.group.clone(),
-        namespace: Some(ta.spec.namespace.clone()),
-        role: report.role.clone(),
-        role_binding: report.role_binding.clone(),
-        conditions: conditions::merge(&previous.conditions, &desired, generation, &now),
-    };
-
-    if status != previous {
-        let api = Api::<TeamAccess>::all(ctx.client.clone());
-        let patch = serde_json::json!({
-            "apiVersion": TeamAccess::api_version(&()),
-            "kind": TeamAccess::kind(&()),
-            "status": status,
-        });
-        api.patch_status(&ta.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
-            .await
-            .map_err(|e| Error::kube("update TeamAccess status", e))?;
-    }
-
-    let mut events = transition_events(&previous.conditions, &desired);
-    events.extend(report.events.iter().cloned());
-    for (type_, reason, note) in events {
-        let event =
-            Event { type_, reason: reason.to_string(), note: Some(note), action: "Reconcile".into(), secondary: None };
-        if let Err(e) = ctx.recorder.publish(&event, &ta.object_ref(&())).await {
-            tracing::warn!(teamaccess = %ta.name_any(), error = %e, "cannot publish event");
-        }
-    }
-    Ok(())
-}
-
-/// One event per Ready or GroupResolved condition whose status or reason changed;
-/// a GroupResolved failure that Ready already reports is not repeated.
-fn transition_events(
-    previous: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
-    desired: &[DesiredCondition],
-) -> Vec<(EventType, &'static str, String)> {
+/// One Event per Ready or GroupResolved condition whose status or reason changed;
+/// a GroupResolved failure that Ready already reports is not repeated, and a
+/// plain successful resolution is not news.
+fn transition_events(previous: &[Condition], desired: &[DesiredCondition]) -> Vec<Note> {
     let ready_reason = desired.iter().find(|d| d.type_ == READY).map(|d| d.reason);
     desired
         .iter()
         .filter(|d| d.type_ == READY || d.type_ == GROUP_RESOLVED)
         .filter(|d| {
             let status = if d.status { "True" } else { "False" };
-            conditions::find(previous, d.type_).is_none_or(|p| p.status != status || p.reason != d.reason)
+            conditions::find(previous, d.type_)
+                .is_none_or(|p| p.status != status || p.reason != Reason::as_str(d.reason))
         })
         .filter(|d| d.type_ == READY || Some(d.reason) != ready_reason)
-        .filter(|d| !(d.type_ == GROUP_RESOLVED && d.status && d.reason == "Resolved"))
+        .filter(|d| !(d.type_ == GROUP_RESOLVED && d.status && d.reason == Reason::Resolved))
         .map(|d| {
-            let healthy = d.status && (d.reason == "Reconciled" || d.reason == "Resolved");
+            let healthy = d.status && matches!(d.reason, Reason::Reconciled | Reason::Resolved);
             let type_ = if healthy { EventType::Normal } else { EventType::Warning };
-            (type_, d.reason, d.message.clone())
+            Note { type_, reason: d.reason, message: d.message.clone() }
         })
         .collect()
 }
@@ -177,70 +268,154 @@ mod tests {
         directory::DirectoryError,
     };
 
+    const APPDEV: &str = "5f0a1d3e-8f8a-4c1e-9d55-0b0c2d7c1a01";
+
     fn seed_team() -> TeamAccess {
-        TeamAccess::new(
+        let mut ta = TeamAccess::new(
             "appdev-dev",
             TeamAccessSpec::new(GroupSelector { display_name: Some("appdev".into()), ..Default::default() }, "dev"),
-        )
+        );
+        ta.metadata.generation = Some(1);
+        ta
     }
 
-    fn resolved_report() -> Report {
-        Report {
-            group: Some(ResolvedGroup {
-                object_id: "5f0a1d3e-8f8a-4c1e-9d55-0b0c2d7c1a01".into(),
+    fn report(security_enabled: bool) -> GroupReport {
+        GroupReport {
+            pin: ResolvedGroup {
+                object_id: APPDEV.into(),
                 display_name: Some("appdev".into()),
                 selector: Some("displayName=appdev".into()),
                 resolved_at: None,
-            }),
-            group_outcome: Some(Ok(())),
-            ..Default::default()
+            },
+            security_enabled,
+            renamed_from: None,
         }
+    }
+
+    fn resolved(ta: &TeamAccess, group: GroupReport) -> Resolved<'_> {
+        Resolved { ta, group, group_object_id: APPDEV.into(), user_subjects: vec![], missing_users: vec![] }
+    }
+
+    fn applied() -> Applied {
+        Applied {
+            role: Some("teamaccess-appdev-dev".into()),
+            role_binding: "teamaccess-appdev-dev".into(),
+            namespace_created: true,
+        }
+    }
+
+    fn now() -> Time {
+        Time("2026-11-28T00:00:00Z".parse().unwrap())
+    }
+
+    fn condition<'a>(status: &'a TeamAccessStatus, type_: &str) -> Option<&'a Condition> {
+        conditions::find(&status.conditions, type_)
     }
 
     #[test]
     fn success_is_ready_with_a_message_naming_group_and_namespace() {
-        let conds = desired_conditions(&seed_team(), &resolved_report(), &Ok(()));
-        assert_eq!(conds.len(), 2);
-        assert_eq!((conds[0].type_, conds[0].status, conds[0].reason), (READY, true, "Reconciled"));
-        assert!(conds[0].message.contains("appdev (5f0a1d3e-8f8a-4c1e-9d55-0b0c2d7c1a01)"));
-        assert!(conds[0].message.contains("namespace dev"));
-        assert_eq!((conds[1].type_, conds[1].status), (GROUP_RESOLVED, true));
+        let ta = seed_team();
+        let (status, notes) = compute(&Outcome::resolved(resolved(&ta, report(true)), Ok(applied())), &now());
+        let ready = condition(&status, READY).unwrap();
+        assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("True", "Reconciled"));
+        assert!(ready.message.contains("appdev (5f0a1d3e-8f8a-4c1e-9d55-0b0c2d7c1a01)"), "{}", ready.message);
+        assert!(ready.message.contains("namespace dev"));
+        assert_eq!(condition(&status, GROUP_RESOLVED).unwrap().status, "True");
+        assert_eq!(status.conditions.len(), 2, "no Reconciling or Stalled when healthy");
+        assert_eq!(status.role_binding.as_deref(), Some("teamaccess-appdev-dev"));
+        assert_eq!(status.group.as_ref().unwrap().object_id, APPDEV);
+        let reasons: Vec<Reason> = notes.iter().map(|n| n.reason).collect();
+        assert_eq!(reasons, [Reason::Reconciled, Reason::NamespaceCreated]);
     }
 
     #[test]
     fn a_transient_failure_is_reconciling_and_a_user_fixable_one_is_stalled() {
-        let throttled: Result<(), Error> = Err(DirectoryError::Throttled { retry_after: None }.into());
-        let conds = desired_conditions(&seed_team(), &Report::default(), &throttled);
-        assert!(conds.iter().any(|c| c.type_ == RECONCILING && c.status && c.reason == "GraphThrottled"));
-        assert!(!conds.iter().any(|c| c.type_ == STALLED));
+        let ta = seed_team();
+        let throttled = Error::from(DirectoryError::Throttled { retry_after: None });
+        let (status, _) =
+            compute(&Outcome::unresolved(&ta, Unresolved::Group { kept: None, error: throttled }), &now());
+        assert_eq!(condition(&status, RECONCILING).unwrap().reason, "GraphThrottled");
+        assert!(condition(&status, STALLED).is_none());
 
-        let protected: Result<(), Error> = Err(Error::ProtectedNamespace { namespace: "kube-system".into() });
-        let conds = desired_conditions(&seed_team(), &Report::default(), &protected);
-        assert!(conds.iter().any(|c| c.type_ == STALLED && c.reason == "ProtectedNamespace"));
-        assert!(conds.iter().any(|c| c.type_ == READY && !c.status));
-        assert!(!conds.iter().any(|c| c.type_ == GROUP_RESOLVED), "the group was never looked up");
+        let protected = Error::ProtectedNamespace { namespace: "kube-system".into() };
+        let (status, _) = compute(&Outcome::refused(&ta, protected), &now());
+        assert_eq!(condition(&status, STALLED).unwrap().reason, "ProtectedNamespace");
+        assert_eq!(condition(&status, READY).unwrap().status, "False");
+        assert!(condition(&status, GROUP_RESOLVED).is_none(), "the group was never looked up");
+    }
+
+    #[test]
+    fn a_failed_lookup_keeps_the_pin_and_the_children_status_had() {
+        let mut ta = seed_team();
+        ta.status = Some(TeamAccessStatus {
+            group: Some(report(true).pin),
+            role: Some("r".into()),
+            role_binding: Some("rb".into()),
+            ..Default::default()
+        });
+        let error = Error::from(DirectoryError::Unavailable { message: "down".into() });
+        let outcome = Outcome::unresolved(
+            &ta,
+            Unresolved::Group { kept: crate::reconcile::resolve::pin_for(&ta).cloned(), error },
+        );
+        let (status, _) = compute(&outcome, &now());
+        assert_eq!(status.group.as_ref().unwrap().object_id, APPDEV);
+        assert_eq!((status.role.as_deref(), status.role_binding.as_deref()), (Some("r"), Some("rb")));
+        assert_eq!(condition(&status, GROUP_RESOLVED).unwrap().reason, "GraphUnavailable");
+    }
+
+    #[test]
+    fn unknown_users_leave_the_object_not_ready_while_the_group_is_bound() {
+        let ta = seed_team();
+        let mut r = resolved(&ta, report(true));
+        r.missing_users = vec!["ghost@contoso.com".into()];
+        let (status, _) = compute(&Outcome::resolved(r, Ok(applied())), &now());
+        let ready = condition(&status, READY).unwrap();
+        assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "UserNotFound"));
+        assert!(ready.message.contains("ghost@contoso.com"));
+        assert_eq!(status.role_binding.as_deref(), Some("teamaccess-appdev-dev"), "the rest is in place");
+    }
+
+    #[test]
+    fn a_failed_apply_reports_its_reason_and_keeps_the_namespace_event() {
+        let ta = seed_team();
+        let failed = ApplyFailed { error: Error::ClusterRoleNotFound { name: "nope".into() }, namespace_created: true };
+        let (status, notes) = compute(&Outcome::resolved(resolved(&ta, report(true)), Err(failed)), &now());
+        assert_eq!(condition(&status, STALLED).unwrap().reason, "ClusterRoleNotFound");
+        assert_eq!(condition(&status, GROUP_RESOLVED).unwrap().status, "True");
+        assert!(notes.iter().any(|n| n.reason == Reason::NamespaceCreated));
     }
 
     #[test]
     fn a_group_that_is_not_security_enabled_is_resolved_with_a_warning() {
-        let mut report = resolved_report();
-        report.security_disabled = true;
-        let conds = desired_conditions(&seed_team(), &report, &Ok(()));
-        let events = transition_events(&[], &conds);
-        assert!(events.iter().any(|(t, r, _)| *t == EventType::Warning && *r == "GroupNotSecurityEnabled"));
+        let ta = seed_team();
+        let (status, notes) = compute(&Outcome::resolved(resolved(&ta, report(false)), Ok(applied())), &now());
+        assert_eq!(condition(&status, GROUP_RESOLVED).unwrap().reason, "GroupNotSecurityEnabled");
+        assert!(notes.iter().any(|n| n.type_ == EventType::Warning && n.reason == Reason::GroupNotSecurityEnabled));
+    }
+
+    #[test]
+    fn a_rename_is_announced() {
+        let ta = seed_team();
+        let mut renamed = report(true);
+        renamed.renamed_from = Some("old-appdev".into());
+        let (_, notes) = compute(&Outcome::resolved(resolved(&ta, renamed), Ok(applied())), &now());
+        let note = notes.iter().find(|n| n.reason == Reason::GroupRenamed).unwrap();
+        assert!(note.message.contains("from old-appdev to appdev"), "{}", note.message);
     }
 
     #[test]
     fn events_fire_on_transitions_only() {
-        let now = Time(jiff::Timestamp::now());
-        let err: Result<(), Error> =
-            Err(DirectoryError::GroupNotFound { selector: "displayName=appdev".into() }.into());
-        let report = Report { group_outcome: Some(Err(("GroupNotFound", "m".into()))), ..Default::default() };
-        let desired = desired_conditions(&seed_team(), &report, &err);
-        let first = transition_events(&[], &desired);
+        let mut ta = seed_team();
+        let err = Error::from(DirectoryError::GroupNotFound { selector: "displayName=appdev".into() });
+        let (status, first) = compute(&Outcome::unresolved(&ta, Unresolved::Group { kept: None, error: err }), &now());
         assert_eq!(first.len(), 1, "GroupResolved repeats Ready's reason: one event, {first:?}");
-        assert_eq!((first[0].0, first[0].1), (EventType::Warning, "GroupNotFound"));
-        let written = conditions::merge(&[], &desired, Some(1), &now);
-        assert!(transition_events(&written, &desired).is_empty());
+        assert_eq!((first[0].type_, first[0].reason), (EventType::Warning, Reason::GroupNotFound));
+
+        ta.status = Some(status.clone());
+        let err = Error::from(DirectoryError::GroupNotFound { selector: "displayName=appdev".into() });
+        let (again, notes) = compute(&Outcome::unresolved(&ta, Unresolved::Group { kept: None, error: err }), &now());
+        assert!(notes.is_empty(), "{notes:?}");
+        assert_eq!(again, status, "the same failure writes identical status");
     }
 }

@@ -1,5 +1,6 @@
-//! Policy checks the CRD schema cannot express, because they depend on how the
-//! operator is configured rather than on the object alone.
+//! Step 1, validate: policy checks the CRD schema cannot express, because they
+//! depend on how the operator is configured rather than on the object alone. It
+//! runs first, so an object the policy refuses never costs a directory call.
 
 use std::collections::BTreeSet;
 
@@ -24,13 +25,26 @@ impl Policy {
         }
         Self { protected_namespaces }
     }
+}
 
-    pub fn check(&self, ta: &TeamAccess) -> Result<(), Error> {
-        if self.protected_namespaces.contains(&ta.spec.namespace) {
-            return Err(Error::ProtectedNamespace { namespace: ta.spec.namespace.clone() });
-        }
-        Ok(())
+/// A TeamAccess the policy admits; only `validate` makes one, so a later step
+/// that takes it cannot run on an object the policy refused.
+#[derive(Clone, Copy, Debug)]
+pub struct Validated<'a> {
+    ta: &'a TeamAccess,
+}
+
+impl<'a> Validated<'a> {
+    pub fn ta(&self) -> &'a TeamAccess {
+        self.ta
     }
+}
+
+pub fn validate<'a>(ta: &'a TeamAccess, policy: &Policy) -> Result<Validated<'a>, Error> {
+    if policy.protected_namespaces.contains(&ta.spec.namespace) {
+        return Err(Error::ProtectedNamespace { namespace: ta.spec.namespace.clone() });
+    }
+    Ok(Validated { ta })
 }
 
 impl Default for Policy {
@@ -42,7 +56,7 @@ impl Default for Policy {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{GroupSelector, TeamAccessSpec};
+    use crate::api::{GroupSelector, Reason, TeamAccessSpec};
 
     fn targeting(namespace: &str) -> TeamAccess {
         TeamAccess::new(
@@ -58,17 +72,17 @@ mod tests {
     fn system_namespaces_are_refused_by_default() {
         let policy = Policy::default();
         for ns in DEFAULT_PROTECTED_NAMESPACES {
-            let err = policy.check(&targeting(ns)).unwrap_err();
-            assert_eq!(err.reason(), "ProtectedNamespace");
+            let err = validate(&targeting(ns), &policy).unwrap_err();
+            assert_eq!(err.reason(), Reason::ProtectedNamespace);
             assert!(err.to_string().contains(ns));
         }
-        assert!(policy.check(&targeting("dev")).is_ok());
+        assert!(validate(&targeting("dev"), &policy).is_ok());
     }
 
     #[test]
     fn the_operators_own_namespace_is_always_protected() {
         let policy = Policy::new(Vec::<String>::new(), Some("teamaccess-system"));
-        assert!(policy.check(&targeting("teamaccess-system")).is_err());
-        assert!(policy.check(&targeting("kube-system")).is_ok(), "the configured list replaces the defaults");
+        assert!(validate(&targeting("teamaccess-system"), &policy).is_err());
+        assert!(validate(&targeting("kube-system"), &policy).is_ok(), "the configured list replaces the defaults");
     }
 }

@@ -5,7 +5,11 @@
 pub mod operator;
 pub mod process;
 
-use std::{future::Future, path::PathBuf, time::Duration};
+use std::{
+    future::Future,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use k8s_openapi::api::core::v1::Namespace;
 use kube::{
@@ -31,14 +35,26 @@ fn install_crypto_provider() {
 }
 
 async fn config_with(auth: impl FnOnce(&mut Kubeconfig)) -> Config {
+    config_from(&kubeconfig_path(), auth).await
+}
+
+async fn config_from(path: &Path, auth: impl FnOnce(&mut Kubeconfig)) -> Config {
     install_crypto_provider();
-    let path = kubeconfig_path();
     let mut kubeconfig =
-        Kubeconfig::read_from(&path).unwrap_or_else(|e| panic!("cannot read {KUBECONFIG_ENV}={}: {e}", path.display()));
+        Kubeconfig::read_from(path).unwrap_or_else(|e| panic!("cannot read {KUBECONFIG_ENV}={}: {e}", path.display()));
     auth(&mut kubeconfig);
     Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
         .await
         .unwrap_or_else(|e| panic!("invalid kubeconfig {}: {e}", path.display()))
+}
+
+/// A client with the credentials of the kubeconfig at `path` (a control plane a
+/// test or the benchmark started itself). Long reads are allowed: a list of
+/// thousands of objects on a busy machine takes a while.
+pub async fn client_for(path: &Path) -> Client {
+    let mut config = config_from(path, |_| {}).await;
+    config.read_timeout = Some(Duration::from_secs(60));
+    Client::try_from(config).expect("client")
 }
 
 /// A client with the cluster-admin credentials of the test cluster.
@@ -230,6 +246,30 @@ pub async fn allowed(
     answer.status.expect("SubjectAccessReview status").allowed
 }
 
+/// Waits until a SubjectAccessReview answers `expected` for `user` in `groups`
+/// (RBAC sees a new or removed binding a moment after it is written).
+#[allow(clippy::too_many_arguments)]
+pub async fn wait_allowed(
+    admin: &Client,
+    user: &str,
+    groups: &[&str],
+    verb: &str,
+    api_group: &str,
+    resource: &str,
+    namespace: &str,
+    expected: bool,
+) {
+    let what = format!(
+        "{user} {groups:?} to be {} to {verb} {resource} in {namespace}",
+        if expected { "allowed" } else { "denied" }
+    );
+    wait_for(Duration::from_secs(15), &what, || async {
+        let answer = allowed(admin, user, groups, verb, api_group, resource, namespace).await;
+        if answer == expected { Ok(()) } else { Err(format!("allowed = {answer}")) }
+    })
+    .await
+}
+
 /// Waits until an impersonated pod creation gives `expected` (RBAC sees new
 /// bindings through an informer, a moment after they are written).
 pub async fn wait_pod_create_status(user: &str, groups: &[&str], namespace: &str, expected: u16) {
@@ -252,17 +292,22 @@ pub mod graph {
     use std::{sync::Arc, time::Duration};
 
     use graph_emulator::{CLIENT_ID, CLIENT_SECRET, Emulator, TENANT_ID};
-    use teamaccess_operator::directory::{
-        credential::{self, Cloud, CredentialKind, CredentialSettings},
-        file_format::DirectoryFile,
-        graph::{GraphDirectory, GraphSettings},
+    use teamaccess_operator::{
+        backoff::Backoff,
+        directory::{
+            credential::{self, Cloud, CredentialKind, CredentialSettings},
+            file_format::DirectoryFile,
+            graph::{GraphDirectory, GraphSettings},
+        },
     };
 
     pub async fn emulator(directory_yaml: &str) -> Emulator {
+        emulator_of(DirectoryFile::parse(directory_yaml).expect("directory YAML")).await
+    }
+
+    pub async fn emulator_of(directory: DirectoryFile) -> Emulator {
         let dir = std::env::temp_dir().join(super::unique("graph-emulator"));
-        Emulator::start(DirectoryFile::parse(directory_yaml).expect("directory YAML"), &dir)
-            .await
-            .expect("start the emulator")
+        Emulator::start(directory, &dir).await.expect("start the emulator")
     }
 
     /// An HTTP client that trusts the emulator's CA, as `--ca-file` sets it up.
@@ -285,7 +330,7 @@ pub mod graph {
     pub fn fast_settings(emulator: &Emulator) -> GraphSettings {
         GraphSettings {
             endpoint: emulator.url().to_string(),
-            initial_backoff: Duration::from_millis(100),
+            backoff: Backoff::GRAPH.starting_at(Duration::from_millis(100)),
             ..Default::default()
         }
     }
@@ -297,7 +342,7 @@ pub mod graph {
     ) -> Arc<GraphDirectory> {
         let http = http(emulator);
         let (credential, _) = credential::build(credential, Cloud::Public, http.clone()).expect("credential");
-        Arc::new(GraphDirectory::new(http, credential, settings))
+        Arc::new(GraphDirectory::new(http, credential, settings, None))
     }
 
     pub fn directory(emulator: &Emulator) -> Arc<GraphDirectory> {
@@ -381,16 +426,60 @@ pub fn team_manifest(name: &str, label: &str, group: &str, namespace: &str, verb
     })
 }
 
+/// Waits until exactly `n` TeamAccess objects matching `selector` report Ready=True.
+pub async fn wait_all_ready(
+    api: &Api<teamaccess_operator::api::TeamAccess>,
+    selector: &str,
+    n: usize,
+    timeout: Duration,
+) {
+    wait_for(timeout, &format!("{n} TeamAccess Ready"), || async {
+        let list = api.list(&kube::api::ListParams::default().labels(selector)).await.map_err(|e| e.to_string())?;
+        let ready = list.items.iter().filter(|ta| is_ready(ta)).count();
+        if ready == n && list.items.len() == n { Ok(()) } else { Err(format!("{ready} of {n} Ready")) }
+    })
+    .await
+}
+
+/// Whether a TeamAccess reports Ready=True.
+pub fn is_ready(ta: &teamaccess_operator::api::TeamAccess) -> bool {
+    ta.status.as_ref().is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// Generated tenants for tests at scale: `n` security groups named
+/// `{prefix}-{i}`, with objectIds derived from `i`.
+pub mod tenant {
+    use teamaccess_operator::directory::file_format::{DirectoryFile, GroupRecord};
+
+    pub fn group_id(i: usize) -> String {
+        format!("{i:08x}-2222-4222-8222-222222222222")
+    }
+
+    pub fn groups(prefix: &str, n: usize) -> DirectoryFile {
+        DirectoryFile {
+            groups: (0..n)
+                .map(|i| GroupRecord {
+                    object_id: group_id(i),
+                    display_name: format!("{prefix}-{i}"),
+                    mail_nickname: None,
+                    security_enabled: true,
+                })
+                .collect(),
+            users: vec![],
+        }
+    }
+
+    /// The same tenant as a directory file's YAML.
+    pub fn groups_yaml(prefix: &str, n: usize) -> String {
+        serde_saphyr::to_string(&groups(prefix, n)).expect("a directory file serializes")
+    }
+}
+
 /// Waits until a TeamAccess reports Ready=True.
 pub async fn wait_teamaccess_ready(api: &Api<teamaccess_operator::api::TeamAccess>, name: &str, timeout: Duration) {
     wait_for(timeout, &format!("{name} Ready"), || async {
         let ta = api.get(name).await.map_err(|e| e.to_string())?;
-        let conditions = ta.status.map(|s| s.conditions).unwrap_or_default();
-        if conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True") {
-            Ok(())
-        } else {
-            Err(format!("{conditions:?}"))
-        }
+        if is_ready(&ta) { Ok(()) } else { Err(format!("{:?}", ta.status.map(|s| s.conditions))) }
     })
     .await
 }

@@ -79,7 +79,7 @@ impl TestOperator {
         let settings = Settings {
             policy: Policy::default(),
             resync: self.resync,
-            concurrency: Settings::default().concurrency,
+            concurrency: Settings::DEFAULT_CONCURRENCY,
             selector: Some(format!("{TEST_LABEL}={}", self.label)),
         };
         let ctx = Context::new(self.client.clone(), self.directory.clone(), settings, Some(self.label.clone()))
@@ -104,9 +104,14 @@ impl TestOperator {
         }
     }
 
-    /// Reconciles run so far (apply path), whatever their outcome.
+    /// Reconciles run so far (apply path), whatever their outcome, read from the
+    /// operator's metrics exposition as Prometheus would read it.
     pub fn reconciles(&self) -> u64 {
-        self.metrics.reconcile_duration_count()
+        let text = self.metrics.render();
+        text.lines()
+            .find_map(|l| l.strip_prefix("teamaccess_reconcile_duration_seconds_count "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no reconcile count in the metrics:\n{text}"))
     }
 
     pub fn write_directory(&self, yaml: &str) {

@@ -1,4 +1,5 @@
-//! Runs the real operator binary as a process, the way a pod would run it.
+//! Runs the real operator binary as a process, the way a pod would run it. The
+//! tests run the debug build cargo made for them; the benchmark the release build.
 
 use std::{
     net::TcpListener,
@@ -22,11 +23,17 @@ fn free_port() -> u16 {
 impl OperatorProcess {
     /// Starts `teamaccess-operator run` with `args`, the given kubeconfig and env.
     pub fn start(kubeconfig: &Path, args: &[&str], env: &[(&str, &str)], log_dir: &Path) -> Self {
+        Self::start_binary(Path::new(env!("CARGO_BIN_EXE_teamaccess-operator")), kubeconfig, args, env, log_dir)
+    }
+
+    /// Like `start`, with another build of the operator. `RUST_LOG` in `env`
+    /// overrides the default level (info).
+    pub fn start_binary(bin: &Path, kubeconfig: &Path, args: &[&str], env: &[(&str, &str)], log_dir: &Path) -> Self {
         let metrics_port = free_port();
         std::fs::create_dir_all(log_dir).unwrap();
         let log = log_dir.join(format!("operator-{metrics_port}.log"));
         let log_file = std::fs::File::create(&log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_teamaccess-operator"))
+        let child = Command::new(bin)
             .arg("run")
             .args(args)
             .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
@@ -67,6 +74,30 @@ impl OperatorProcess {
         body.lines()
             .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().split(' ').next()?.parse().ok()))
             .unwrap_or(0.0)
+    }
+
+    /// The sum of every series of a metric family, such as
+    /// `teamaccess_reconciles_total`; None when nothing answers or it has no series.
+    pub async fn metric_sum(&self, family: &str) -> Option<f64> {
+        let (_, body) = self.get("/metrics").await?;
+        let values: Vec<f64> = body
+            .lines()
+            .filter(|l| l.strip_prefix(family).is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' ')))
+            .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+            .collect();
+        (!values.is_empty()).then(|| values.iter().sum())
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGTERM, then waits for the process to exit (as a pod shutdown would).
+    pub async fn stop(mut self) {
+        if self.is_running() {
+            self.signal("TERM");
+            self.wait_exit(Duration::from_secs(30)).await;
+        }
     }
 
     pub fn signal(&self, signal: &str) {

@@ -519,7 +519,7 @@ async fn replace_directory(State(s): State<Arc<Shared>>, body: Bytes) -> Respons
             *s.directory.write().unwrap() = d;
             StatusCode::NO_CONTENT.into_response()
         }
-        Err(e) => (StatusCode::BAD_REQUEST, e).into_response(),
+        Err(e) => (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
     }
 }
 

@@ -1,0 +1,95 @@
+//! Every reason the operator ever reports, in one closed set.
+//!
+//! A reason is part of the API: it is the `reason` of a condition, the reason of
+//! an Event, and the `reason` label of the reconcile metric. Users write alerts,
+//! Argo CD health checks and scripts against these names, so they are spelled
+//! here once and nowhere else.
+
+use strum::{EnumIter, IntoStaticStr};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, IntoStaticStr, EnumIter)]
+pub enum Reason {
+    // Healthy outcomes.
+    /// Ready: the namespace, Role and RoleBinding are in place.
+    Reconciled,
+    /// GroupResolved: the group was found in the directory.
+    Resolved,
+
+    // The group and users, from the directory.
+    /// The group exists but is not security-enabled, so tokens do not carry it.
+    GroupNotSecurityEnabled,
+    GroupNotFound,
+    /// A display name or mail nickname matched more than one group.
+    AmbiguousGroup,
+    UserNotFound,
+    /// The pinned group is gone and the selector now names another group.
+    GroupObjectIdChanged,
+    /// The pinned group is gone and nothing else matches.
+    GroupMissing,
+    GraphPermissionDenied,
+    GraphAuthenticationFailed,
+    GraphRequestRejected,
+    GraphThrottled,
+    GraphUnavailable,
+
+    // The policy and the cluster.
+    ProtectedNamespace,
+    NamespaceTerminating,
+    ClusterRoleNotFound,
+    /// The operator's own ServiceAccount lacks a permission.
+    Forbidden,
+    /// Any other failed request to the API server.
+    ApplyFailed,
+    /// The finalizer itself could not be added or removed.
+    FinalizerFailed,
+
+    // Events that report an action rather than a state.
+    GroupRenamed,
+    NamespaceCreated,
+    CleanedUp,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
+}
+
+/// Lets a test assert the published spelling: `assert_eq!(err.reason(), "GroupNotFound")`.
+impl PartialEq<&str> for Reason {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use strum::IntoEnumIterator;
+
+    use super::*;
+
+    #[test]
+    fn reasons_are_unique_upper_camel_case_names() {
+        let names: Vec<&str> = Reason::iter().map(Reason::as_str).collect();
+        assert_eq!(names.iter().collect::<BTreeSet<_>>().len(), names.len(), "{names:?}");
+        // The API server requires condition reasons to match this pattern.
+        for name in names {
+            assert!(name.chars().next().unwrap().is_ascii_uppercase(), "{name}");
+            assert!(name.chars().all(|c| c.is_ascii_alphanumeric()), "{name}");
+        }
+    }
+
+    #[test]
+    fn a_reason_is_spelled_as_its_variant() {
+        assert_eq!(Reason::GroupObjectIdChanged.as_str(), "GroupObjectIdChanged");
+        assert_eq!(Reason::Reconciled.to_string(), "Reconciled");
+    }
+}

@@ -1,0 +1,212 @@
+//! Talking to Graph: a bearer token from the credential, one HTTP request, and
+//! the answer read into status, Retry-After and JSON body. A `$batch` answer is
+//! unpacked into one `Answer` per item, so callers treat both paths alike.
+
+use std::{sync::Arc, time::Duration};
+
+use azure_core::credentials::TokenCredential;
+use serde_json::{Value, json};
+
+use crate::{backoff::parse_retry_after, directory::DirectoryError, telemetry::metrics::Metrics};
+
+/// One answer from Graph, for a request or a batch item.
+#[derive(Clone, Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub retry_after: Option<Duration>,
+    pub body: Value,
+}
+
+impl Answer {
+    fn error_message(&self) -> String {
+        let code = self.body["error"]["code"].as_str().unwrap_or("");
+        let message = self.body["error"]["message"].as_str().unwrap_or("");
+        format!("HTTP {} {code}: {message}", self.status)
+    }
+
+    /// Whether the service asks us to come back later (the whole request or an item).
+    pub fn is_retryable(&self) -> bool {
+        matches!(self.status, 429 | 503 | 504)
+    }
+
+    /// Maps a failed answer to a directory error; `not_found` for 404.
+    pub fn into_error(self, not_found: impl FnOnce() -> DirectoryError) -> DirectoryError {
+        match self.status {
+            404 => not_found(),
+            401 => DirectoryError::AuthenticationFailed { message: self.error_message() },
+            403 => DirectoryError::PermissionDenied { message: self.error_message() },
+            429 => DirectoryError::Throttled { retry_after: self.retry_after },
+            500..=599 => DirectoryError::Unavailable { message: self.error_message() },
+            _ => DirectoryError::Rejected { message: self.error_message() },
+        }
+    }
+
+    /// The error of a failed request as a whole (not of a lookup), where a 404
+    /// means the endpoint itself is wrong.
+    pub fn into_request_error(self) -> DirectoryError {
+        self.into_error(|| DirectoryError::Unavailable { message: "the Graph endpoint was not found".into() })
+    }
+}
+
+/// A failure of the whole request: the error, and the service's Retry-After.
+pub type RequestFailure = (DirectoryError, Option<Duration>);
+
+pub struct Transport {
+    http: reqwest::Client,
+    credential: Arc<dyn TokenCredential>,
+    /// The v1.0 root, such as https://graph.microsoft.com/v1.0.
+    base: String,
+    /// Tokens are per cloud: the scope follows the Graph endpoint.
+    scope: String,
+    timeout: Duration,
+    metrics: Option<Arc<Metrics>>,
+}
+
+impl Transport {
+    /// `endpoint` is the Graph root, such as https://graph.microsoft.com.
+    pub fn new(
+        http: reqwest::Client,
+        credential: Arc<dyn TokenCredential>,
+        endpoint: &str,
+        timeout: Duration,
+        metrics: Option<Arc<Metrics>>,
+    ) -> Self {
+        let root = endpoint.trim_end_matches('/');
+        Self { http, credential, base: format!("{root}/v1.0"), scope: format!("{root}/.default"), timeout, metrics }
+    }
+
+    /// Sends one lookup as a plain GET, several as one `$batch`; returns an answer
+    /// per request, in order. Err is a failure of the whole request.
+    pub async fn send(&self, requests: &[&str]) -> Result<Vec<Answer>, RequestFailure> {
+        if let [single] = requests {
+            let answer = self.get(&format!("{}{single}", self.base)).await.map_err(|e| (e, None))?;
+            if answer.is_retryable() {
+                let retry_after = answer.retry_after;
+                return Err((answer.into_request_error(), retry_after));
+            }
+            return Ok(vec![answer]);
+        }
+        let body = json!({
+            "requests": requests.iter().enumerate()
+                .map(|(i, url)| json!({"id": i.to_string(), "method": "GET", "url": url}))
+                .collect::<Vec<_>>()
+        });
+        let answer = self.post(&format!("{}/$batch", self.base), &body).await.map_err(|e| (e, None))?;
+        if answer.status != 200 {
+            let retry_after = answer.retry_after;
+            return Err((answer.into_request_error(), retry_after));
+        }
+        Ok(unpack_batch(&answer.body, requests.len()))
+    }
+
+    /// GETs an absolute URL (a page link Graph returned, or a single lookup).
+    pub async fn get(&self, url: &str) -> Result<Answer, DirectoryError> {
+        let token = self.token().await?;
+        let request = self.http.get(url).bearer_auth(token).timeout(self.timeout);
+        self.counted(read(request.send().await).await)
+    }
+
+    async fn post(&self, url: &str, body: &Value) -> Result<Answer, DirectoryError> {
+        let token = self.token().await?;
+        let request = self.http.post(url).bearer_auth(token).json(body).timeout(self.timeout);
+        self.counted(read(request.send().await).await)
+    }
+
+    async fn token(&self) -> Result<String, DirectoryError> {
+        let token = self.credential.get_token(&[self.scope.as_str()], None).await.map_err(|e| {
+            DirectoryError::AuthenticationFailed { message: format!("cannot get a token for {}: {e}", self.scope) }
+        })?;
+        Ok(token.token.secret().to_string())
+    }
+
+    fn counted(&self, answer: Result<Answer, DirectoryError>) -> Result<Answer, DirectoryError> {
+        if let Some(m) = &self.metrics {
+            m.graph_request(answer.as_ref().ok().map(|a| a.status));
+        }
+        answer
+    }
+}
+
+/// Matches the items of a `$batch` answer to the requests by id (Graph answers in
+/// any order); a request with no item gets a 502 of its own.
+fn unpack_batch(body: &Value, count: usize) -> Vec<Answer> {
+    let mut answers: Vec<Option<Answer>> = vec![None; count];
+    for item in body["responses"].as_array().into_iter().flatten() {
+        let Some(i) = item["id"].as_str().and_then(|id| id.parse::<usize>().ok()).filter(|i| *i < count) else {
+            continue;
+        };
+        let retry_after = item["headers"]
+            .as_object()
+            .and_then(|h| h.iter().find(|(k, _)| k.eq_ignore_ascii_case("retry-after")))
+            .and_then(|(_, v)| v.as_str())
+            .and_then(|v| parse_retry_after(v, jiff::Timestamp::now()));
+        answers[i] = Some(Answer {
+            status: item["status"].as_u64().unwrap_or(0) as u16,
+            retry_after,
+            body: item["body"].clone(),
+        });
+    }
+    answers
+        .into_iter()
+        .map(|a| {
+            a.unwrap_or(Answer {
+                status: 502,
+                retry_after: None,
+                body: json!({"error": {"code": "MissingBatchResponse", "message": "no answer for this request in the batch"}}),
+            })
+        })
+        .collect()
+}
+
+/// Reads a response; a connection failure or timeout is an outage.
+async fn read(response: Result<reqwest::Response, reqwest::Error>) -> Result<Answer, DirectoryError> {
+    let response = response.map_err(|e| DirectoryError::Unavailable { message: format!("cannot reach Graph: {e}") })?;
+    let status = response.status().as_u16();
+    let retry_after = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| parse_retry_after(v, jiff::Timestamp::now()));
+    let body = response
+        .json::<Value>()
+        .await
+        .unwrap_or_else(|e| json!({"error": {"code": "UnreadableResponse", "message": e.to_string()}}));
+    Ok(Answer { status, retry_after, body })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::Reason;
+
+    #[test]
+    fn error_answers_map_to_their_reasons() {
+        let answer = |status: u16| Answer {
+            status,
+            retry_after: Some(Duration::from_secs(2)),
+            body: json!({"error": {"code": "C", "message": "M"}}),
+        };
+        let nf = || DirectoryError::GroupNotFound { selector: "s".into() };
+        assert_eq!(answer(404).into_error(nf).reason(), Reason::GroupNotFound);
+        assert_eq!(answer(403).into_error(nf).reason(), Reason::GraphPermissionDenied);
+        assert_eq!(answer(429).into_error(nf), DirectoryError::Throttled { retry_after: Some(Duration::from_secs(2)) });
+        assert_eq!(answer(503).into_error(nf).reason(), Reason::GraphUnavailable);
+        assert_eq!(answer(401).into_error(nf).reason(), Reason::GraphAuthenticationFailed);
+        assert_eq!(answer(400).into_error(nf).reason(), Reason::GraphRequestRejected);
+        assert_eq!(answer(404).into_request_error().reason(), Reason::GraphUnavailable);
+    }
+
+    #[test]
+    fn batch_items_are_matched_by_id_with_their_own_retry_after() {
+        let body = json!({"responses": [
+            {"id": "1", "status": 429, "headers": {"retry-after": "7"}, "body": {}},
+            {"id": "0", "status": 200, "body": {"id": "g"}},
+            {"id": "9", "status": 200, "body": {}},
+        ]});
+        let answers = unpack_batch(&body, 3);
+        assert_eq!(answers[0].status, 200);
+        assert_eq!(answers[0].body["id"], "g");
+        assert_eq!((answers[1].status, answers[1].retry_after), (429, Some(Duration::from_secs(7))));
+        assert_eq!(answers[2].status, 502, "a request the batch did not answer");
+    }
+}

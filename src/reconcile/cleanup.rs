@@ -1,0 +1,180 @@
+//! The cleanup path behind the finalizer: removes the RoleBinding and Role of a
+//! deleted TeamAccess, then decides what becomes of its namespace.
+//!
+//! It needs no directory, so an unreachable directory never blocks deletion, and
+//! it treats children already gone as done. Only objects carrying this
+//! TeamAccess's owner reference are deleted; a namespace only when this operator
+//! created it (`namespace_disposition` decides).
+
+use k8s_openapi::api::{
+    core::v1::Namespace,
+    rbac::v1::{Role, RoleBinding},
+};
+use kube::{
+    Api, Resource, ResourceExt,
+    api::{DeleteParams, ListParams, Patch, PatchParams, Preconditions},
+    runtime::events::{Event, EventType},
+};
+
+use super::{
+    build::{self, CREATED_BY_ANNOTATION, MANAGED_BY_LABEL},
+    context::{Context, FIELD_MANAGER},
+    error::Error,
+    write::delete_owned,
+};
+use crate::api::{DeletionPolicy, Reason, TeamAccess};
+
+/// What becomes of a TeamAccess's namespace when the TeamAccess goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Disposition {
+    /// Created by us, policy Delete, and no other TeamAccess uses it.
+    Delete,
+    /// Created by us, policy Retain, no other user: kept, and our marks removed,
+    /// so that no later TeamAccess deletion can take it for ours.
+    Unmark,
+    /// Not ours, already going, or still used by another TeamAccess.
+    Keep,
+}
+
+/// `still_used`: another live TeamAccess grants access in the namespace.
+pub fn namespace_disposition(ns: Option<&Namespace>, policy: DeletionPolicy, still_used: bool) -> Disposition {
+    match ns {
+        Some(ns) if build::is_managed(&ns.metadata) && ns.metadata.deletion_timestamp.is_none() && !still_used => {
+            match policy {
+                DeletionPolicy::Delete => Disposition::Delete,
+                DeletionPolicy::Retain => Disposition::Unmark,
+            }
+        }
+        _ => Disposition::Keep,
+    }
+}
+
+pub async fn cleanup(ta: &TeamAccess, ctx: &Context) -> Result<(), Error> {
+    let namespace = &ta.spec.namespace;
+    let name = ta.child_name();
+    let (owner, owner_uid) = (ta.name_any(), ta.metadata.uid.as_deref());
+    delete_owned(&Api::<RoleBinding>::namespaced(ctx.client.clone(), namespace), &name, &owner, owner_uid).await?;
+    delete_owned(&Api::<Role>::namespaced(ctx.client.clone(), namespace), &name, &owner, owner_uid).await?;
+
+    let api = Api::<Namespace>::all(ctx.client.clone());
+    let live = api.get_opt(namespace).await.map_err(|e| Error::kube(format!("read namespace {namespace}"), e))?;
+    // Listing the other TeamAccess objects is needed only for a namespace of ours.
+    let ours = live.as_ref().is_some_and(|ns| build::is_managed(&ns.metadata));
+    let still_used = ours && used_by_another(ta, ctx).await?;
+    let note = match namespace_disposition(live.as_ref(), ta.spec.deletion_policy, still_used) {
+        Disposition::Delete => {
+            delete_namespace(&api, namespace, live.as_ref().and_then(|ns| ns.uid())).await?;
+            format!("removed RoleBinding and Role {name} and namespace {namespace}")
+        }
+        Disposition::Unmark => {
+            unmark_namespace(&api, namespace).await?;
+            format!("removed RoleBinding and Role {name}; namespace {namespace} kept (deletionPolicy Retain)")
+        }
+        Disposition::Keep => format!("removed RoleBinding and Role {name}; namespace {namespace} kept"),
+    };
+    let event = Event {
+        type_: EventType::Normal,
+        reason: Reason::CleanedUp.to_string(),
+        note: Some(note),
+        action: "Delete".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &ta.object_ref(&())).await {
+        tracing::warn!(teamaccess = %ta.name_any(), error = %e, "cannot publish event");
+    }
+    Ok(())
+}
+
+/// Whether another TeamAccess, not itself being deleted, grants access in the
+/// same namespace. Every TeamAccess counts, also those of other operators' shards.
+async fn used_by_another(ta: &TeamAccess, ctx: &Context) -> Result<bool, Error> {
+    let all = Api::<TeamAccess>::all(ctx.client.clone())
+        .list(&ListParams::default())
+        .await
+        .map_err(|e| Error::kube("list TeamAccess objects", e))?;
+    Ok(all.items.iter().any(|other| {
+        other.spec.namespace == ta.spec.namespace
+            && other.metadata.uid != ta.metadata.uid
+            && other.metadata.deletion_timestamp.is_none()
+    }))
+}
+
+/// Deletes the namespace, with a uid precondition so one re-created meanwhile survives.
+async fn delete_namespace(api: &Api<Namespace>, namespace: &str, uid: Option<String>) -> Result<(), Error> {
+    let params =
+        DeleteParams { preconditions: Some(Preconditions { uid, resource_version: None }), ..Default::default() };
+    match api.delete(namespace, &params).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.is_not_found() || s.is_conflict() => Ok(()),
+        Err(e) => Err(Error::kube(format!("delete namespace {namespace}"), e)),
+    }
+}
+
+/// Removes the label and annotation that make a namespace ours; the user's own
+/// labels and annotations from namespaceMetadata stay.
+async fn unmark_namespace(api: &Api<Namespace>, namespace: &str) -> Result<(), Error> {
+    let patch = serde_json::json!({"metadata": {
+        "labels": {MANAGED_BY_LABEL: null},
+        "annotations": {CREATED_BY_ANNOTATION: null},
+    }});
+    match api
+        .patch(
+            namespace,
+            &PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() },
+            &Patch::Merge(&patch),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.is_not_found() => Ok(()),
+        Err(e) => Err(Error::kube(format!("unmark namespace {namespace}"), e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+
+    use super::*;
+    use crate::api::{GroupSelector, TeamAccessSpec};
+
+    fn ours() -> Namespace {
+        build::build_namespace(&TeamAccess::new(
+            "t",
+            TeamAccessSpec::new(GroupSelector::by_object_id("5f0a1d3e-8f8a-4c1e-9d55-0b0c2d7c1a01"), "dev"),
+        ))
+    }
+
+    #[test]
+    fn our_unused_namespace_goes_with_policy_delete() {
+        assert_eq!(namespace_disposition(Some(&ours()), DeletionPolicy::Delete, false), Disposition::Delete);
+    }
+
+    #[test]
+    fn our_unused_namespace_is_kept_and_unmarked_with_policy_retain() {
+        assert_eq!(namespace_disposition(Some(&ours()), DeletionPolicy::Retain, false), Disposition::Unmark);
+    }
+
+    #[test]
+    fn a_namespace_another_teamaccess_uses_is_kept_marked() {
+        for policy in [DeletionPolicy::Delete, DeletionPolicy::Retain] {
+            assert_eq!(namespace_disposition(Some(&ours()), policy, true), Disposition::Keep);
+        }
+    }
+
+    #[test]
+    fn a_namespace_that_existed_before_is_never_touched() {
+        let theirs =
+            Namespace { metadata: ObjectMeta { name: Some("dev".into()), ..Default::default() }, ..Default::default() };
+        assert_eq!(namespace_disposition(Some(&theirs), DeletionPolicy::Delete, false), Disposition::Keep);
+        assert_eq!(namespace_disposition(Some(&theirs), DeletionPolicy::Retain, false), Disposition::Keep);
+    }
+
+    #[test]
+    fn a_namespace_already_gone_or_going_needs_nothing() {
+        assert_eq!(namespace_disposition(None, DeletionPolicy::Delete, false), Disposition::Keep);
+        let mut going = ours();
+        going.metadata.deletion_timestamp = Some(Time(jiff::Timestamp::now()));
+        assert_eq!(namespace_disposition(Some(&going), DeletionPolicy::Delete, false), Disposition::Keep);
+    }
+}

@@ -1,0 +1,91 @@
+//! What every step of a reconcile may use: the client, the directory, the event
+//! recorder, the settings and telemetry. It sits at the bottom of the reconcile's
+//! imports: steps take what they need from here and never from `mod.rs`.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use kube::{
+    Client,
+    runtime::events::{Recorder, Reporter},
+};
+
+use super::validate::Policy;
+use crate::{
+    directory::Directory,
+    telemetry::{Health, metrics::Metrics},
+};
+
+/// The one field manager every server-side apply of the operator uses.
+pub const FIELD_MANAGER: &str = "teamaccess-operator";
+
+/// Settings of the controller that come from the command line.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub policy: Policy,
+    /// How often every TeamAccess is reconciled even when nothing changed.
+    pub resync: Duration,
+    /// How many TeamAccess objects are reconciled at once.
+    pub concurrency: u16,
+    /// Only TeamAccess objects matching this label selector are reconciled.
+    pub selector: Option<String>,
+}
+
+impl Settings {
+    /// The default of `--concurrency`.
+    pub const DEFAULT_CONCURRENCY: u16 = 64;
+}
+
+pub struct Context {
+    pub client: Client,
+    pub directory: Arc<dyn Directory>,
+    pub recorder: Recorder,
+    pub settings: Settings,
+    pub metrics: Arc<Metrics>,
+    /// Turned ready once the controller's cache has synced.
+    pub health: Arc<Health>,
+    /// Consecutive failures per TeamAccess, for the backoff of its next try.
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    pub fn new(client: Client, directory: Arc<dyn Directory>, settings: Settings, instance: Option<String>) -> Self {
+        let reporter = Reporter { controller: FIELD_MANAGER.into(), instance };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            directory,
+            settings,
+            metrics: Metrics::shared(),
+            health: Arc::default(),
+            failures: Mutex::default(),
+        }
+    }
+
+    /// Shares the process's metrics and health with the controller.
+    pub fn with_telemetry(mut self, metrics: Arc<Metrics>, health: Arc<Health>) -> Self {
+        self.metrics = metrics;
+        self.health = health;
+        self
+    }
+
+    /// Consecutive failures of `name` so far.
+    pub fn failures(&self, name: &str) -> u32 {
+        self.failures.lock().unwrap_or_else(|e| e.into_inner()).get(name).copied().unwrap_or(0)
+    }
+
+    /// Counts one more consecutive failure of `name`.
+    pub fn record_failure(&self, name: &str) {
+        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let n = failures.entry(name.to_string()).or_insert(0);
+        *n = n.saturating_add(1);
+    }
+
+    /// Forgets the failures of `name`: it succeeded, waits for the user, or is gone.
+    pub fn clear_failures(&self, name: &str) {
+        self.failures.lock().unwrap_or_else(|e| e.into_inner()).remove(name);
+    }
+}
