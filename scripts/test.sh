@@ -8,12 +8,16 @@
 #   5. the benchmark at N=10 as a smoke test (release build, a control plane of its own)
 #   6. cargo fmt --check and cargo clippy -D warnings
 #
-# A cluster it started is stopped on exit, also when a test fails. The last line
-# is the summed count of all test binaries: "N passed, M failed".
+# A cluster it started is stopped on exit, also when a test fails. Every test
+# binary runs even when an earlier one fails (--no-fail-fast), and the tests each
+# step should run are listed first (cargo test -- --list): a listed test that
+# reported no result (its binary aborted, or was never started) is counted as
+# failed and named "not run". The last line is the sum: "N passed, M failed".
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
 results="$(mktemp)"
+listed=0
 cluster_started=""
 failed_steps=()
 
@@ -24,17 +28,41 @@ finish() {
     KUBECONFIG="$cluster_started" tests/cluster/cluster.sh down || true
   fi
   local passed failed
-  passed=$(grep -Eo '[0-9]+ passed' "$results" | awk '{s+=$1} END {print s+0}')
-  failed=$(grep -Eo '[0-9]+ failed' "$results" | awk '{s+=$1} END {print s+0}')
+  local passed failed ignored not_run
+  passed=$(count passed)
+  failed=$(count failed)
+  ignored=$(count ignored)
   rm -f "$results"
+  not_run=$((listed - passed - failed - ignored))
+  if ((not_run > 0)); then
+    echo "${not_run} listed tests reported no result (not run)"
+    failed=$((failed + not_run))
+    rc=1
+  fi
   if ((${#failed_steps[@]})); then
     echo "failed steps: ${failed_steps[*]}"
     rc=1
   fi
-  echo "${passed} passed, ${failed} failed"
+  if ((ignored > 0)); then
+    echo "${passed} passed, ${failed} failed, ${ignored} skipped"
+  else
+    echo "${passed} passed, ${failed} failed"
+  fi
   exit "$rc"
 }
 trap finish EXIT
+
+# Sums "N <word>" over the "test result:" lines cargo printed.
+count() {
+  grep -E '^test result:' "$results" | grep -Eo "[0-9]+ $1" | awk '{s+=$1} END {print s+0}'
+}
+
+# Adds the number of tests `cargo test ARGS` would run to the expected total.
+list_tests() {
+  local n
+  n=$(cargo test --locked "$@" -- --list --format terse 2>/dev/null | grep -c ': test$') || true
+  listed=$((listed + n))
+}
 
 # Runs a step, remembering its failure; test output is also kept for the summary.
 step() {
@@ -47,6 +75,7 @@ step() {
   fi
 }
 
+list_tests --workspace --lib --bins
 step "unit tests" cargo test --locked --workspace --lib --bins || exit 1
 step "generated files are current" scripts/generate.sh --check || exit 1
 
@@ -57,8 +86,12 @@ if [[ -z "${TEAMACCESS_TEST_KUBECONFIG:-}" ]]; then
   export TEAMACCESS_TEST_KUBECONFIG="$cluster_started"
 fi
 
-step "integration tests" cargo test --locked --test '*' -- --test-threads="${TEAMACCESS_TEST_THREADS:-4}"
+list_tests --test '*'
+step "integration tests" cargo test --locked --no-fail-fast --test '*' -- --test-threads="${TEAMACCESS_TEST_THREADS:-4}"
 # The benchmark at a small N, as a smoke test (make bench gives the real figures).
-step "benchmark smoke test" env BENCH_N=10 BENCH_IDLE_SECS=5 BENCH_OUT="$(mktemp -d)/benchmarks.md" scripts/bench.sh
+# Two samples of T and T0, a 2 s resync inside a 5 s idle window (two resyncs,
+# checked), and any write during that window fails it.
+step "benchmark smoke test" env BENCH_N=10 BENCH_SAMPLES=2 BENCH_RESYNC=2s BENCH_IDLE_SECS=5 \
+  BENCH_REQUIRE_IDLE_ZERO=1 BENCH_OUT="$(mktemp -d)/benchmarks.md" scripts/bench.sh
 step "cargo fmt --check" cargo fmt --all -- --check
 step "cargo clippy" cargo clippy --locked --workspace --all-targets -- -D warnings

@@ -240,6 +240,7 @@ async fn the_api_server_killed_and_restarted_after_a_compaction_loses_nothing() 
 
 #[tokio::test]
 async fn an_operator_killed_during_cleanup_finishes_it_after_restart() {
+    const N: usize = 20;
     let admin = admin_client().await;
     ensure_crd(&admin).await;
     let label = unique("kill");
@@ -247,12 +248,17 @@ async fn an_operator_killed_during_cleanup_finishes_it_after_restart() {
     let seed = seed_directory_file();
     let args = ["--directory", "static", "--directory-file", seed.to_str().unwrap(), "--selector", &selector];
     let logs = std::env::temp_dir().join(&label);
-    let start = |dir: &Path| OperatorProcess::start(&kubeconfig_path(), &args, &[], dir);
-    let mut first = start(&logs);
+    let start = |dir: &Path, extra: &[&str]| {
+        let args: Vec<&str> = args.iter().chain(extra).copied().collect();
+        OperatorProcess::start(&kubeconfig_path(), &args, &[], dir)
+    };
+    // The first operator cleans up one object at a time, so a kill right after
+    // its first step lands with most of the work still to do.
+    let mut first = start(&logs, &["--concurrency", "1"]);
     first.wait_ready().await;
     let tas = Api::<TeamAccess>::all(admin.clone());
-    let names: Vec<String> = (0..10).map(|i| format!("{label}-{i}")).collect();
-    let namespaces: Vec<String> = (0..10).map(|i| format!("{label}-ns{i}")).collect();
+    let names: Vec<String> = (0..N).map(|i| format!("{label}-{i}")).collect();
+    let namespaces: Vec<String> = (0..N).map(|i| format!("{label}-ns{i}")).collect();
     for (name, ns) in names.iter().zip(&namespaces) {
         tas.patch(
             name,
@@ -262,20 +268,20 @@ async fn an_operator_killed_during_cleanup_finishes_it_after_restart() {
         .await
         .unwrap();
     }
-    wait_all_ready(&tas, &selector, 10, Duration::from_secs(60)).await;
+    wait_all_ready(&tas, &selector, N, Duration::from_secs(60)).await;
 
-    // Delete all ten and SIGKILL the operator as soon as its cleanup has begun:
+    // Delete all and SIGKILL the operator as soon as its cleanup has begun:
     // the first of our RoleBindings is gone.
     let our_bindings = Api::<RoleBinding>::all(admin.clone());
     let bindings_left = || async {
         let list = our_bindings.list_metadata(&ListParams::default().labels(MANAGED_BY)).await.unwrap();
         list.items.iter().filter(|rb| rb.metadata.name.as_deref().is_some_and(|n| n.contains(&label))).count()
     };
-    assert_eq!(bindings_left().await, 10);
+    assert_eq!(bindings_left().await, N);
     let delete = kube::api::DeleteParams::default();
     futures::future::join_all(names.iter().map(|n| tas.delete(n, &delete))).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while bindings_left().await == 10 {
+    while bindings_left().await == N {
         assert!(tokio::time::Instant::now() < deadline, "the operator never began the cleanup");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -292,7 +298,7 @@ async fn an_operator_killed_during_cleanup_finishes_it_after_restart() {
         .filter(|ta| ta.metadata.finalizers.iter().flatten().any(|f| f == teamaccess_operator::api::FINALIZER))
         .collect();
     println!(
-        "when the operator was killed: {} of 10 TeamAccess still held by the finalizer, {} RoleBindings left",
+        "when the operator was killed: {} of {N} TeamAccess still held by the finalizer, {} RoleBindings left",
         held.len(),
         bindings_left().await
     );
@@ -301,7 +307,7 @@ async fn an_operator_killed_during_cleanup_finishes_it_after_restart() {
         "the first operator had finished every cleanup before the kill; nothing was left for the restart"
     );
 
-    let second = start(&logs);
+    let second = start(&logs, &[]);
     second.wait_ready().await;
     for (name, ns) in names.iter().zip(&namespaces) {
         wait_gone(&tas, name, Duration::from_secs(60)).await;

@@ -3,13 +3,13 @@
 
 mod support;
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use graph_emulator::{FEDERATED_TOKEN, Faults};
 use support::graph::*;
 use teamaccess_operator::{
     api::{GroupSelector, UserRef},
-    directory::{Directory, DirectoryError, credential::CredentialKind},
+    directory::{Directory, DirectoryError, DirectoryGroup, credential::CredentialKind, graph::GraphDirectory},
 };
 
 const SEED: &str = include_str!("../deploy/examples/seed/directory.yaml");
@@ -220,4 +220,72 @@ async fn a_throttled_batch_item_is_retried_alone() {
     assert_eq!(stats.throttled, 1);
     assert_eq!(stats.lookups, 11, "ten lookups, one of them twice");
     assert_eq!(stats.graph_requests, 2, "one $batch, then the throttled item alone: {stats:?}");
+}
+
+/// Ten lookups that travel in one `$batch`.
+async fn resolve_ten(graph: &Arc<GraphDirectory>) -> Vec<Result<DirectoryGroup, DirectoryError>> {
+    let lookups = (0..10).map(|i| {
+        let graph = graph.clone();
+        async move { graph.resolve_group(&by_name(&format!("team-{i}"))).await }
+    });
+    futures::future::join_all(lookups).await
+}
+
+#[tokio::test]
+async fn a_storm_answered_item_by_item_holds_back_every_lookup() {
+    let emulator = emulator(&support::tenant::groups_yaml("team", 10)).await;
+    let graph = directory(&emulator);
+    // Graph answers the batch 200 and throttles each item, with its own Retry-After.
+    emulator.set_faults(&Faults { throttle_for_secs: 60, retry_after_secs: 2, per_item: true, ..Default::default() });
+    let results = resolve_ten(&graph).await;
+    assert!(results.iter().all(|r| r.as_ref().is_err_and(|e| e.reason() == "GraphThrottled")), "{results:?}");
+    let after_first = emulator.stats();
+    assert!(after_first.throttled >= 10, "the items were throttled one by one: {after_first:?}");
+    // Told to wait, the client fails fast: another round costs Graph nothing.
+    let results = resolve_ten(&graph).await;
+    assert!(results.iter().all(Result::is_err));
+    assert_eq!(emulator.stats().graph_requests, after_first.graph_requests, "held back while Graph asked to wait");
+    println!("per-item storm: {after_first:?}");
+    assert!(after_first.graph_requests <= 3, "one batch and its bounded retries: {after_first:?}");
+}
+
+#[tokio::test]
+async fn throttling_and_outages_without_retry_after_back_off_and_are_bounded() {
+    let emulator = emulator(&support::tenant::groups_yaml("team", 10)).await;
+    let graph = directory(&emulator);
+    emulator.set_faults(&Faults { throttle_next: 1, omit_retry_after: true, ..Default::default() });
+    let started = tokio::time::Instant::now();
+    assert!(resolve_ten(&graph).await.iter().all(Result::is_ok), "the throttled item is retried after a backoff");
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(75), "backed off before the retry: {waited:?}");
+    assert_eq!(emulator.stats().graph_requests, 2);
+
+    emulator.reset_stats();
+    emulator.set_faults(&Faults { outage_for_secs: 60, omit_retry_after: true, ..Default::default() });
+    let graph = directory(&emulator); // a cold cache
+    let started = tokio::time::Instant::now();
+    let err = graph.resolve_group(&by_name("team-1")).await.unwrap_err();
+    assert_eq!(err.reason(), "GraphUnavailable");
+    assert!(err.retry_after().is_none());
+    let stats = emulator.stats();
+    println!("a lookup during an outage without Retry-After: {stats:?} in {:?}", started.elapsed());
+    assert_eq!(stats.graph_requests, 3, "max_attempts tries, no more: {stats:?}");
+    assert!(started.elapsed() < Duration::from_secs(5), "bounded: {:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn other_errors_of_batch_items_map_to_their_reasons_and_spare_the_rest() {
+    let emulator = emulator(&support::tenant::groups_yaml("team", 10)).await;
+    let graph = directory(&emulator);
+    for (status, reason) in [(500, "GraphUnavailable"), (403, "GraphPermissionDenied"), (400, "GraphRequestRejected")] {
+        let graph = directory(&emulator);
+        emulator.set_faults(&Faults { fail_next: 1, fail_status: status, ..Default::default() });
+        let results = resolve_ten(&graph).await;
+        let failed: Vec<&DirectoryError> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+        assert_eq!(failed.len(), 1, "HTTP {status}: only the failed item fails, {results:?}");
+        assert_eq!(failed[0].reason(), reason, "HTTP {status}: {}", failed[0]);
+    }
+    // A 503 item is retried on its own like a throttled one, and succeeds.
+    emulator.set_faults(&Faults { fail_next: 1, fail_status: 503, retry_after_secs: 1, ..Default::default() });
+    assert!(resolve_ten(&graph).await.iter().all(Result::is_ok));
 }

@@ -5,10 +5,10 @@ mod support;
 
 use std::time::Duration;
 
-use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::{coordination::v1::Lease, core::v1::Event};
 use kube::{
     Api,
-    api::{Patch, PatchParams},
+    api::{ListParams, Patch, PatchParams},
 };
 use support::{operator::TEST_LABEL, process::OperatorProcess, *};
 use teamaccess_operator::api::TeamAccess;
@@ -52,8 +52,8 @@ async fn only_the_leader_reconciles_and_a_standby_takes_over_when_it_dies() {
     })
     .await;
     let (leader, standby) = if holder.starts_with("op-a") { (a, b) } else { (b, a) };
-    assert_eq!(leader.metric("teamaccess_leader").await, 1.0);
-    assert_eq!(standby.metric("teamaccess_leader").await, 0.0);
+    assert_eq!(leader.metric("teamaccess_leader").await, Some(1.0));
+    assert_eq!(standby.metric("teamaccess_leader").await, Some(0.0));
 
     let tas = Api::<TeamAccess>::all(admin.clone());
     let first = format!("{label}-first");
@@ -65,9 +65,18 @@ async fn only_the_leader_reconciles_and_a_standby_takes_over_when_it_dies() {
     .await
     .unwrap();
     wait_teamaccess_ready(&tas, &first, Duration::from_secs(30)).await;
-    let series = "teamaccess_reconciles_total{result=\"ready\",reason=\"Reconciled\"}";
-    assert!(leader.metric(series).await >= 1.0, "the leader reconciled");
-    assert_eq!(standby.metric(series).await, 0.0, "the standby wrote nothing");
+    let count = "teamaccess_reconcile_duration_seconds_count";
+    assert!(leader.metric(count).await.is_some_and(|n| n >= 1.0), "the leader reconciled");
+    assert_eq!(standby.metric(count).await, Some(0.0), "the standby reconciled nothing");
+    // As the API server saw it: every Event about the object came from the leader.
+    let leader_name = if holder.starts_with("op-a") { "op-a" } else { "op-b" };
+    let events = Api::<Event>::all(admin.clone())
+        .list(&ListParams::default().fields(&format!("involvedObject.name={first}")))
+        .await
+        .unwrap();
+    let reporters: Vec<Option<String>> = events.items.iter().map(|e| e.reporting_instance.clone()).collect();
+    assert!(!reporters.is_empty(), "the leader published Events about {first}");
+    assert!(reporters.iter().all(|r| r.as_deref() == Some(leader_name)), "only the leader wrote: {reporters:?}");
 
     // The leader dies without releasing the Lease.
     leader.signal("KILL");
@@ -85,7 +94,7 @@ async fn only_the_leader_reconciles_and_a_standby_takes_over_when_it_dies() {
         "failover: the standby reconciled a new TeamAccess {:.1} s after the leader was killed (lease {lease_seconds} s)",
         killed.elapsed().as_secs_f64()
     );
-    assert_eq!(standby.metric("teamaccess_leader").await, 1.0);
+    assert_eq!(standby.metric("teamaccess_leader").await, Some(1.0));
 
     for name in [&first, &second] {
         let _ = tas.delete(name, &Default::default()).await;

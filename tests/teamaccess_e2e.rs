@@ -72,8 +72,9 @@ async fn deleting_a_teamaccess_removes_its_children_and_the_namespace_it_created
 
     op.delete(&name).await;
     op.wait_deleted(&name, SHORT).await;
-    // The finalizer removed the binding before the object went: access ends now.
-    assert_eq!(create_pod_as(AKSDEV, &[APPDEV], &ns).await, 403);
+    // The finalizer removed the binding before the object went: access ends
+    // (RBAC sees the removal through its informer, a moment later).
+    wait_allowed(&op.client, AKSDEV, &[APPDEV], "create", "", "pods", &ns, false).await;
     wait_namespace_gone(&op.client, &ns, Duration::from_secs(60)).await;
 }
 
@@ -112,6 +113,11 @@ async fn deletion_policy_retain_keeps_the_namespace_it_created() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let kept = Api::<Namespace>::all(op.client.clone()).get(&ns).await.unwrap();
     assert!(kept.metadata.deletion_timestamp.is_none(), "Retain keeps the namespace");
+    // ...and unmarks it, so no later TeamAccess deletion can take it for ours.
+    let labels = kept.metadata.labels.unwrap_or_default();
+    let annotations = kept.metadata.annotations.unwrap_or_default();
+    assert!(!labels.contains_key("app.kubernetes.io/managed-by"), "{labels:?}");
+    assert!(!annotations.contains_key("teamaccess.dev/created-by"), "{annotations:?}");
     assert!(role_binding(&op, &ns, &format!("teamaccess-{name}")).await.is_none(), "the binding still goes");
     delete_namespace(&op.client, &ns).await;
 }
@@ -132,7 +138,7 @@ async fn two_teamaccess_share_a_namespace_until_the_last_one_goes() {
 
     op.delete(&dev).await;
     op.wait_deleted(&dev, SHORT).await;
-    assert_eq!(create_pod_as(AKSDEV, &[APPDEV], &ns).await, 403, "appdev's access went with its TeamAccess");
+    wait_allowed(&op.client, AKSDEV, &[APPDEV], "create", "", "pods", &ns, false).await; // appdev's access went with its TeamAccess
     assert_eq!(create_pod_as(AKSSRE, &[OPSSRE], &ns).await, 200, "opssre keeps its access");
     assert!(namespace_exists(&op, &ns).await);
     let still: Namespace = Api::<Namespace>::all(op.client.clone()).get(&ns).await.unwrap();
@@ -426,4 +432,14 @@ async fn namespace_metadata_is_put_on_a_namespace_we_create() {
     op.delete(&name).await;
     op.wait_deleted(&name, SHORT).await;
     wait_namespace_gone(&op.client, &ns, Duration::from_secs(60)).await;
+}
+
+#[tokio::test]
+async fn a_shutdown_before_the_cache_syncs_stops_at_once() {
+    // kube-runtime holds the controller until its cache is ready; a shutdown that
+    // came first used to leave the controller waiting for a sync that never came.
+    let mut op = TestOperator::start(SEED_DIRECTORY).await;
+    let started = tokio::time::Instant::now();
+    op.stop().await; // panics when the controller does not stop within 20 s
+    assert!(started.elapsed() < Duration::from_secs(10), "stopped in {:?}", started.elapsed());
 }

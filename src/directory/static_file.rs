@@ -71,28 +71,44 @@ async fn reload_loop(path: PathBuf, content: Arc<RwLock<Loaded>>, tx: watch::Sen
         if tx.is_closed() {
             return;
         }
-        let text = match tokio::fs::read_to_string(&path).await {
-            Ok(t) => t,
-            Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "cannot read directory file; keeping the last loaded content");
-                continue;
-            }
-        };
-        if content.read().unwrap_or_else(|e| e.into_inner()).text == text {
-            continue;
+        if reload(&path, &content).await == Reload::Changed {
+            generation += 1;
+            let _ = tx.send(generation);
         }
-        match DirectoryFile::parse(&text) {
-            Ok(file) => {
-                tracing::info!(path = %path.display(), groups = file.groups.len(), users = file.users.len(), "reloaded static directory");
-                *content.write().unwrap_or_else(|e| e.into_inner()) = Loaded { text, file };
-                generation += 1;
-                let _ = tx.send(generation);
-            }
-            Err(e) => {
-                tracing::error!(path = %path.display(), error = %e, "directory file does not parse; keeping the last loaded content");
-                // Remember the text so the same broken content is not reported every tick.
-                content.write().unwrap_or_else(|e| e.into_inner()).text = text;
-            }
+    }
+}
+
+/// What one look at the file found.
+#[derive(Debug, PartialEq, Eq)]
+enum Reload {
+    Unchanged,
+    Changed,
+    /// Unreadable or not parseable: the last good content stays in use.
+    Kept,
+}
+
+async fn reload(path: &Path, content: &RwLock<Loaded>) -> Reload {
+    let text = match tokio::fs::read_to_string(path).await {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot read directory file; keeping the last loaded content");
+            return Reload::Kept;
+        }
+    };
+    if content.read().unwrap_or_else(|e| e.into_inner()).text == text {
+        return Reload::Unchanged;
+    }
+    match DirectoryFile::parse(&text) {
+        Ok(file) => {
+            tracing::info!(path = %path.display(), groups = file.groups.len(), users = file.users.len(), "reloaded static directory");
+            *content.write().unwrap_or_else(|e| e.into_inner()) = Loaded { text, file };
+            Reload::Changed
+        }
+        Err(e) => {
+            tracing::error!(path = %path.display(), error = %e, "directory file does not parse; keeping the last loaded content");
+            // Remember the text so the same broken content is not reported every tick.
+            content.write().unwrap_or_else(|e| e.into_inner()).text = text;
+            Reload::Kept
         }
     }
 }
@@ -133,9 +149,13 @@ mod tests {
         tokio::time::timeout(RELOAD_INTERVAL * 5, changes.changed()).await.unwrap().unwrap();
         assert_eq!(directory.resolve_group(&selector).await.unwrap().object_id, "7b7b7b7b-7b7b-4b7b-8b7b-7b7b7b7b7b7b");
 
-        // A broken file keeps the last good content.
+        // A broken file, or none, keeps the last good content.
         std::fs::write(&path, "groups: [ {{{").unwrap();
-        tokio::time::sleep(RELOAD_INTERVAL * 2).await;
+        assert_eq!(reload(&path, &directory.content).await, Reload::Kept);
+        assert!(directory.resolve_group(&selector).await.is_ok());
+        assert_eq!(reload(&path, &directory.content).await, Reload::Unchanged, "reported once");
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(reload(&path, &directory.content).await, Reload::Kept);
         assert!(directory.resolve_group(&selector).await.is_ok());
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -8,9 +8,16 @@
 //! Deletion goes through the finalizer to `cleanup`. The steps import from
 //! `context` and `error` below them, never from this module.
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{
+    future::Future,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::{
     api::rbac::v1::{Role, RoleBinding},
     apimachinery::pkg::apis::meta::v1::Time,
@@ -65,7 +72,8 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
         .with_config(controller::Config::default().concurrency(ctx.settings.concurrency));
     // Ready once the cache of TeamAccess objects has synced; the gauge follows it.
     let store = controller.store();
-    let (metrics, health) = (ctx.metrics.clone(), ctx.health.clone());
+    let synced = Arc::new(AtomicBool::new(false));
+    let (metrics, health, synced_flag) = (ctx.metrics.clone(), ctx.health.clone(), synced.clone());
     let watchdog = tokio::spawn(async move {
         // The store wakes only its latest waiter (the controller's), so poll again
         // now and then rather than wait once.
@@ -73,6 +81,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
             match tokio::time::timeout(Duration::from_millis(200), store.wait_until_ready()).await {
                 Ok(Ok(())) => {
                     tracing::info!(objects = store.len(), "TeamAccess cache synced; ready");
+                    synced_flag.store(true, Ordering::SeqCst);
                     health.set_ready(true);
                     break;
                 }
@@ -92,10 +101,22 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
         // A reloaded directory may resolve groups differently: look at every object again.
         controller = controller.reconcile_all_on(WatchStream::from_changes(changes).map(|_| ()));
     }
-    controller
-        .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
-        .for_each(|result| async move {
+    let shutdown = shutdown.shared();
+    // kube-runtime holds its runner until the cache is ready, and a shutdown that
+    // ends the watch first leaves it waiting forever. Nothing reconciles before
+    // the cache syncs, so such a shutdown has nothing to drain: stop at once.
+    let stopped_before_sync = {
+        let shutdown = shutdown.clone();
+        async move {
+            shutdown.await;
+            if synced.load(Ordering::SeqCst) {
+                futures::future::pending::<()>().await;
+            }
+            tracing::info!("stopped before the TeamAccess cache synced");
+        }
+    };
+    let drained =
+        controller.graceful_shutdown_on(shutdown).run(reconcile, error_policy, ctx).for_each(|result| async move {
             match result {
                 Ok((obj, _)) => tracing::debug!(teamaccess = %obj.name, "reconciled"),
                 Err(controller::Error::ReconcilerFailed(e, obj)) => {
@@ -107,8 +128,11 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
                 }
                 Err(e) => tracing::warn!(error = %e, "controller error"),
             }
-        })
-        .await;
+        });
+    tokio::select! {
+        () = drained => {}
+        () = stopped_before_sync => {}
+    }
     watchdog.abort();
     Ok(())
 }

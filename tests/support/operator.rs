@@ -96,11 +96,16 @@ impl TestOperator {
         self.running = Some((stop, task));
     }
 
-    /// Stops the controller, as a pod shutdown would.
+    /// Stops the controller, as a pod shutdown would; one that does not drain
+    /// within 20 s is aborted, so a restarted controller never runs beside it.
     pub async fn stop(&mut self) {
-        if let Some((stop, task)) = self.running.take() {
+        if let Some((stop, mut task)) = self.running.take() {
             let _ = stop.send(());
-            let _ = tokio::time::timeout(Duration::from_secs(20), task).await;
+            if tokio::time::timeout(Duration::from_secs(20), &mut task).await.is_err() {
+                task.abort();
+                let _ = task.await;
+                panic!("the controller did not stop within 20 s of its shutdown signal");
+            }
         }
     }
 

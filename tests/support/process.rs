@@ -68,12 +68,14 @@ impl OperatorProcess {
         .await
     }
 
-    /// The value of a metric line (exact name with labels), 0 when absent.
-    pub async fn metric(&self, series: &str) -> f64 {
-        let (_, body) = self.get("/metrics").await.unwrap_or_default();
-        body.lines()
-            .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().split(' ').next()?.parse().ok()))
-            .unwrap_or(0.0)
+    /// The value of a metric line (exact name with labels); None when the series
+    /// is absent or nothing answers, so an absent series never reads as 0.
+    pub async fn metric(&self, series: &str) -> Option<f64> {
+        let (_, body) = self.get("/metrics").await?;
+        body.lines().find_map(|l| {
+            let rest = l.strip_prefix(series)?;
+            rest.starts_with(' ').then(|| rest.trim().split(' ').next()?.parse().ok())?
+        })
     }
 
     /// The sum of every series of a metric family, such as

@@ -7,7 +7,8 @@
 //! `@odata.nextLink` paging, `GET /v1.0/groups/{id}`, `GET /v1.0/users/{id|upn}`,
 //! `POST /v1.0/$batch` (at most 20 requests, each with its own status), Graph's
 //! error body and codes, and bearer tokens that are checked. Tests inject faults
-//! (throttling with Retry-After, 503 outages, 403, latency) and read counters.
+//! (throttling and outages, with or without Retry-After, for a whole request or
+//! per `$batch` item; other item errors; 403; latency) and read counters.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -58,6 +59,15 @@ pub struct Faults {
     pub throttle_for_secs: u64,
     /// Retry-After sent with 429 and 503 (seconds).
     pub retry_after_secs: u64,
+    /// Send 429 and 503 without Retry-After (Graph does not always send one).
+    pub omit_retry_after: bool,
+    /// During a storm or an outage, answer a `$batch` with 200 and give each item
+    /// its own 429 or 503, as Graph throttles the sub-requests of a batch one by one.
+    pub per_item: bool,
+    /// The next N lookups (a request, or an item of a batch) fail with `fail_status`.
+    pub fail_next: u32,
+    /// The status of those failures: 500, 502, 503, 504, 403, 400, ...
+    pub fail_status: u16,
     /// Every Graph request gets 503 for this many seconds from now.
     pub outage_for_secs: u64,
     /// Every Graph request gets 403 Authorization_RequestDenied.
@@ -71,7 +81,11 @@ struct ActiveFaults {
     throttle_next: u32,
     throttle_until: Option<Instant>,
     outage_until: Option<Instant>,
-    retry_after_secs: u64,
+    /// None: 429 and 503 carry no Retry-After.
+    retry_after_secs: Option<u64>,
+    per_item: bool,
+    fail_next: u32,
+    fail_status: u16,
     forbidden: bool,
     latency: Duration,
 }
@@ -191,7 +205,14 @@ impl Shared {
             throttle_next: f.throttle_next,
             throttle_until: (f.throttle_for_secs > 0).then(|| now + Duration::from_secs(f.throttle_for_secs)),
             outage_until: (f.outage_for_secs > 0).then(|| now + Duration::from_secs(f.outage_for_secs)),
-            retry_after_secs: if f.retry_after_secs == 0 { 1 } else { f.retry_after_secs },
+            retry_after_secs: (!f.omit_retry_after).then_some(if f.retry_after_secs == 0 {
+                1
+            } else {
+                f.retry_after_secs
+            }),
+            per_item: f.per_item,
+            fail_next: f.fail_next,
+            fail_status: if f.fail_status == 0 { 500 } else { f.fail_status },
             forbidden: f.forbidden,
             latency: Duration::from_millis(f.latency_ms),
         };
@@ -215,18 +236,14 @@ impl Shared {
         }
     }
 
-    /// A fault that answers a whole HTTP request, before any lookup.
-    fn request_fault(&self) -> Option<GraphReply> {
+    /// A fault that answers a whole HTTP request, before any lookup. With
+    /// `per_item`, a storm or an outage answers each item of a batch instead.
+    fn request_fault(&self, batch: bool) -> Option<GraphReply> {
         let f = self.faults.lock().unwrap();
-        let now = Instant::now();
-        if f.outage_until.is_some_and(|t| now < t) {
-            return Some(
-                GraphReply::error(503, "serviceNotAvailable", "Service Unavailable").retry_after(f.retry_after_secs),
-            );
-        }
-        if f.throttle_until.is_some_and(|t| now < t) {
-            self.counters.throttled.fetch_add(1, Ordering::Relaxed);
-            return Some(throttled(f.retry_after_secs));
+        if !(batch && f.per_item)
+            && let Some(reply) = self.storm_or_outage(&f)
+        {
+            return Some(reply);
         }
         if f.forbidden {
             return Some(GraphReply::error(
@@ -238,13 +255,48 @@ impl Shared {
         None
     }
 
+    /// The 503 of an outage or the 429 of a storm, while one lasts.
+    fn storm_or_outage(&self, f: &ActiveFaults) -> Option<GraphReply> {
+        let now = Instant::now();
+        if f.outage_until.is_some_and(|t| now < t) {
+            return Some(
+                GraphReply::error(503, "serviceNotAvailable", "Service Unavailable").retry_after(f.retry_after_secs),
+            );
+        }
+        if f.throttle_until.is_some_and(|t| now < t) {
+            self.counters.throttled.fetch_add(1, Ordering::Relaxed);
+            return Some(throttled(f.retry_after_secs));
+        }
+        None
+    }
+
     /// A fault that answers one lookup (a request or a batch item).
-    fn lookup_fault(&self) -> Option<GraphReply> {
+    fn lookup_fault(&self, in_batch: bool) -> Option<GraphReply> {
         let mut f = self.faults.lock().unwrap();
+        if in_batch
+            && f.per_item
+            && let Some(reply) = self.storm_or_outage(&f)
+        {
+            return Some(reply);
+        }
         if f.throttle_next > 0 {
             f.throttle_next -= 1;
             self.counters.throttled.fetch_add(1, Ordering::Relaxed);
             return Some(throttled(f.retry_after_secs));
+        }
+        if f.fail_next > 0 {
+            f.fail_next -= 1;
+            let status = f.fail_status;
+            let (code, message) = match status {
+                400 => ("BadRequest", "Invalid request."),
+                403 => ("Authorization_RequestDenied", "Insufficient privileges to complete the operation."),
+                502 => ("badGateway", "Bad Gateway"),
+                503 => ("serviceNotAvailable", "Service Unavailable"),
+                504 => ("gatewayTimeout", "Gateway Timeout"),
+                _ => ("generalException", "An internal server error occurred."),
+            };
+            let reply = GraphReply::error(status, code, message);
+            return Some(if status == 503 { reply.retry_after(f.retry_after_secs) } else { reply });
         }
         None
     }
@@ -272,9 +324,9 @@ impl Shared {
     }
 
     /// Answers one GET on the Graph v1.0 tree; `path` is below /v1.0, `query` raw.
-    fn lookup(&self, path: &str, query: &str) -> GraphReply {
+    fn lookup(&self, path: &str, query: &str, in_batch: bool) -> GraphReply {
         self.counters.lookups.fetch_add(1, Ordering::Relaxed);
-        if let Some(reply) = self.lookup_fault() {
+        if let Some(reply) = self.lookup_fault(in_batch) {
             return reply;
         }
         let params = match parse_query(query) {
@@ -400,8 +452,8 @@ impl GraphReply {
         }
     }
 
-    fn retry_after(mut self, secs: u64) -> Self {
-        self.retry_after = Some(secs);
+    fn retry_after(mut self, secs: Option<u64>) -> Self {
+        self.retry_after = secs;
         self
     }
 
@@ -426,7 +478,7 @@ impl IntoResponse for GraphReply {
     }
 }
 
-fn throttled(retry_after: u64) -> GraphReply {
+fn throttled(retry_after: Option<u64>) -> GraphReply {
     GraphReply::error(429, "TooManyRequests", "Too many requests; retry after the interval in Retry-After.")
         .retry_after(retry_after)
 }
@@ -632,11 +684,11 @@ async fn managed_identity_token(
 async fn graph_get(State(s): State<Arc<Shared>>, headers: HeaderMap, OriginalUri(uri): OriginalUri) -> Response {
     s.counters.graph_requests.fetch_add(1, Ordering::Relaxed);
     tokio::time::sleep(s.latency()).await;
-    if let Some(reply) = s.check_bearer(&headers).or_else(|| s.request_fault()) {
+    if let Some(reply) = s.check_bearer(&headers).or_else(|| s.request_fault(false)) {
         return reply.into_response();
     }
     let path = uri.path().strip_prefix("/v1.0").unwrap_or(uri.path());
-    s.lookup(path, uri.query().unwrap_or("")).into_response()
+    s.lookup(path, uri.query().unwrap_or(""), false).into_response()
 }
 
 #[derive(Deserialize)]
@@ -655,7 +707,7 @@ async fn batch(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) ->
     s.counters.graph_requests.fetch_add(1, Ordering::Relaxed);
     s.counters.batch_requests.fetch_add(1, Ordering::Relaxed);
     tokio::time::sleep(s.latency()).await;
-    if let Some(reply) = s.check_bearer(&headers).or_else(|| s.request_fault()) {
+    if let Some(reply) = s.check_bearer(&headers).or_else(|| s.request_fault(true)) {
         return reply.into_response();
     }
     let Ok(request) = serde_json::from_slice::<BatchRequest>(&body) else {
@@ -682,7 +734,7 @@ async fn batch(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) ->
         } else {
             let url = item.url.trim_start_matches('/');
             let (path, query) = url.split_once('?').unwrap_or((url, ""));
-            s.lookup(path, query)
+            s.lookup(path, query, true)
         };
         responses
             .push(json!({"id": item.id, "status": reply.status, "headers": reply.headers_json(), "body": reply.body}));
