@@ -368,7 +368,7 @@ async fn shutdown_signal() {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::reconcile::validate::DEFAULT_PROTECTED_NAMESPACES;
+    use crate::reconcile::context::DEFAULT_PROTECTED_NAMESPACES;
 
     #[test]
     fn default_protected_namespaces_match_the_policy_defaults() {

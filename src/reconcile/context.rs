@@ -3,7 +3,7 @@
 //! imports: steps take what they need from here and never from `mod.rs`.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeSet, HashMap},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -13,7 +13,6 @@ use kube::{
     runtime::events::{Recorder, Reporter},
 };
 
-use super::validate::Policy;
 use crate::{
     directory::Directory,
     telemetry::{Health, metrics::Metrics},
@@ -21,6 +20,32 @@ use crate::{
 
 /// The one field manager every server-side apply of the operator uses.
 pub const FIELD_MANAGER: &str = "teamaccess-operator";
+
+/// Namespaces no TeamAccess may target unless the operator is configured otherwise.
+pub const DEFAULT_PROTECTED_NAMESPACES: [&str; 4] = ["kube-system", "kube-public", "kube-node-lease", "default"];
+
+#[derive(Clone, Debug)]
+pub struct Policy {
+    pub protected_namespaces: BTreeSet<String>,
+}
+
+impl Policy {
+    /// The policy from `--protected-namespaces`; the operator's own namespace is
+    /// always added, so a team can never be handed the operator's credentials.
+    pub fn new(protected: impl IntoIterator<Item = String>, own_namespace: Option<&str>) -> Self {
+        let mut protected_namespaces: BTreeSet<String> = protected.into_iter().filter(|n| !n.is_empty()).collect();
+        if let Some(ns) = own_namespace {
+            protected_namespaces.insert(ns.to_string());
+        }
+        Self { protected_namespaces }
+    }
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self::new(DEFAULT_PROTECTED_NAMESPACES.map(String::from), None)
+    }
+}
 
 /// Settings of the controller that come from the command line.
 #[derive(Clone, Debug)]

@@ -47,9 +47,8 @@ pub mod status;
 pub mod validate;
 mod write;
 
-pub use context::{Context, FIELD_MANAGER, Settings};
+pub use context::{Context, FIELD_MANAGER, Policy, Settings};
 pub use error::Error;
-pub use validate::Policy;
 
 /// Runs the controller until `shutdown` completes.
 pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) -> anyhow::Result<()> {

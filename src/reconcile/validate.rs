@@ -2,30 +2,8 @@
 //! depend on how the operator is configured rather than on the object alone. It
 //! runs first, so an object the policy refuses never costs a directory call.
 
-use std::collections::BTreeSet;
-
-use super::error::Error;
+use super::{context::Policy, error::Error};
 use crate::api::TeamAccess;
-
-/// Namespaces no TeamAccess may target unless the operator is configured otherwise.
-pub const DEFAULT_PROTECTED_NAMESPACES: [&str; 4] = ["kube-system", "kube-public", "kube-node-lease", "default"];
-
-#[derive(Clone, Debug)]
-pub struct Policy {
-    pub protected_namespaces: BTreeSet<String>,
-}
-
-impl Policy {
-    /// The policy from `--protected-namespaces`; the operator's own namespace is
-    /// always added, so a team can never be handed the operator's credentials.
-    pub fn new(protected: impl IntoIterator<Item = String>, own_namespace: Option<&str>) -> Self {
-        let mut protected_namespaces: BTreeSet<String> = protected.into_iter().filter(|n| !n.is_empty()).collect();
-        if let Some(ns) = own_namespace {
-            protected_namespaces.insert(ns.to_string());
-        }
-        Self { protected_namespaces }
-    }
-}
 
 /// A TeamAccess the policy admits; only `validate` makes one, so a later step
 /// that takes it cannot run on an object the policy refused.
@@ -47,16 +25,13 @@ pub fn validate<'a>(ta: &'a TeamAccess, policy: &Policy) -> Result<Validated<'a>
     Ok(Validated { ta })
 }
 
-impl Default for Policy {
-    fn default() -> Self {
-        Self::new(DEFAULT_PROTECTED_NAMESPACES.map(String::from), None)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{GroupSelector, Reason, TeamAccessSpec};
+    use crate::{
+        api::{GroupSelector, Reason, TeamAccessSpec},
+        reconcile::context::DEFAULT_PROTECTED_NAMESPACES,
+    };
 
     fn targeting(namespace: &str) -> TeamAccess {
         TeamAccess::new(
