@@ -85,7 +85,7 @@ else
   operator_pid=$!
 fi
 
-for _ in $(seq 1 100); do grep -q "starting the TeamAccess controller" "$state/operator.log" && break; sleep 0.1; done
+for _ in $(seq 1 100); do grep -qs "starting the TeamAccess controller" "$state/operator.log" && break; sleep 0.1; done
 grep -q "starting the TeamAccess controller" "$state/operator.log" || { cat "$state/operator.log"; echo "the operator did not start" >&2; exit 1; }
 grep -E "using the|connected to" "$state/operator.log" | sed 's/^/  /'
 
