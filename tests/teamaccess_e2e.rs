@@ -443,3 +443,74 @@ async fn a_shutdown_before_the_cache_syncs_stops_at_once() {
     op.stop().await; // panics when the controller does not stop within 20 s
     assert!(started.elapsed() < Duration::from_secs(10), "stopped in {:?}", started.elapsed());
 }
+
+#[tokio::test]
+async fn a_role_and_binding_of_the_same_name_made_by_someone_else_are_never_taken_over() {
+    use k8s_openapi::api::rbac::v1::{RoleRef, Subject};
+    use kube::api::PostParams;
+    let op = TestOperator::start(SEED_DIRECTORY).await;
+    let ns = create_namespace(&op.client, "shared").await;
+    let name = unique("pay");
+    let child = format!("teamaccess-{name}");
+    const OPS: &str = "0a0a0a0a-0000-4000-8000-0000000000ee";
+    // Someone else's Role and RoleBinding, with the names the operator would use.
+    let theirs_role = Role {
+        metadata: kube::api::ObjectMeta { name: Some(child.clone()), ..Default::default() },
+        rules: Some(vec![PolicyRule {
+            api_groups: Some(vec!["".into()]),
+            resources: Some(vec!["secrets".into()]),
+            verbs: vec!["*".into()],
+            ..Default::default()
+        }]),
+    };
+    let theirs_binding = RoleBinding {
+        metadata: kube::api::ObjectMeta { name: Some(child.clone()), ..Default::default() },
+        role_ref: RoleRef {
+            api_group: Some("rbac.authorization.k8s.io".into()),
+            kind: "Role".into(),
+            name: child.clone(),
+        },
+        subjects: Some(vec![Subject {
+            kind: "Group".into(),
+            api_group: Some("rbac.authorization.k8s.io".into()),
+            name: OPS.into(),
+            ..Default::default()
+        }]),
+    };
+    let pp = PostParams { field_manager: Some("ops-tool".into()), ..Default::default() };
+    let roles = Api::<Role>::namespaced(op.client.clone(), &ns);
+    let bindings = Api::<RoleBinding>::namespaced(op.client.clone(), &ns);
+    roles.create(&pp, &theirs_role).await.unwrap();
+    bindings.create(&pp, &theirs_binding).await.unwrap();
+    wait_allowed(&op.client, "ops@contoso.com", &[OPS], "get", "", "secrets", &ns, true).await;
+
+    op.apply(&op.team(&name, by_name("appdev"), &ns)).await;
+    let ta = op.wait_condition(&name, "Stalled", "True", Some("ChildConflict"), SHORT).await;
+    let ready = ta.status.unwrap().conditions.into_iter().find(|c| c.type_ == "Ready").unwrap();
+    assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "ChildConflict"));
+    assert!(
+        ready.message.contains(&format!("Role {ns}/{child}")) && ready.message.contains("ops-tool"),
+        "{}",
+        ready.message
+    );
+
+    // Theirs is untouched: same rules, same subjects, no owner reference of ours.
+    let role = roles.get(&child).await.unwrap();
+    assert_eq!(role.rules, theirs_role.rules);
+    assert!(role.metadata.owner_references.is_none());
+    let binding = bindings.get(&child).await.unwrap();
+    assert_eq!(binding.subjects, theirs_binding.subjects);
+    assert!(binding.metadata.owner_references.is_none());
+    // As the API server decides it: ops keeps its access and the team got none.
+    assert!(allowed(&op.client, "ops@contoso.com", &[OPS], "get", "", "secrets", &ns).await);
+    assert!(!allowed(&op.client, AKSDEV, &[APPDEV], "get", "", "secrets", &ns).await);
+    assert!(!allowed(&op.client, AKSDEV, &[APPDEV], "create", "", "pods", &ns).await);
+
+    // Deleting the TeamAccess deletes neither.
+    op.delete(&name).await;
+    op.wait_deleted(&name, SHORT).await;
+    assert!(roles.get_opt(&child).await.unwrap().is_some(), "their Role survives");
+    assert!(bindings.get_opt(&child).await.unwrap().is_some(), "their RoleBinding survives");
+    assert!(allowed(&op.client, "ops@contoso.com", &[OPS], "get", "", "secrets", &ns).await);
+    delete_namespace(&op.client, &ns).await;
+}

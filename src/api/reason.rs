@@ -35,6 +35,8 @@ pub enum Reason {
     // The policy and the cluster.
     ProtectedNamespace,
     NamespaceTerminating,
+    /// A Role or RoleBinding with our name exists and is not ours: never taken over.
+    ChildConflict,
     ClusterRoleNotFound,
     /// The operator's own ServiceAccount lacks a permission.
     Forbidden,

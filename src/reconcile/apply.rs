@@ -2,7 +2,7 @@
 //! pure function of what is live (`namespace_action`, `role_action`,
 //! `binding_action`), so an object that is already right costs a read and no write.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, fmt::Debug};
 
 use k8s_openapi::{
     api::{
@@ -11,10 +11,12 @@ use k8s_openapi::{
     },
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, Client, Resource, ResourceExt, api::PostParams};
+use serde::{Serialize, de::DeserializeOwned};
 
 use super::{
     build::{self, Desired},
+    context::FIELD_MANAGER,
     error::Error,
     write::{delete_owned, server_side_apply},
 };
@@ -78,30 +80,73 @@ pub fn namespace_action(live: Option<&Namespace>, desired: &Namespace, owner: &s
     }
 }
 
-/// Whether a Role or RoleBinding needs writing.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// What to do about a Role or RoleBinding, given the live one.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Write {
+    /// Missing: created with a create call, so one made by someone else in the
+    /// same instant is refused (409) rather than taken over.
+    Create,
     Skip,
+    /// Ours, and drifted: server-side applied back.
     Apply,
-    /// The binding names another role; roleRef is immutable, so it is deleted and
+    /// Our binding names another role; roleRef is immutable, so it is deleted and
     /// made again.
     Replace,
+    /// Not ours (no controller reference to this TeamAccess): never modified or
+    /// deleted. Holds who manages it, for the message.
+    Conflict {
+        managers: String,
+    },
 }
 
 pub fn role_action(live: Option<&Role>, desired: &Role) -> Write {
     match live {
+        None => Write::Create,
+        Some(have) if !controlled_alike(&have.metadata, &desired.metadata) => {
+            Write::Conflict { managers: managers(&have.metadata) }
+        }
         Some(have) if have.rules == desired.rules && carries(&have.metadata, &desired.metadata) => Write::Skip,
-        _ => Write::Apply,
+        Some(_) => Write::Apply,
     }
 }
 
 pub fn binding_action(live: Option<&RoleBinding>, desired: &RoleBinding) -> Write {
     match live {
-        None => Write::Apply,
+        None => Write::Create,
+        Some(have) if !controlled_alike(&have.metadata, &desired.metadata) => {
+            Write::Conflict { managers: managers(&have.metadata) }
+        }
         Some(have) if have.role_ref != desired.role_ref => Write::Replace,
         Some(have) if have.subjects == desired.subjects && carries(&have.metadata, &desired.metadata) => Write::Skip,
         Some(_) => Write::Apply,
     }
+}
+
+/// Whether `have` is controlled by the same owner (uid) as `want` says ours are.
+fn controlled_alike(have: &ObjectMeta, want: &ObjectMeta) -> bool {
+    let controller = |m: &ObjectMeta| {
+        m.owner_references.iter().flatten().find(|r| r.controller == Some(true)).map(|r| r.uid.clone())
+    };
+    controller(want).is_some() && controller(have) == controller(want)
+}
+
+/// Who manages an object, for a message: its controller and its field managers.
+fn managers(meta: &ObjectMeta) -> String {
+    let mut names: Vec<String> = meta
+        .owner_references
+        .iter()
+        .flatten()
+        .filter(|r| r.controller == Some(true))
+        .map(|r| format!("{} {}", r.kind, r.name))
+        .collect();
+    for entry in meta.managed_fields.iter().flatten() {
+        if let Some(manager) = &entry.manager
+            && !names.contains(manager)
+        {
+            names.push(manager.clone());
+        }
+    }
+    if names.is_empty() { "someone else".into() } else { names.join(", ") }
 }
 
 /// Creates the namespace when missing and keeps the metadata of one we created.
@@ -119,12 +164,13 @@ async fn ensure_namespace(desired: &Desired, client: &Client) -> Result<bool, Er
                 .map_err(|e| Error::kube(format!("apply namespace {name}"), e))?;
             Ok(false)
         }
-        NamespaceAction::Create => {
-            server_side_apply(&api, &name, &desired.namespace)
-                .await
-                .map_err(|e| Error::kube(format!("create namespace {name}"), e))?;
-            Ok(true)
-        }
+        NamespaceAction::Create => match api.create(&create_params(), &desired.namespace).await {
+            Ok(_) => Ok(true),
+            // Made by someone else since we looked: it existed before us, so it is
+            // used as it is and never ours.
+            Err(kube::Error::Api(s)) if s.is_already_exists() => Ok(false),
+            Err(e) => Err(Error::kube(format!("create namespace {name}"), e)),
+        },
     }
 }
 
@@ -138,13 +184,7 @@ async fn apply_rbac(desired: &Desired, client: &Client) -> Result<(), Error> {
     let owner_uid = desired.owner_uid.as_deref();
 
     if let Some(role) = &desired.role {
-        let name = role.name_any();
-        let live = roles.get_opt(&name).await.map_err(|e| Error::kube(format!("read Role {namespace}/{name}"), e))?;
-        if role_action(live.as_ref(), role) != Write::Skip {
-            server_side_apply(&roles, &name, role)
-                .await
-                .map_err(|e| Error::kube(format!("apply Role {namespace}/{name}"), e))?;
-        }
+        write_child(&roles, role, role_action).await?;
     }
     if let Some(cluster_role) = &desired.cluster_role {
         let exists = Api::<ClusterRole>::all(client.clone())
@@ -155,19 +195,11 @@ async fn apply_rbac(desired: &Desired, client: &Client) -> Result<(), Error> {
             return Err(Error::ClusterRoleNotFound { name: cluster_role.clone() });
         }
     }
-
     let binding = &desired.role_binding;
     let name = binding.name_any();
-    let live =
-        bindings.get_opt(&name).await.map_err(|e| Error::kube(format!("read RoleBinding {namespace}/{name}"), e))?;
-    let action = binding_action(live.as_ref(), binding);
-    if action == Write::Replace {
+    if write_child(&bindings, binding, binding_action).await? == Write::Replace {
         delete_owned(&bindings, &name, &desired.owner, owner_uid).await?;
-    }
-    if action != Write::Skip {
-        server_side_apply(&bindings, &name, binding)
-            .await
-            .map_err(|e| Error::kube(format!("apply RoleBinding {namespace}/{name}"), e))?;
+        create(&bindings, binding).await?;
     }
 
     if desired.remove_role {
@@ -175,6 +207,60 @@ async fn apply_rbac(desired: &Desired, client: &Client) -> Result<(), Error> {
         delete_owned(&roles, &name, &desired.owner, owner_uid).await?;
     }
     Ok(())
+}
+
+/// Reads a Role or RoleBinding and does what `decide` says: create, apply, or
+/// refuse a conflict. A create that meets 409 looks again once (the object was
+/// made in between, possibly by someone else). Returns `Replace` for the caller.
+async fn write_child<K>(api: &Api<K>, desired: &K, decide: fn(Option<&K>, &K) -> Write) -> Result<Write, Error>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Serialize + Debug,
+{
+    let (kind, namespace, name) =
+        (K::kind(&()).to_string(), desired.namespace().unwrap_or_default(), desired.name_any());
+    let read =
+        || async { api.get_opt(&name).await.map_err(|e| Error::kube(format!("read {kind} {namespace}/{name}"), e)) };
+    let mut action = decide(read().await?.as_ref(), desired);
+    if action == Write::Create {
+        match create(api, desired).await {
+            Ok(()) => return Ok(Write::Create),
+            Err(Error::Kube { source: kube::Error::Api(s), .. }) if s.is_already_exists() => {
+                action = decide(read().await?.as_ref(), desired);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    match action {
+        Write::Conflict { managers } => Err(Error::ChildConflict { kind, namespace, name, managers }),
+        Write::Apply => {
+            server_side_apply(api, &name, desired)
+                .await
+                .map_err(|e| Error::kube(format!("apply {kind} {namespace}/{name}"), e))?;
+            Ok(Write::Apply)
+        }
+        // A second create after 409 would only meet 409 again; the next reconcile decides.
+        Write::Create => Err(Error::kube(
+            format!("create {kind} {namespace}/{name}"),
+            kube::Error::Api(Box::new(kube::core::Status::failure("created and deleted again meanwhile", "Conflict"))),
+        )),
+        other => Ok(other),
+    }
+}
+
+async fn create<K>(api: &Api<K>, desired: &K) -> Result<(), Error>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Serialize + Debug,
+{
+    let (kind, namespace, name) =
+        (K::kind(&()).to_string(), desired.namespace().unwrap_or_default(), desired.name_any());
+    api.create(&create_params(), desired)
+        .await
+        .map(|_| ())
+        .map_err(|e| Error::kube(format!("create {kind} {namespace}/{name}"), e))
+}
+
+fn create_params() -> PostParams {
+    PostParams { dry_run: false, field_manager: Some(FIELD_MANAGER.into()) }
 }
 
 /// What keeps a terminating namespace, from the namespace controller's conditions.
@@ -211,7 +297,7 @@ mod tests {
             core::v1::{NamespaceCondition, NamespaceStatus},
             rbac::v1::{PolicyRule, RoleRef, Subject},
         },
-        apimachinery::pkg::apis::meta::v1::Time,
+        apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, Time},
     };
 
     use super::*;
@@ -281,7 +367,7 @@ mod tests {
     #[test]
     fn a_role_is_written_only_when_missing_or_different() {
         let desired = build::build_role(&team()).unwrap();
-        assert_eq!(role_action(None, &desired), Write::Apply);
+        assert_eq!(role_action(None, &desired), Write::Create);
         assert_eq!(role_action(Some(&desired), &desired), Write::Skip);
         let mut widened = desired.clone();
         widened.rules.get_or_insert_default().push(PolicyRule {
@@ -290,16 +376,38 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(role_action(Some(&widened), &desired), Write::Apply, "hand-added rules are removed");
-        let mut unowned = desired.clone();
-        unowned.metadata.owner_references = None;
-        assert_eq!(role_action(Some(&unowned), &desired), Write::Apply);
+        let mut labels_gone = desired.clone();
+        labels_gone.metadata.labels = None;
+        assert_eq!(role_action(Some(&labels_gone), &desired), Write::Apply, "our own, drifted");
+    }
+
+    #[test]
+    fn a_child_that_is_not_ours_is_never_taken_over() {
+        let desired = build::build_role(&team()).unwrap();
+        let mut theirs = desired.clone();
+        theirs.metadata.owner_references = None;
+        theirs.metadata.managed_fields =
+            Some(vec![ManagedFieldsEntry { manager: Some("ops-tool".into()), ..Default::default() }]);
+        assert_eq!(role_action(Some(&theirs), &desired), Write::Conflict { managers: "ops-tool".into() });
+
+        // Controlled by another TeamAccess of the same name (deleted and re-created: a new uid).
+        let mut other_uid = desired.clone();
+        other_uid.metadata.owner_references.as_mut().unwrap()[0].uid = "another-uid".into();
+        let Write::Conflict { managers } = role_action(Some(&other_uid), &desired) else { panic!("expected Conflict") };
+        assert!(managers.contains("TeamAccess appdev-dev"), "{managers}");
+
+        let binding = build::build_role_binding(&team(), "5f0a1d3e-8f8a-4c1e-9d55-0b0c2d7c1a01", &[]);
+        let mut foreign = binding.clone();
+        foreign.metadata.owner_references = None;
+        assert!(matches!(binding_action(Some(&foreign), &binding), Write::Conflict { .. }));
+        assert_eq!(binding_action(None, &binding), Write::Create);
     }
 
     #[test]
     fn a_binding_is_replaced_when_its_role_changes_and_applied_when_its_subjects_drift() {
         let ta = team();
         let desired = build::build_role_binding(&ta, "5f0a1d3e-8f8a-4c1e-9d55-0b0c2d7c1a01", &[]);
-        assert_eq!(binding_action(None, &desired), Write::Apply);
+        assert_eq!(binding_action(None, &desired), Write::Create);
         assert_eq!(binding_action(Some(&desired), &desired), Write::Skip);
         let mut other_role = desired.clone();
         other_role.role_ref = RoleRef {

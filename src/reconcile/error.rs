@@ -26,6 +26,11 @@ pub enum Error {
     #[error("namespace {namespace} is being deleted{blockers}; access is granted once it is gone and re-created")]
     NamespaceTerminating { namespace: String, blockers: String },
 
+    #[error(
+        "{kind} {namespace}/{name} already exists and was not made by this TeamAccess (managed by {managers}); it is left as it is and nothing is bound. Remove or rename that {kind}, or give this TeamAccess another name"
+    )]
+    ChildConflict { kind: String, namespace: String, name: String, managers: String },
+
     #[error("ClusterRole {name} does not exist; create it or choose another spec.clusterRole")]
     ClusterRoleNotFound { name: String },
 
@@ -49,6 +54,7 @@ impl Error {
             Error::ProtectedNamespace { .. } => Reason::ProtectedNamespace,
             Error::NamespaceTerminating { .. } => Reason::NamespaceTerminating,
             Error::ClusterRoleNotFound { .. } => Reason::ClusterRoleNotFound,
+            Error::ChildConflict { .. } => Reason::ChildConflict,
             Error::Forbidden { .. } => Reason::Forbidden,
             Error::Kube { .. } => Reason::ApplyFailed,
         }
