@@ -4,142 +4,92 @@
 
 mod support;
 
-use std::{
-    os::unix::process::CommandExt,
-    path::{Path, PathBuf},
-    process::{Command, Stdio},
-    time::Duration,
-};
+use std::{os::unix::process::CommandExt, path::Path, process::Command, time::Duration};
 
 use k8s_openapi::api::{core::v1::Namespace, rbac::v1::RoleBinding};
 use kube::{
     Api, Client,
     api::{ListParams, Patch, PatchParams},
 };
-use support::{operator::TEST_LABEL, process::OperatorProcess, *};
+use support::{operator::TEST_LABEL, own_cluster::OwnCluster, process::OperatorProcess, *};
 use teamaccess_operator::api::TeamAccess;
 use teamaccess_operator::reconcile::build::MANAGED_BY_SELECTOR as MANAGED_BY;
 
 const APPDEV: &str = "5f0a1d3e-8f8a-4c1e-9d55-0b0c2d7c1a01";
 
-/// A control plane of the test's own, stopped when dropped.
-struct OwnCluster {
-    kubeconfig: PathBuf,
-    /// An API server this test started again; reaped after cluster-down stops it.
-    restarted: std::sync::Mutex<Option<std::process::Child>>,
-}
+/// Kills the API server, compacts etcd to its current revision, and starts the
+/// API server again with the same arguments.
+async fn restart_apiserver_after_compaction(cluster: &OwnCluster) {
+    let pid = cluster.state()["pids"]["kube-apiserver"].as_u64().unwrap();
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    let argv: Vec<String> =
+        cmdline.split(|b| *b == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+    let etcd = argv.iter().find_map(|a| a.strip_prefix("--etcd-servers=")).unwrap().to_string();
+    assert!(Command::new("kill").args(["-KILL", &pid.to_string()]).status().unwrap().success());
 
-impl OwnCluster {
-    fn start() -> Self {
-        let out = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/cluster/cluster.sh"))
-            .arg("up")
-            .env_remove("KUBECONFIG")
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("cluster.sh up");
-        assert!(out.status.success(), "cluster.sh up failed");
-        let line = String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or_default().to_string();
-        Self { kubeconfig: PathBuf::from(line.trim().trim_start_matches("KUBECONFIG=")), restarted: Default::default() }
-    }
+    // Compact etcd through its JSON gateway: watches resuming from an older
+    // resourceVersion now get 410 Gone and must relist.
+    let http = reqwest::Client::new();
+    let range: serde_json::Value = http
+        .post(format!("{etcd}/v3/kv/range"))
+        .json(&serde_json::json!({"key": "Lw=="}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let revision = range["header"]["revision"].as_str().unwrap().to_string();
+    let compacted = http
+        .post(format!("{etcd}/v3/kv/compaction"))
+        .json(&serde_json::json!({"revision": revision, "physical": true}))
+        .send()
+        .await
+        .unwrap();
+    assert!(compacted.status().is_success(), "etcd compaction: {}", compacted.text().await.unwrap_or_default());
 
-    fn state(&self) -> serde_json::Value {
-        serde_json::from_str(&std::fs::read_to_string(self.kubeconfig.with_file_name("cluster.json")).unwrap()).unwrap()
-    }
-
-    async fn client(&self) -> Client {
-        client_for(&self.kubeconfig).await
-    }
-
-    /// Kills the API server, compacts etcd to its current revision, and starts the
-    /// API server again with the same arguments.
-    async fn restart_apiserver_after_compaction(&self) {
-        let pid = self.state()["pids"]["kube-apiserver"].as_u64().unwrap();
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
-        let argv: Vec<String> = cmdline
-            .split(|b| *b == 0)
-            .filter(|a| !a.is_empty())
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
-        let etcd = argv.iter().find_map(|a| a.strip_prefix("--etcd-servers=")).unwrap().to_string();
-        assert!(Command::new("kill").args(["-KILL", &pid.to_string()]).status().unwrap().success());
-
-        // Compact etcd through its JSON gateway: watches resuming from an older
-        // resourceVersion now get 410 Gone and must relist.
-        let http = reqwest::Client::new();
-        let range: serde_json::Value = http
-            .post(format!("{etcd}/v3/kv/range"))
-            .json(&serde_json::json!({"key": "Lw=="}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let revision = range["header"]["revision"].as_str().unwrap().to_string();
-        let compacted = http
-            .post(format!("{etcd}/v3/kv/compaction"))
-            .json(&serde_json::json!({"revision": revision, "physical": true}))
-            .send()
-            .await
-            .unwrap();
-        assert!(compacted.status().is_success(), "etcd compaction: {}", compacted.text().await.unwrap_or_default());
-
-        // The old process must be gone (or a zombie) before the new one binds its port.
-        wait_for(Duration::from_secs(20), "the killed API server to exit", || async {
-            match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-                Err(_) => Ok(()),
-                Ok(stat) if stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')) => Ok(()),
-                Ok(_) => Err("still running".to_string()),
-            }
-        })
-        .await;
-        let log_path = self.kubeconfig.with_file_name("kube-apiserver.log");
-        let log = std::fs::OpenOptions::new().append(true).open(&log_path).unwrap();
-        let child = Command::new(&argv[0])
-            .args(&argv[1..])
-            .current_dir(self.kubeconfig.parent().unwrap())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .process_group(0)
-            .spawn()
-            .expect("restart kube-apiserver");
-        let new_pid = child.id();
-        // Kept so Drop reaps it after cluster-down has stopped it.
-        *self.restarted.lock().unwrap() = Some(child);
-        // Let cluster-down find and stop the new process.
-        let mut state = self.state();
-        state["pids"]["kube-apiserver"] = new_pid.into();
-        std::fs::write(self.kubeconfig.with_file_name("cluster.json"), serde_json::to_string_pretty(&state).unwrap())
-            .unwrap();
-        // Ready again, or the reason it is not.
-        let client = self.client().await;
-        wait_for(Duration::from_secs(60), "the restarted API server's /readyz", || async {
-            if let Some(status) = self.restarted.lock().unwrap().as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-                let tail: Vec<&str> = log.lines().rev().take(20).collect();
-                panic!(
-                    "the restarted API server exited ({status}):\n{}",
-                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-                );
-            }
-            let req = http::Request::get("/readyz").body(Vec::new()).unwrap();
-            client.request_text(req).await.map(|_| ()).map_err(|e| e.to_string())
-        })
-        .await;
-    }
-}
-
-impl Drop for OwnCluster {
-    fn drop(&mut self) {
-        let _ = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/cluster/cluster.sh"))
-            .arg("down")
-            .env("KUBECONFIG", &self.kubeconfig)
-            .status();
-        if let Some(mut child) = self.restarted.lock().unwrap().take() {
-            let _ = child.kill();
-            let _ = child.wait();
+    // The old process must be gone (or a zombie) before the new one binds its port.
+    wait_for(Duration::from_secs(20), "the killed API server to exit", || async {
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => Ok(()),
+            Ok(stat) if stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')) => Ok(()),
+            Ok(_) => Err("still running".to_string()),
         }
-    }
+    })
+    .await;
+    let log_path = cluster.kubeconfig.with_file_name("kube-apiserver.log");
+    let log = std::fs::OpenOptions::new().append(true).open(&log_path).unwrap();
+    let child = Command::new(&argv[0])
+        .args(&argv[1..])
+        .current_dir(cluster.kubeconfig.parent().unwrap())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .expect("restart kube-apiserver");
+    let new_pid = child.id();
+    // Kept so Drop reaps it after cluster-down has stopped it.
+    *cluster.restarted.lock().unwrap() = Some(child);
+    // Let cluster-down find and stop the new process.
+    let mut state = cluster.state();
+    state["pids"]["kube-apiserver"] = new_pid.into();
+    std::fs::write(cluster.kubeconfig.with_file_name("cluster.json"), serde_json::to_string_pretty(&state).unwrap())
+        .unwrap();
+    // Ready again, or the reason it is not.
+    let client = cluster.client().await;
+    wait_for(Duration::from_secs(60), "the restarted API server's /readyz", || async {
+        if let Some(status) = cluster.restarted.lock().unwrap().as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(20).collect();
+            panic!(
+                "the restarted API server exited ({status}):\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+        let req = http::Request::get("/readyz").body(Vec::new()).unwrap();
+        client.request_text(req).await.map(|_| ()).map_err(|e| e.to_string())
+    })
+    .await;
 }
 
 /// Every TeamAccess has its binding to appdev, and there is no other binding.
@@ -205,7 +155,7 @@ async fn the_api_server_killed_and_restarted_after_a_compaction_loses_nothing() 
         .iter()
         .filter(|ta| is_ready(ta))
         .count();
-    cluster.restart_apiserver_after_compaction().await;
+    restart_apiserver_after_compaction(&cluster).await;
     assert!(ready_at_kill < 100, "the fault must hit work in flight: {ready_at_kill} of 100 were Ready at the kill");
     let restarted = tokio::time::Instant::now();
     wait_all_ready(&tas, &selector, 100, Duration::from_secs(120)).await;

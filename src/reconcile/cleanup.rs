@@ -6,9 +6,12 @@
 //! TeamAccess's owner reference are deleted; a namespace only when this operator
 //! created it (`namespace_disposition` decides).
 
-use k8s_openapi::api::{
-    core::v1::Namespace,
-    rbac::v1::{Role, RoleBinding},
+use k8s_openapi::{
+    api::{
+        core::v1::Namespace,
+        rbac::v1::{Role, RoleBinding},
+    },
+    apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
 };
 use kube::{
     Api, Resource, ResourceExt,
@@ -37,9 +40,21 @@ pub enum Disposition {
 }
 
 /// `still_used`: another live TeamAccess grants access in the namespace.
-pub fn namespace_disposition(ns: Option<&Namespace>, policy: DeletionPolicy, still_used: bool) -> Disposition {
+/// `uninstalling`: the TeamAccess CRD is being deleted, so every TeamAccess goes
+/// at once; a team's namespace and its data must outlive an uninstall.
+pub fn namespace_disposition(
+    ns: Option<&Namespace>,
+    policy: DeletionPolicy,
+    still_used: bool,
+    uninstalling: bool,
+) -> Disposition {
     match ns {
-        Some(ns) if build::is_managed(&ns.metadata) && ns.metadata.deletion_timestamp.is_none() && !still_used => {
+        Some(ns)
+            if build::is_managed(&ns.metadata)
+                && ns.metadata.deletion_timestamp.is_none()
+                && !still_used
+                && !uninstalling =>
+        {
             match policy {
                 DeletionPolicy::Delete => Disposition::Delete,
                 DeletionPolicy::Retain => Disposition::Unmark,
@@ -61,7 +76,11 @@ pub async fn cleanup(ta: &TeamAccess, ctx: &Context) -> Result<(), Error> {
     // Listing the other TeamAccess objects is needed only for a namespace of ours.
     let ours = live.as_ref().is_some_and(|ns| build::is_managed(&ns.metadata));
     let still_used = ours && used_by_another(ta, ctx).await?;
-    let note = match namespace_disposition(live.as_ref(), ta.spec.deletion_policy, still_used) {
+    let uninstalling = ours && crd_is_being_deleted(ctx).await?;
+    if uninstalling {
+        tracing::info!(teamaccess = %ta.name_any(), namespace, "the TeamAccess CRD is being deleted: the namespace and its contents are kept");
+    }
+    let note = match namespace_disposition(live.as_ref(), ta.spec.deletion_policy, still_used, uninstalling) {
         Disposition::Delete => {
             delete_namespace(&api, namespace, live.as_ref().and_then(|ns| ns.uid())).await?;
             format!("removed RoleBinding and Role {name} and namespace {namespace}")
@@ -70,6 +89,9 @@ pub async fn cleanup(ta: &TeamAccess, ctx: &Context) -> Result<(), Error> {
             unmark_namespace(&api, namespace).await?;
             format!("removed RoleBinding and Role {name}; namespace {namespace} kept (deletionPolicy Retain)")
         }
+        Disposition::Keep if uninstalling => format!(
+            "removed RoleBinding and Role {name}; namespace {namespace} kept because the TeamAccess CRD is being deleted"
+        ),
         Disposition::Keep => format!("removed RoleBinding and Role {name}; namespace {namespace} kept"),
     };
     let event = Event {
@@ -97,6 +119,17 @@ async fn used_by_another(ta: &TeamAccess, ctx: &Context) -> Result<bool, Error> 
             && other.metadata.uid != ta.metadata.uid
             && other.metadata.deletion_timestamp.is_none()
     }))
+}
+
+/// Whether the TeamAccess CRD itself is being deleted (an uninstall, or a
+/// mistaken `kubectl delete crd`): then every TeamAccess is deleted with it.
+async fn crd_is_being_deleted(ctx: &Context) -> Result<bool, Error> {
+    let name = format!("{}.{}", TeamAccess::plural(&()), TeamAccess::group(&()));
+    let crd = Api::<CustomResourceDefinition>::all(ctx.client.clone())
+        .get_opt(&name)
+        .await
+        .map_err(|e| Error::kube(format!("read CustomResourceDefinition {name}"), e))?;
+    Ok(crd.is_none_or(|crd| crd.metadata.deletion_timestamp.is_some()))
 }
 
 /// Deletes the namespace, with a uid precondition so one re-created meanwhile survives.
@@ -147,18 +180,18 @@ mod tests {
 
     #[test]
     fn our_unused_namespace_goes_with_policy_delete() {
-        assert_eq!(namespace_disposition(Some(&ours()), DeletionPolicy::Delete, false), Disposition::Delete);
+        assert_eq!(namespace_disposition(Some(&ours()), DeletionPolicy::Delete, false, false), Disposition::Delete);
     }
 
     #[test]
     fn our_unused_namespace_is_kept_and_unmarked_with_policy_retain() {
-        assert_eq!(namespace_disposition(Some(&ours()), DeletionPolicy::Retain, false), Disposition::Unmark);
+        assert_eq!(namespace_disposition(Some(&ours()), DeletionPolicy::Retain, false, false), Disposition::Unmark);
     }
 
     #[test]
     fn a_namespace_another_teamaccess_uses_is_kept_marked() {
         for policy in [DeletionPolicy::Delete, DeletionPolicy::Retain] {
-            assert_eq!(namespace_disposition(Some(&ours()), policy, true), Disposition::Keep);
+            assert_eq!(namespace_disposition(Some(&ours()), policy, true, false), Disposition::Keep);
         }
     }
 
@@ -166,15 +199,22 @@ mod tests {
     fn a_namespace_that_existed_before_is_never_touched() {
         let theirs =
             Namespace { metadata: ObjectMeta { name: Some("dev".into()), ..Default::default() }, ..Default::default() };
-        assert_eq!(namespace_disposition(Some(&theirs), DeletionPolicy::Delete, false), Disposition::Keep);
-        assert_eq!(namespace_disposition(Some(&theirs), DeletionPolicy::Retain, false), Disposition::Keep);
+        assert_eq!(namespace_disposition(Some(&theirs), DeletionPolicy::Delete, false, false), Disposition::Keep);
+        assert_eq!(namespace_disposition(Some(&theirs), DeletionPolicy::Retain, false, false), Disposition::Keep);
     }
 
     #[test]
     fn a_namespace_already_gone_or_going_needs_nothing() {
-        assert_eq!(namespace_disposition(None, DeletionPolicy::Delete, false), Disposition::Keep);
+        assert_eq!(namespace_disposition(None, DeletionPolicy::Delete, false, false), Disposition::Keep);
         let mut going = ours();
         going.metadata.deletion_timestamp = Some(Time(jiff::Timestamp::now()));
-        assert_eq!(namespace_disposition(Some(&going), DeletionPolicy::Delete, false), Disposition::Keep);
+        assert_eq!(namespace_disposition(Some(&going), DeletionPolicy::Delete, false, false), Disposition::Keep);
+    }
+
+    #[test]
+    fn an_uninstall_deletes_no_namespace() {
+        for policy in [DeletionPolicy::Delete, DeletionPolicy::Retain] {
+            assert_eq!(namespace_disposition(Some(&ours()), policy, false, true), Disposition::Keep);
+        }
     }
 }

@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test binary uses its own part of the helpers
 
 pub mod operator;
+pub mod own_cluster;
 pub mod process;
 
 use std::{
@@ -369,10 +370,15 @@ pub fn cluster_tool(name: &str) -> PathBuf {
 
 /// Runs a tool with the test cluster's kubeconfig; returns (success, stdout, stderr).
 pub fn run_tool(name: &str, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
+    run_tool_on(&kubeconfig_path(), name, args, stdin)
+}
+
+/// Runs a tool against the cluster of `kubeconfig`; returns (success, stdout, stderr).
+pub fn run_tool_on(kubeconfig: &Path, name: &str, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
     use std::io::Write;
     let mut child = std::process::Command::new(cluster_tool(name))
         .args(args)
-        .env("KUBECONFIG", kubeconfig_path())
+        .env("KUBECONFIG", kubeconfig)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
