@@ -289,3 +289,43 @@ async fn other_errors_of_batch_items_map_to_their_reasons_and_spare_the_rest() {
     emulator.set_faults(&Faults { fail_next: 1, fail_status: 503, retry_after_secs: 1, ..Default::default() });
     assert!(resolve_ten(&graph).await.iter().all(Result::is_ok));
 }
+
+#[tokio::test]
+async fn a_next_page_link_to_another_host_is_not_followed() {
+    let mut yaml = String::from("groups:\n");
+    for i in 0..130 {
+        yaml.push_str(&format!("- objectId: {i:08x}-0000-4000-8000-000000000000\n  displayName: crowded\n"));
+    }
+    let emulator = emulator(&yaml).await;
+    emulator
+        .set_faults(&Faults { next_link_origin: Some("https://attacker.invalid:8443".into()), ..Default::default() });
+    let err = directory(&emulator).resolve_group(&by_name("crowded")).await.unwrap_err();
+    assert_eq!(err.reason(), "GraphRequestRejected", "{err}");
+    assert!(
+        err.to_string().contains("https://attacker.invalid:8443") && err.to_string().contains("not followed"),
+        "{err}"
+    );
+    assert_eq!(emulator.stats().graph_requests, 1, "only the first page was fetched");
+}
+
+#[tokio::test]
+async fn an_endpoint_that_is_not_graph_is_a_configuration_error_not_a_missing_group() {
+    let emulator = emulator(SEED).await;
+    emulator.set_faults(&Faults { not_graph: true, ..Default::default() });
+    let graph = directory(&emulator);
+    // By objectId (a plain GET), by name (a plain GET), and several at once ($batch).
+    let by_id = graph.resolve_group(&GroupSelector::by_object_id(APPDEV)).await.unwrap_err();
+    let by_name_err = graph.resolve_group(&by_name("opssre")).await.unwrap_err();
+    for err in [&by_id, &by_name_err] {
+        assert_eq!(err.reason(), "GraphRequestRejected", "{err}");
+        assert!(err.to_string().contains("--graph-endpoint"), "{err}");
+    }
+    let graph = directory(&emulator);
+    let lookups = ["appdev", "opssre"].map(|n| {
+        let graph = graph.clone();
+        async move { graph.resolve_group(&by_name(n)).await }
+    });
+    for result in futures::future::join_all(lookups).await {
+        assert_eq!(result.unwrap_err().reason(), "GraphRequestRejected");
+    }
+}

@@ -234,3 +234,28 @@ async fn storm(faults: Faults, max_requests: u64, recovery_secs: u64) {
     delete_teams(&op, &names).await;
     delete_teams(&op, &late).await;
 }
+
+#[tokio::test]
+async fn a_misconfigured_graph_endpoint_changes_no_binding() {
+    let emulator = emulator(SEED_DIRECTORY).await;
+    let op = operator_on(&emulator, Duration::from_millis(500), Duration::from_secs(2)).await;
+    let ns = unique("endpoint");
+    let name = unique("endpoint");
+    op.apply(&op.team(&name, by_name("appdev"), &ns)).await;
+    op.wait_ready(&name).await;
+    wait_allowed(&op.client, AKSDEV, &[APPDEV], "create", "", "pods", &ns, true).await;
+
+    // The endpoint now answers like a web server that does not serve Graph: a bare 404.
+    emulator.set_faults(&Faults { not_graph: true, ..Default::default() });
+    let ta = op.wait_condition(&name, "Ready", "False", Some("GraphRequestRejected"), Duration::from_secs(20)).await;
+    let ready = ta.status.unwrap().conditions.into_iter().find(|c| c.type_ == "Ready").unwrap();
+    assert!(ready.message.contains("--graph-endpoint"), "{}", ready.message);
+    // Not "group missing": the pinned group and its access stay exactly as they were.
+    assert_eq!(binding_subject(&op, &ns, &name).await.as_deref(), Some(APPDEV));
+    assert!(allowed(&op.client, AKSDEV, &[APPDEV], "create", "", "pods", &ns).await);
+
+    emulator.set_faults(&Faults::default());
+    op.wait_condition(&name, "Ready", "True", None, Duration::from_secs(30)).await;
+    op.delete(&name).await;
+    op.wait_deleted(&name, Duration::from_secs(30)).await;
+}

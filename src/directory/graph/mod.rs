@@ -128,6 +128,15 @@ impl GraphDirectory {
             let items: Vec<GraphGroup> = parse(page["value"].take())?;
             groups.extend(items.into_iter().map(DirectoryGroup::from));
             let Some(next) = page["@odata.nextLink"].as_str().map(str::to_string) else { break };
+            // The bearer token goes nowhere but the configured Graph endpoint.
+            if !self.transport.is_on_endpoint(&next) {
+                let origin = url::Url::parse(&next).map(|u| u.origin().ascii_serialization()).unwrap_or(next);
+                return Err(DirectoryError::Rejected {
+                    message: format!(
+                        "Graph returned a next-page link to {origin}, not to the configured Graph endpoint; it was not followed"
+                    ),
+                });
+            }
             let next_page = self.transport.get(&next).await?;
             if next_page.status != 200 {
                 return Err(next_page.into_error(not_found));

@@ -29,10 +29,26 @@ impl Answer {
         matches!(self.status, 429 | 503 | 504)
     }
 
-    /// Maps a failed answer to a directory error; `not_found` for 404.
+    /// Whether this is Graph saying the object does not exist (its error body
+    /// names a NotFound code), rather than a server that does not serve Graph there.
+    fn is_graph_not_found(&self) -> bool {
+        self.status == 404
+            && self.body["error"]["code"].as_str().is_some_and(|c| c.to_ascii_lowercase().contains("notfound"))
+    }
+
+    /// Maps a failed answer to a directory error: `not_found` for Graph's own 404,
+    /// the same on a single request and a `$batch` item.
     pub fn into_error(self, not_found: impl FnOnce() -> DirectoryError) -> DirectoryError {
         match self.status {
-            404 => not_found(),
+            404 if self.is_graph_not_found() => not_found(),
+            // A 404 without Graph's error: the endpoint is not a Graph root. That
+            // is a configuration error, never "the group is gone".
+            404 => DirectoryError::Rejected {
+                message: format!(
+                    "{}; the Graph endpoint answered 404 without a Graph error, so it is probably not the Graph root: check --graph-endpoint",
+                    self.error_message()
+                ),
+            },
             401 => DirectoryError::AuthenticationFailed { message: self.error_message() },
             403 => DirectoryError::PermissionDenied { message: self.error_message() },
             429 => DirectoryError::Throttled { retry_after: self.retry_after },
@@ -41,10 +57,13 @@ impl Answer {
         }
     }
 
-    /// The error of a failed request as a whole (not of a lookup), where a 404
-    /// means the endpoint itself is wrong.
+    /// The error of a failed request as a whole (not of a lookup): any 404 means
+    /// the endpoint itself is wrong.
     pub fn into_request_error(self) -> DirectoryError {
-        self.into_error(|| DirectoryError::Unavailable { message: "the Graph endpoint was not found".into() })
+        let message = self.error_message();
+        self.into_error(|| DirectoryError::Rejected {
+            message: format!("{message}; the Graph endpoint was not found: check --graph-endpoint"),
+        })
     }
 }
 
@@ -97,6 +116,15 @@ impl Transport {
             return Err((answer.into_request_error(), retry_after));
         }
         Ok(unpack_batch(&answer.body, requests.len()))
+    }
+
+    /// Whether `url` is on the configured Graph endpoint (same scheme, host and
+    /// port), so a bearer token may be sent to it.
+    pub fn is_on_endpoint(&self, url: &str) -> bool {
+        match (url::Url::parse(url), url::Url::parse(&self.base)) {
+            (Ok(a), Ok(b)) => a.origin() == b.origin(),
+            _ => false,
+        }
     }
 
     /// GETs an absolute URL (a page link Graph returned, or a single lookup).
@@ -187,13 +215,30 @@ mod tests {
             body: json!({"error": {"code": "C", "message": "M"}}),
         };
         let nf = || DirectoryError::GroupNotFound { selector: "s".into() };
-        assert_eq!(answer(404).into_error(nf).reason(), Reason::GroupNotFound);
+        assert_eq!(answer(404).into_error(nf).reason(), Reason::GraphRequestRejected, "not Graph's own 404");
         assert_eq!(answer(403).into_error(nf).reason(), Reason::GraphPermissionDenied);
         assert_eq!(answer(429).into_error(nf), DirectoryError::Throttled { retry_after: Some(Duration::from_secs(2)) });
         assert_eq!(answer(503).into_error(nf).reason(), Reason::GraphUnavailable);
         assert_eq!(answer(401).into_error(nf).reason(), Reason::GraphAuthenticationFailed);
         assert_eq!(answer(400).into_error(nf).reason(), Reason::GraphRequestRejected);
-        assert_eq!(answer(404).into_request_error().reason(), Reason::GraphUnavailable);
+        assert_eq!(answer(404).into_request_error().reason(), Reason::GraphRequestRejected);
+    }
+
+    #[test]
+    fn a_404_is_not_found_only_when_graph_says_so() {
+        let graph_404 = Answer {
+            status: 404,
+            retry_after: None,
+            body: json!({"error": {"code": "Request_ResourceNotFound", "message": "Resource 'x' does not exist"}}),
+        };
+        let nf = || DirectoryError::GroupNotFound { selector: "s".into() };
+        assert_eq!(graph_404.into_error(nf).reason(), Reason::GroupNotFound);
+        // A web server that is not Graph: no Graph error body.
+        let plain_404 =
+            Answer { status: 404, retry_after: None, body: json!({"error": {"code": "UnreadableResponse"}}) };
+        let err = plain_404.into_error(nf);
+        assert_eq!(err.reason(), Reason::GraphRequestRejected);
+        assert!(err.to_string().contains("--graph-endpoint"), "{err}");
     }
 
     #[test]

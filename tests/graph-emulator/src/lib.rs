@@ -68,6 +68,12 @@ pub struct Faults {
     pub fail_next: u32,
     /// The status of those failures: 500, 502, 503, 504, 403, 400, ...
     pub fail_status: u16,
+    /// Every Graph request gets a bare 404 without Graph's error body, as a web
+    /// server does when the configured endpoint is not a Graph root.
+    pub not_graph: bool,
+    /// `@odata.nextLink` points at this origin instead of the emulator's own
+    /// (a client must not send its token there).
+    pub next_link_origin: Option<String>,
     /// Every Graph request gets 503 for this many seconds from now.
     pub outage_for_secs: u64,
     /// Every Graph request gets 403 Authorization_RequestDenied.
@@ -86,6 +92,8 @@ struct ActiveFaults {
     per_item: bool,
     fail_next: u32,
     fail_status: u16,
+    not_graph: bool,
+    next_link_origin: Option<String>,
     forbidden: bool,
     latency: Duration,
 }
@@ -213,6 +221,8 @@ impl Shared {
             per_item: f.per_item,
             fail_next: f.fail_next,
             fail_status: if f.fail_status == 0 { 500 } else { f.fail_status },
+            not_graph: f.not_graph,
+            next_link_origin: f.next_link_origin.clone(),
             forbidden: f.forbidden,
             latency: Duration::from_millis(f.latency_ms),
         };
@@ -240,6 +250,9 @@ impl Shared {
     /// `per_item`, a storm or an outage answers each item of a batch instead.
     fn request_fault(&self, batch: bool) -> Option<GraphReply> {
         let f = self.faults.lock().unwrap();
+        if f.not_graph {
+            return Some(GraphReply { status: 404, retry_after: None, body: Value::Null });
+        }
         if !(batch && f.per_item)
             && let Some(reply) = self.storm_or_outage(&f)
         {
@@ -413,8 +426,8 @@ impl Shared {
                 .collect();
             next.sort();
             next.push(format!("$skiptoken=emu{}", skip + top));
-            body["@odata.nextLink"] =
-                json!(format!("{}/v1.0/{}?{}", self.base_url, path.trim_matches('/'), next.join("&")));
+            let origin = self.faults.lock().unwrap().next_link_origin.clone().unwrap_or_else(|| self.base_url.clone());
+            body["@odata.nextLink"] = json!(format!("{origin}/v1.0/{}?{}", path.trim_matches('/'), next.join("&")));
         }
         GraphReply::ok(body)
     }
