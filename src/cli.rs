@@ -105,14 +105,10 @@ pub struct RunArgs {
     #[arg(long, env = "TEAMACCESS_RESYNC", default_value = "10m", value_parser = humantime::parse_duration)]
     pub resync: Duration,
 
-    /// Namespaces no TeamAccess may target (comma-separated). The operator's own
-    /// namespace is always added.
-    #[arg(
-        long,
-        env = "TEAMACCESS_PROTECTED_NAMESPACES",
-        value_delimiter = ',',
-        default_value = "kube-system,kube-public,kube-node-lease,default"
-    )]
+    /// More namespaces no TeamAccess may target (comma-separated), added to the
+    /// ones always protected: kube-system, kube-public, kube-node-lease, default
+    /// and the operator's own.
+    #[arg(long, env = "TEAMACCESS_PROTECTED_NAMESPACES", value_delimiter = ',')]
     pub protected_namespaces: Vec<String>,
 
     /// The namespace the operator runs in (protected). Read from the service account
@@ -371,13 +367,28 @@ mod tests {
     use crate::reconcile::context::DEFAULT_PROTECTED_NAMESPACES;
 
     #[test]
-    fn default_protected_namespaces_match_the_policy_defaults() {
+    fn protected_namespaces_add_to_the_defaults_and_are_trimmed() {
         let cli = Cli::try_parse_from(["teamaccess-operator", "run", "--directory", "static", "--directory-file", "x"])
             .unwrap();
         let Command::Run(args) = cli.command else { panic!("expected run") };
-        let args = *args;
-        assert_eq!(args.protected_namespaces, DEFAULT_PROTECTED_NAMESPACES.map(String::from));
+        assert!(args.protected_namespaces.is_empty());
         assert_eq!(args.resync, Duration::from_secs(600));
+        let policy = Policy::new(args.protected_namespaces.clone(), None);
+        assert!(DEFAULT_PROTECTED_NAMESPACES.iter().all(|ns| policy.protected_namespaces.contains(*ns)));
+
+        let cli =
+            Cli::try_parse_from(["teamaccess-operator", "run", "--protected-namespaces", " prod , ,billing"]).unwrap();
+        let Command::Run(args) = cli.command else { panic!("expected run") };
+        let policy = Policy::new(args.protected_namespaces.clone(), Some("teamaccess-system"));
+        for ns in DEFAULT_PROTECTED_NAMESPACES.into_iter().chain(["prod", "billing", "teamaccess-system"]) {
+            assert!(policy.protected_namespaces.contains(ns), "{ns} in {:?}", policy.protected_namespaces);
+        }
+        assert_eq!(
+            policy.protected_namespaces.len(),
+            7,
+            "no empty or untrimmed entry: {:?}",
+            policy.protected_namespaces
+        );
     }
 
     #[test]

@@ -124,6 +124,9 @@ async fn values_schema_rejects_bad_values() {
         ("directory.type=ldap", "/directory/type"),
         ("resync=soon", "/resync"),
         ("unknownValue=1", "unknownValue"),
+        // An empty or padded entry would protect nothing: refused, not ignored.
+        ("protectedNamespaces={prod,}", "/protectedNamespaces/1"),
+        ("protectedNamespaces={ prod}", "/protectedNamespaces/0"),
     ] {
         let (ok, _, err) = run_tool("helm", &["template", "ta", CHART, "--set", set], None);
         assert!(!ok, "--set {set} must be rejected");

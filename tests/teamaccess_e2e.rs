@@ -514,3 +514,32 @@ async fn a_role_and_binding_of_the_same_name_made_by_someone_else_are_never_take
     assert!(allowed(&op.client, "ops@contoso.com", &[OPS], "get", "", "secrets", &ns).await);
     delete_namespace(&op.client, &ns).await;
 }
+
+#[tokio::test]
+async fn a_namespace_protected_after_the_fact_loses_the_access_but_is_never_deleted() {
+    let mut op = TestOperator::start(SEED_DIRECTORY).await;
+    let ns = unique("later");
+    let name = unique("later");
+    op.apply(&op.team(&name, by_name("appdev"), &ns)).await;
+    op.wait_ready(&name).await;
+    wait_allowed(&op.client, AKSDEV, &[APPDEV], "create", "", "pods", &ns, true).await;
+
+    // The admin adds the namespace to --protected-namespaces and restarts the operator.
+    op.stop().await;
+    op.protected = vec![format!(" {ns} ")];
+    op.resume().await;
+    let ta = op.wait_condition(&name, "Stalled", "True", Some("ProtectedNamespace"), SHORT).await;
+    let status = ta.status.unwrap();
+    assert_eq!((status.role, status.role_binding), (None, None));
+    assert!(role_binding(&op, &ns, &format!("teamaccess-{name}")).await.is_none(), "the binding is removed");
+    let role = Api::<Role>::namespaced(op.client.clone(), &ns).get_opt(&format!("teamaccess-{name}")).await.unwrap();
+    assert!(role.is_none(), "the Role is removed");
+    wait_allowed(&op.client, AKSDEV, &[APPDEV], "create", "", "pods", &ns, false).await;
+    // The namespace stays, also when the TeamAccess goes.
+    op.delete(&name).await;
+    op.wait_deleted(&name, SHORT).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let kept = Api::<Namespace>::all(op.client.clone()).get(&ns).await.unwrap();
+    assert!(kept.metadata.deletion_timestamp.is_none(), "a protected namespace is never deleted");
+    delete_namespace(&op.client, &ns).await;
+}

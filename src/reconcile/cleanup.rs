@@ -14,7 +14,7 @@ use k8s_openapi::{
     apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
 };
 use kube::{
-    Api, Resource, ResourceExt,
+    Api, Client, Resource, ResourceExt,
     api::{DeleteParams, ListParams, Patch, PatchParams, Preconditions},
     runtime::events::{Event, EventType},
 };
@@ -42,18 +42,22 @@ pub enum Disposition {
 /// `still_used`: another live TeamAccess grants access in the namespace.
 /// `uninstalling`: the TeamAccess CRD is being deleted, so every TeamAccess goes
 /// at once; a team's namespace and its data must outlive an uninstall.
+/// `protected`: the namespace is protected by the operator's policy (perhaps since
+/// after we created it); a protected namespace is never deleted or changed.
 pub fn namespace_disposition(
     ns: Option<&Namespace>,
     policy: DeletionPolicy,
     still_used: bool,
     uninstalling: bool,
+    protected: bool,
 ) -> Disposition {
     match ns {
         Some(ns)
             if build::is_managed(&ns.metadata)
                 && ns.metadata.deletion_timestamp.is_none()
                 && !still_used
-                && !uninstalling =>
+                && !uninstalling
+                && !protected =>
         {
             match policy {
                 DeletionPolicy::Delete => Disposition::Delete,
@@ -64,12 +68,20 @@ pub fn namespace_disposition(
     }
 }
 
-pub async fn cleanup(ta: &TeamAccess, ctx: &Context) -> Result<(), Error> {
+/// Removes the RoleBinding, then the Role, of a TeamAccess: each only when it
+/// carries this TeamAccess's owner reference. The namespace is not touched.
+pub async fn remove_access(ta: &TeamAccess, client: &Client) -> Result<(), Error> {
     let namespace = &ta.spec.namespace;
     let name = ta.child_name();
     let (owner, owner_uid) = (ta.name_any(), ta.metadata.uid.as_deref());
-    delete_owned(&Api::<RoleBinding>::namespaced(ctx.client.clone(), namespace), &name, &owner, owner_uid).await?;
-    delete_owned(&Api::<Role>::namespaced(ctx.client.clone(), namespace), &name, &owner, owner_uid).await?;
+    delete_owned(&Api::<RoleBinding>::namespaced(client.clone(), namespace), &name, &owner, owner_uid).await?;
+    delete_owned(&Api::<Role>::namespaced(client.clone(), namespace), &name, &owner, owner_uid).await
+}
+
+pub async fn cleanup(ta: &TeamAccess, ctx: &Context) -> Result<(), Error> {
+    let namespace = &ta.spec.namespace;
+    let name = ta.child_name();
+    remove_access(ta, &ctx.client).await?;
 
     let api = Api::<Namespace>::all(ctx.client.clone());
     let live = api.get_opt(namespace).await.map_err(|e| Error::kube(format!("read namespace {namespace}"), e))?;
@@ -80,7 +92,9 @@ pub async fn cleanup(ta: &TeamAccess, ctx: &Context) -> Result<(), Error> {
     if uninstalling {
         tracing::info!(teamaccess = %ta.name_any(), namespace, "the TeamAccess CRD is being deleted: the namespace and its contents are kept");
     }
-    let note = match namespace_disposition(live.as_ref(), ta.spec.deletion_policy, still_used, uninstalling) {
+    let protected = ctx.settings.policy.protected_namespaces.contains(namespace);
+    let note = match namespace_disposition(live.as_ref(), ta.spec.deletion_policy, still_used, uninstalling, protected)
+    {
         Disposition::Delete => {
             delete_namespace(&api, namespace, live.as_ref().and_then(|ns| ns.uid())).await?;
             format!("removed RoleBinding and Role {name} and namespace {namespace}")
@@ -180,18 +194,24 @@ mod tests {
 
     #[test]
     fn our_unused_namespace_goes_with_policy_delete() {
-        assert_eq!(namespace_disposition(Some(&ours()), DeletionPolicy::Delete, false, false), Disposition::Delete);
+        assert_eq!(
+            namespace_disposition(Some(&ours()), DeletionPolicy::Delete, false, false, false),
+            Disposition::Delete
+        );
     }
 
     #[test]
     fn our_unused_namespace_is_kept_and_unmarked_with_policy_retain() {
-        assert_eq!(namespace_disposition(Some(&ours()), DeletionPolicy::Retain, false, false), Disposition::Unmark);
+        assert_eq!(
+            namespace_disposition(Some(&ours()), DeletionPolicy::Retain, false, false, false),
+            Disposition::Unmark
+        );
     }
 
     #[test]
     fn a_namespace_another_teamaccess_uses_is_kept_marked() {
         for policy in [DeletionPolicy::Delete, DeletionPolicy::Retain] {
-            assert_eq!(namespace_disposition(Some(&ours()), policy, true, false), Disposition::Keep);
+            assert_eq!(namespace_disposition(Some(&ours()), policy, true, false, false), Disposition::Keep);
         }
     }
 
@@ -199,22 +219,35 @@ mod tests {
     fn a_namespace_that_existed_before_is_never_touched() {
         let theirs =
             Namespace { metadata: ObjectMeta { name: Some("dev".into()), ..Default::default() }, ..Default::default() };
-        assert_eq!(namespace_disposition(Some(&theirs), DeletionPolicy::Delete, false, false), Disposition::Keep);
-        assert_eq!(namespace_disposition(Some(&theirs), DeletionPolicy::Retain, false, false), Disposition::Keep);
+        assert_eq!(
+            namespace_disposition(Some(&theirs), DeletionPolicy::Delete, false, false, false),
+            Disposition::Keep
+        );
+        assert_eq!(
+            namespace_disposition(Some(&theirs), DeletionPolicy::Retain, false, false, false),
+            Disposition::Keep
+        );
     }
 
     #[test]
     fn a_namespace_already_gone_or_going_needs_nothing() {
-        assert_eq!(namespace_disposition(None, DeletionPolicy::Delete, false, false), Disposition::Keep);
+        assert_eq!(namespace_disposition(None, DeletionPolicy::Delete, false, false, false), Disposition::Keep);
         let mut going = ours();
         going.metadata.deletion_timestamp = Some(Time(jiff::Timestamp::now()));
-        assert_eq!(namespace_disposition(Some(&going), DeletionPolicy::Delete, false, false), Disposition::Keep);
+        assert_eq!(namespace_disposition(Some(&going), DeletionPolicy::Delete, false, false, false), Disposition::Keep);
     }
 
     #[test]
     fn an_uninstall_deletes_no_namespace() {
         for policy in [DeletionPolicy::Delete, DeletionPolicy::Retain] {
-            assert_eq!(namespace_disposition(Some(&ours()), policy, false, true), Disposition::Keep);
+            assert_eq!(namespace_disposition(Some(&ours()), policy, false, true, false), Disposition::Keep);
+        }
+    }
+
+    #[test]
+    fn a_protected_namespace_is_never_deleted_even_if_we_made_it() {
+        for policy in [DeletionPolicy::Delete, DeletionPolicy::Retain] {
+            assert_eq!(namespace_disposition(Some(&ours()), policy, false, false, true), Disposition::Keep);
         }
     }
 }

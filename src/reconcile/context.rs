@@ -30,20 +30,24 @@ pub struct Policy {
 }
 
 impl Policy {
-    /// The policy from `--protected-namespaces`; the operator's own namespace is
-    /// always added, so a team can never be handed the operator's credentials.
-    pub fn new(protected: impl IntoIterator<Item = String>, own_namespace: Option<&str>) -> Self {
-        let mut protected_namespaces: BTreeSet<String> = protected.into_iter().filter(|n| !n.is_empty()).collect();
-        if let Some(ns) = own_namespace {
-            protected_namespaces.insert(ns.to_string());
-        }
+    /// The policy from `--protected-namespaces`, which add to the defaults; the
+    /// operator's own namespace is always added, so a team can never be handed
+    /// the operator's credentials. Entries are trimmed, empty ones dropped.
+    pub fn new(extra: impl IntoIterator<Item = String>, own_namespace: Option<&str>) -> Self {
+        let protected_namespaces = DEFAULT_PROTECTED_NAMESPACES
+            .into_iter()
+            .map(String::from)
+            .chain(extra.into_iter().map(|n| n.trim().to_string()))
+            .chain(own_namespace.map(str::to_string))
+            .filter(|n| !n.is_empty())
+            .collect();
         Self { protected_namespaces }
     }
 }
 
 impl Default for Policy {
     fn default() -> Self {
-        Self::new(DEFAULT_PROTECTED_NAMESPACES.map(String::from), None)
+        Self::new(Vec::<String>::new(), None)
     }
 }
 

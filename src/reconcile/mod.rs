@@ -205,7 +205,9 @@ async fn grant(ta: &TeamAccess, ctx: &Context) -> Result<Action, Error> {
 async fn pipeline<'a>(ta: &'a TeamAccess, ctx: &Context) -> status::Outcome<'a> {
     let validated = match validate::validate(ta, &ctx.settings.policy) {
         Ok(validated) => validated,
-        Err(error) => return status::Outcome::refused(ta, error),
+        // A namespace protected after access was granted: take the access back
+        // (never the namespace).
+        Err(error) => return status::Outcome::refused(ta, error, cleanup::remove_access(ta, &ctx.client).await),
     };
     let resolved = match resolve::resolve(validated, ctx.directory.as_ref()).await {
         Ok(resolved) => resolved,

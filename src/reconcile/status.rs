@@ -54,18 +54,27 @@ pub struct Outcome<'a> {
     group: GroupState,
     /// What is in place after a successful apply; None keeps what status said.
     applied: Option<Applied>,
+    /// The Role and RoleBinding were taken away (the namespace became protected).
+    access_removed: bool,
     namespace_created: bool,
     error: Option<Error>,
 }
 
 impl<'a> Outcome<'a> {
-    /// The policy refused the object: nothing was looked up or written.
-    pub fn refused(ta: &'a TeamAccess, error: Error) -> Self {
+    /// The policy refused the object: nothing was looked up or created, and any
+    /// access it had was taken away (`removal`); a failed removal is reported
+    /// instead, so it is tried again.
+    pub fn refused(ta: &'a TeamAccess, error: Error, removal: Result<(), Error>) -> Self {
         let previous = ta.status.as_ref().and_then(|s| s.group.clone());
+        let (access_removed, error) = match removal {
+            Ok(()) => (true, error),
+            Err(failed) => (false, failed),
+        };
         Self {
             ta,
             group: GroupState::NotLookedUp { previous },
             applied: None,
+            access_removed,
             namespace_created: false,
             error: Some(error),
         }
@@ -79,7 +88,7 @@ impl<'a> Outcome<'a> {
             }
             Unresolved::Users { group, error } => (GroupState::Found(group), error),
         };
-        Self { ta, group, applied: None, namespace_created: false, error: Some(error) }
+        Self { ta, group, applied: None, access_removed: false, namespace_created: false, error: Some(error) }
     }
 
     /// The group resolved and the children were applied, or applying failed.
@@ -96,7 +105,14 @@ impl<'a> Outcome<'a> {
             }
             Err(failed) => (None, failed.namespace_created, Some(failed.error)),
         };
-        Self { ta: resolved.ta, group: GroupState::Found(resolved.group), applied, namespace_created, error }
+        Self {
+            ta: resolved.ta,
+            group: GroupState::Found(resolved.group),
+            applied,
+            access_removed: false,
+            namespace_created,
+            error,
+        }
     }
 
     /// Why the reconcile did not end Ready, if it did not.
@@ -117,6 +133,7 @@ pub fn compute(outcome: &Outcome, now: &Time) -> (TeamAccessStatus, Vec<Note>) {
     };
     let (role, role_binding) = match &outcome.applied {
         Some(applied) => (applied.role.clone(), Some(applied.role_binding.clone())),
+        None if outcome.access_removed => (None, None),
         None => (previous.role.clone(), previous.role_binding.clone()),
     };
     let generation = ta.metadata.generation;
@@ -338,7 +355,7 @@ mod tests {
         assert!(condition(&status, STALLED).is_none());
 
         let protected = Error::ProtectedNamespace { namespace: "kube-system".into() };
-        let (status, _) = compute(&Outcome::refused(&ta, protected), &now());
+        let (status, _) = compute(&Outcome::refused(&ta, protected, Ok(())), &now());
         assert_eq!(condition(&status, STALLED).unwrap().reason, "ProtectedNamespace");
         assert_eq!(condition(&status, READY).unwrap().status, "False");
         assert!(condition(&status, GROUP_RESOLVED).is_none(), "the group was never looked up");
@@ -417,5 +434,21 @@ mod tests {
         let (again, notes) = compute(&Outcome::unresolved(&ta, Unresolved::Group { kept: None, error: err }), &now());
         assert!(notes.is_empty(), "{notes:?}");
         assert_eq!(again, status, "the same failure writes identical status");
+    }
+
+    #[test]
+    fn access_taken_back_from_a_newly_protected_namespace_leaves_status_without_children() {
+        let mut ta = seed_team();
+        ta.status =
+            Some(TeamAccessStatus { role: Some("r".into()), role_binding: Some("rb".into()), ..Default::default() });
+        let protected = || Error::ProtectedNamespace { namespace: "dev".into() };
+        let (status, _) = compute(&Outcome::refused(&ta, protected(), Ok(())), &now());
+        assert_eq!((status.role.as_deref(), status.role_binding.as_deref()), (None, None));
+        assert_eq!(condition(&status, STALLED).unwrap().reason, "ProtectedNamespace");
+        // A removal that failed is what the object reports, and status keeps the children.
+        let failed = Err(Error::Forbidden { action: "delete RoleBinding dev/rb".into(), message: "no".into() });
+        let (status, _) = compute(&Outcome::refused(&ta, protected(), failed), &now());
+        assert_eq!(status.role_binding.as_deref(), Some("rb"));
+        assert_eq!(condition(&status, READY).unwrap().reason, "Forbidden");
     }
 }

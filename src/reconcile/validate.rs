@@ -55,9 +55,11 @@ mod tests {
     }
 
     #[test]
-    fn the_operators_own_namespace_is_always_protected() {
-        let policy = Policy::new(Vec::<String>::new(), Some("teamaccess-system"));
+    fn the_operators_own_namespace_is_always_protected_and_extra_ones_add_to_the_defaults() {
+        let policy = Policy::new(vec![" prod ".to_string()], Some("teamaccess-system"));
         assert!(validate(&targeting("teamaccess-system"), &policy).is_err());
-        assert!(validate(&targeting("kube-system"), &policy).is_ok(), "the configured list replaces the defaults");
+        assert!(validate(&targeting("prod"), &policy).is_err());
+        assert!(validate(&targeting("kube-system"), &policy).is_err(), "the defaults stay");
+        assert!(validate(&targeting("dev"), &policy).is_ok());
     }
 }

@@ -34,6 +34,8 @@ pub struct TestOperator {
     pub directory_file: PathBuf,
     directory: Arc<dyn Directory>,
     resync: Duration,
+    /// Namespaces protected beyond the defaults, from the next `resume` on.
+    pub protected: Vec<String>,
     metrics: Arc<Metrics>,
     running: Option<(oneshot::Sender<()>, JoinHandle<()>)>,
 }
@@ -65,8 +67,16 @@ impl TestOperator {
     ) -> Self {
         let client = admin_client().await;
         ensure_crd(&client).await;
-        let mut op =
-            Self { client, label, directory_file, directory, resync, metrics: Metrics::shared(), running: None };
+        let mut op = Self {
+            client,
+            label,
+            directory_file,
+            directory,
+            resync,
+            protected: Vec::new(),
+            metrics: Metrics::shared(),
+            running: None,
+        };
         op.resume().await;
         op
     }
@@ -77,7 +87,7 @@ impl TestOperator {
             return;
         }
         let settings = Settings {
-            policy: Policy::default(),
+            policy: Policy::new(self.protected.clone(), None),
             resync: self.resync,
             concurrency: Settings::DEFAULT_CONCURRENCY,
             selector: Some(format!("{TEST_LABEL}={}", self.label)),
