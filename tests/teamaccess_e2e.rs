@@ -159,8 +159,10 @@ async fn cluster_role_edit_binds_the_builtin_cluster_role() {
     ta.spec.cluster_role = Some("edit".into());
     op.apply(&ta).await;
     let ready = op.wait_ready(&name).await;
-    assert_eq!(ready.status.unwrap().role, None, "no Role of our own when a ClusterRole is bound");
-    let rb = role_binding(&op, &ns, &format!("teamaccess-{name}")).await.unwrap();
+    let status = ready.status.unwrap();
+    assert_eq!(status.role, None, "no Role of our own when a ClusterRole is bound");
+    assert_eq!(status.role_binding, Some(format!("teamaccess-{name}-edit")), "named after the role it binds");
+    let rb = role_binding(&op, &ns, &format!("teamaccess-{name}-edit")).await.unwrap();
     assert_eq!((rb.role_ref.kind.as_str(), rb.role_ref.name.as_str()), ("ClusterRole", "edit"));
     let admin = &op.client;
     wait_for(SHORT, "edit to allow creating deployments", || async {
@@ -542,4 +544,66 @@ async fn a_namespace_protected_after_the_fact_loses_the_access_but_is_never_dele
     let kept = Api::<Namespace>::all(op.client.clone()).get(&ns).await.unwrap();
     assert!(kept.metadata.deletion_timestamp.is_none(), "a protected namespace is never deleted");
     delete_namespace(&op.client, &ns).await;
+}
+
+#[tokio::test]
+async fn switching_verbs_to_a_cluster_role_never_leaves_the_team_without_access() {
+    let op = TestOperator::start(SEED_DIRECTORY).await;
+    let ns = unique("switch");
+    let name = unique("switch");
+    let mut ta = op.team(&name, by_name("appdev"), &ns);
+    op.apply(&ta).await;
+    op.wait_ready(&name).await;
+    wait_allowed(&op.client, AKSDEV, &[APPDEV], "create", "", "pods", &ns, true).await;
+
+    // A switch whose new role is missing fails, and the old binding stays in use.
+    ta.spec.verbs = None;
+    ta.spec.cluster_role = Some("no-such-cluster-role".into());
+    op.apply(&ta).await;
+    op.wait_condition(&name, "Ready", "False", Some("ClusterRoleNotFound"), SHORT).await;
+    assert!(role_binding(&op, &ns, &format!("teamaccess-{name}")).await.is_some(), "the old binding stays");
+    assert!(allowed(&op.client, AKSDEV, &[APPDEV], "create", "", "pods", &ns).await, "and still grants access");
+
+    // The switch to edit, watched by a SubjectAccessReview every 50 ms throughout.
+    let watching = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let watcher = {
+        let (client, ns, watching) = (op.client.clone(), ns.clone(), watching.clone());
+        tokio::spawn(async move {
+            let (mut checks, mut denials) = (0u32, 0u32);
+            while watching.load(std::sync::atomic::Ordering::SeqCst) {
+                checks += 1;
+                if !allowed(&client, AKSDEV, &[APPDEV], "create", "", "pods", &ns).await {
+                    denials += 1;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            (checks, denials)
+        })
+    };
+    ta.spec.cluster_role = Some("edit".into());
+    op.apply(&ta).await;
+    let ready = op.wait_ready(&name).await;
+    assert_eq!(ready.status.unwrap().role_binding, Some(format!("teamaccess-{name}-edit")));
+    // Until the old binding and Role are gone, and a moment after.
+    wait_for(SHORT, "the old binding and Role to go", || async {
+        let old_binding = role_binding(&op, &ns, &format!("teamaccess-{name}")).await;
+        let old_role = Api::<Role>::namespaced(op.client.clone(), &ns).get_opt(&format!("teamaccess-{name}")).await;
+        match (old_binding, old_role) {
+            (None, Ok(None)) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    watching.store(false, std::sync::atomic::Ordering::SeqCst);
+    let (checks, denials) = watcher.await.unwrap();
+    println!("{checks} SubjectAccessReviews during the switch, {denials} denied");
+    assert!(checks >= 10, "the switch was watched: {checks} checks");
+    assert_eq!(denials, 0, "access lapsed during the switch");
+    // edit grants what the Role did not: deployments in apps are still fine, and
+    // the new binding is the one the API server uses.
+    assert!(allowed(&op.client, AKSDEV, &[APPDEV], "create", "", "configmaps", &ns).await);
+    op.delete(&name).await;
+    op.wait_deleted(&name, SHORT).await;
+    wait_allowed(&op.client, AKSDEV, &[APPDEV], "create", "", "pods", &ns, false).await;
 }

@@ -202,9 +202,12 @@ async fn apply_rbac(desired: &Desired, client: &Client) -> Result<(), Error> {
         create(&bindings, binding).await?;
     }
 
+    // Make before break: the old binding goes only now that the new one exists.
+    for stale in &desired.stale_bindings {
+        delete_owned(&bindings, stale, &desired.owner, owner_uid).await?;
+    }
     if desired.remove_role {
-        // The Role and the RoleBinding of a TeamAccess share their name.
-        delete_owned(&roles, &name, &desired.owner, owner_uid).await?;
+        delete_owned(&roles, &desired.role_name, &desired.owner, owner_uid).await?;
     }
     Ok(())
 }

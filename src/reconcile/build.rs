@@ -39,18 +39,33 @@ pub struct Desired {
     pub namespace: Namespace,
     /// None when a ClusterRole is bound instead.
     pub role: Option<Role>,
+    /// The name our Role has (or had, before a ClusterRole was bound).
+    pub role_name: String,
     pub role_binding: RoleBinding,
     /// The ClusterRole the binding names, which must exist.
     pub cluster_role: Option<String>,
     /// A Role of ours may be left from before spec.clusterRole was set: remove it
     /// once the binding has moved away from it.
     pub remove_role: bool,
+    /// Our bindings to a role the TeamAccess no longer names: removed only after
+    /// the new binding exists, so access never lapses during a switch.
+    pub stale_bindings: Vec<String>,
 }
 
 pub fn build(resolved: &Resolved) -> Desired {
     let ta = resolved.ta;
     let role = build_role(ta);
+    let binding = binding_name(ta);
+    let stale_bindings = ta
+        .status
+        .as_ref()
+        .and_then(|s| s.role_binding.clone())
+        .filter(|previous| *previous != binding)
+        .into_iter()
+        .collect();
     Desired {
+        role_name: ta.child_name(),
+        stale_bindings,
         owner: ta.name_any(),
         owner_uid: ta.metadata.uid.clone(),
         namespace: build_namespace(ta),
@@ -121,6 +136,25 @@ pub fn build_role(ta: &TeamAccess) -> Option<Role> {
     policy_rules(ta).map(|rules| Role { metadata: child_meta(ta), rules: Some(rules) })
 }
 
+/// The RoleBinding's name follows the role it binds: `teamaccess-<name>` for our
+/// Role, `teamaccess-<name>-<clusterrole>` for a ClusterRole. roleRef is immutable,
+/// so a switch makes a new binding, and the old one goes only once the new one
+/// exists. Names over the API's 253 characters use a stable hash of the role.
+pub fn binding_name(ta: &TeamAccess) -> String {
+    match &ta.spec.cluster_role {
+        None => ta.child_name(),
+        Some(cluster_role) => {
+            let readable = format!("{}-{cluster_role}", ta.child_name());
+            if readable.len() <= 253 { readable } else { format!("{}-{:016x}", ta.child_name(), fnv1a(cluster_role)) }
+        }
+    }
+}
+
+/// FNV-1a, 64 bits: a hash that stays the same across Rust releases and platforms.
+fn fnv1a(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3))
+}
+
 pub fn role_ref(ta: &TeamAccess) -> RoleRef {
     match &ta.spec.cluster_role {
         Some(name) => RoleRef { api_group: Some(RBAC_GROUP.into()), kind: "ClusterRole".into(), name: name.clone() },
@@ -141,7 +175,8 @@ pub fn build_role_binding(ta: &TeamAccess, group_object_id: &str, user_subjects:
         name: name.clone(),
         namespace: None,
     }));
-    RoleBinding { metadata: child_meta(ta), role_ref: role_ref(ta), subjects: Some(subjects) }
+    let metadata = ObjectMeta { name: Some(binding_name(ta)), ..child_meta(ta) };
+    RoleBinding { metadata, role_ref: role_ref(ta), subjects: Some(subjects) }
 }
 
 /// The namespace as we create it: our label, the creator, and the user's metadata.
@@ -306,5 +341,34 @@ mod tests {
         let names: Vec<&str> = desired.role_binding.subjects.iter().flatten().map(|s| s.name.as_str()).collect();
         assert_eq!(names, [APPDEV, "aksdev@contoso.com"]);
         assert_eq!(desired.namespace.metadata.name.as_deref(), Some("dev"));
+    }
+
+    #[test]
+    fn the_binding_is_named_after_the_role_it_binds() {
+        let mut ta = team("appdev-dev", "dev");
+        assert_eq!(binding_name(&ta), "teamaccess-appdev-dev");
+        ta.spec.verbs = None;
+        ta.spec.cluster_role = Some("edit".into());
+        assert_eq!(binding_name(&ta), "teamaccess-appdev-dev-edit");
+        assert_eq!(build_role_binding(&ta, APPDEV, &[]).metadata.name.as_deref(), Some("teamaccess-appdev-dev-edit"));
+        ta.spec.cluster_role = Some("x".repeat(253));
+        let long = binding_name(&ta);
+        assert!(long.len() <= 253 && long.starts_with("teamaccess-appdev-dev-"), "{long}");
+        assert_eq!(long, binding_name(&ta), "stable");
+        // The published FNV-1a 64 test vectors.
+        assert_eq!(fnv1a(""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a("a"), 0xaf63_dc4c_8601_ec8c);
+    }
+
+    #[test]
+    fn a_switch_of_role_marks_the_previous_binding_stale() {
+        let mut ta = team("appdev-dev", "dev");
+        ta.status = Some(TeamAccessStatus { role_binding: Some("teamaccess-appdev-dev".into()), ..Default::default() });
+        assert!(build(&resolved(&ta)).stale_bindings.is_empty(), "unchanged");
+        ta.spec.verbs = None;
+        ta.spec.cluster_role = Some("edit".into());
+        let desired = build(&resolved(&ta));
+        assert_eq!(desired.stale_bindings, ["teamaccess-appdev-dev"]);
+        assert_eq!(desired.role_binding.metadata.name.as_deref(), Some("teamaccess-appdev-dev-edit"));
     }
 }

@@ -72,10 +72,20 @@ pub fn namespace_disposition(
 /// carries this TeamAccess's owner reference. The namespace is not touched.
 pub async fn remove_access(ta: &TeamAccess, client: &Client) -> Result<(), Error> {
     let namespace = &ta.spec.namespace;
-    let name = ta.child_name();
     let (owner, owner_uid) = (ta.name_any(), ta.metadata.uid.as_deref());
-    delete_owned(&Api::<RoleBinding>::namespaced(client.clone(), namespace), &name, &owner, owner_uid).await?;
-    delete_owned(&Api::<Role>::namespaced(client.clone(), namespace), &name, &owner, owner_uid).await
+    // The binding the spec names, and the one status last recorded (they differ
+    // while a switch of role is under way).
+    let mut bindings = vec![build::binding_name(ta)];
+    if let Some(recorded) = ta.status.as_ref().and_then(|s| s.role_binding.clone())
+        && !bindings.contains(&recorded)
+    {
+        bindings.push(recorded);
+    }
+    let api = Api::<RoleBinding>::namespaced(client.clone(), namespace);
+    for name in &bindings {
+        delete_owned(&api, name, &owner, owner_uid).await?;
+    }
+    delete_owned(&Api::<Role>::namespaced(client.clone(), namespace), &ta.child_name(), &owner, owner_uid).await
 }
 
 pub async fn cleanup(ta: &TeamAccess, ctx: &Context) -> Result<(), Error> {
