@@ -111,6 +111,16 @@ pub struct RunArgs {
     #[arg(long, env = "TEAMACCESS_PROTECTED_NAMESPACES", value_delimiter = ',')]
     pub protected_namespaces: Vec<String>,
 
+    /// At most this many namespaces are deleted per --namespace-deletion-window;
+    /// past that, deletions of TeamAccess objects wait (their access is removed at
+    /// once). A brake on a bulk delete or GitOps prune; 0 lifts it.
+    #[arg(long, env = "TEAMACCESS_MAX_NAMESPACE_DELETIONS", default_value_t = Settings::DEFAULT_MAX_NAMESPACE_DELETIONS)]
+    pub max_namespace_deletions: u32,
+
+    /// The window --max-namespace-deletions counts in.
+    #[arg(long, env = "TEAMACCESS_NAMESPACE_DELETION_WINDOW", default_value = "1m", value_parser = humantime::parse_duration)]
+    pub namespace_deletion_window: Duration,
+
     /// The namespace the operator runs in (protected). Read from the service account
     /// when running in a pod.
     #[arg(long, env = "TEAMACCESS_OPERATOR_NAMESPACE")]
@@ -214,6 +224,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         resync: args.resync,
         concurrency: args.concurrency,
         selector: args.selector.clone(),
+        max_namespace_deletions: args.max_namespace_deletions,
+        namespace_deletion_window: args.namespace_deletion_window,
     };
     tracing::info!(
         directory = ?args.directory,

@@ -607,3 +607,78 @@ async fn switching_verbs_to_a_cluster_role_never_leaves_the_team_without_access(
     op.wait_deleted(&name, SHORT).await;
     wait_allowed(&op.client, AKSDEV, &[APPDEV], "create", "", "pods", &ns, false).await;
 }
+
+#[tokio::test]
+async fn a_bulk_delete_is_braked_to_a_few_namespaces_per_window() {
+    const N: usize = 20;
+    const MAX: u32 = 5;
+    const WINDOW: Duration = Duration::from_secs(15);
+    let mut op = TestOperator::start(SEED_DIRECTORY).await;
+    op.stop().await;
+    op.namespace_deletions = (MAX, WINDOW);
+    op.resume().await;
+    let prefix = unique("brake");
+    let names: Vec<String> = (0..N).map(|i| format!("{prefix}-{i}")).collect();
+    let teams: Vec<_> = names.iter().map(|n| op.team(n, by_name("appdev"), n)).collect();
+    futures::future::join_all(teams.iter().map(|ta| op.apply(ta))).await;
+    for name in &names {
+        op.wait_condition(name, "Ready", "True", None, Duration::from_secs(60)).await;
+    }
+    let namespaces = Api::<Namespace>::all(op.client.clone());
+    let going = || async {
+        let mut going = 0;
+        for ns in &names {
+            match namespaces.get_opt(ns).await.unwrap() {
+                None => going += 1,
+                Some(live) if live.metadata.deletion_timestamp.is_some() => going += 1,
+                Some(_) => {}
+            }
+        }
+        going
+    };
+
+    // A bulk delete, as a GitOps prune would do it.
+    let deleted = tokio::time::Instant::now();
+    futures::future::join_all(names.iter().map(|n| op.delete(n))).await;
+    // Access goes at once for everyone...
+    for ns in &names {
+        wait_allowed(&op.client, AKSDEV, &[APPDEV], "create", "", "pods", ns, false).await;
+    }
+    // ...but within the first window exactly MAX namespaces go; the rest say why they wait.
+    wait_for(SHORT, "the first namespaces to go", || async {
+        if going().await >= MAX as usize { Ok(()) } else { Err("fewer".to_string()) }
+    })
+    .await;
+    let first_window = deleted + WINDOW - Duration::from_secs(3);
+    let waiting = op.wait_condition(&names[N - 1], "Ready", "False", Some("NamespaceDeletionDelayed"), SHORT).await;
+    let message = waiting.status.unwrap().conditions.into_iter().find(|c| c.type_ == "Ready").unwrap().message;
+    assert!(message.contains("--max-namespace-deletions") && message.contains("deletionPolicy"), "{message}");
+    tokio::time::sleep_until(first_window).await;
+    assert_eq!(going().await, MAX as usize, "exactly {MAX} namespaces went in the first {WINDOW:?}");
+    let delayed = op.api().list(&Default::default()).await.unwrap().items.into_iter().filter(|ta| {
+        names.contains(&ta.metadata.name.clone().unwrap_or_default())
+            && ta.status.as_ref().is_some_and(|s| s.conditions.iter().any(|c| c.reason == "NamespaceDeletionDelayed"))
+    });
+    assert_eq!(delayed.count(), N - MAX as usize, "every held-back TeamAccess says so");
+    let events = Api::<k8s_openapi::api::core::v1::Event>::all(op.client.clone())
+        .list(&kube::api::ListParams::default().fields(&format!("involvedObject.name={}", names[N - 1])))
+        .await
+        .unwrap();
+    assert!(
+        events
+            .items
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("NamespaceDeletionDelayed") && e.type_.as_deref() == Some("Warning")),
+        "a Warning event says so"
+    );
+
+    // All go eventually, a window at a time.
+    for name in &names {
+        op.wait_deleted(name, Duration::from_secs(120)).await;
+    }
+    println!(
+        "{N} TeamAccess with a brake of {MAX} per {WINDOW:?}: all deleted after {:.0} s",
+        deleted.elapsed().as_secs_f64()
+    );
+    assert!(deleted.elapsed() >= WINDOW * (N as u32 / MAX - 1), "the brake spread them over the windows");
+}

@@ -37,6 +37,8 @@ pub enum Reason {
     NamespaceTerminating,
     /// A Role or RoleBinding with our name exists and is not ours: never taken over.
     ChildConflict,
+    /// The brake on mass deletion holds this namespace's deletion back for now.
+    NamespaceDeletionDelayed,
     ClusterRoleNotFound,
     /// The operator's own ServiceAccount lacks a permission.
     Forbidden,

@@ -12,6 +12,7 @@ use k8s_openapi::{
         rbac::v1::{Role, RoleBinding},
     },
     apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+    apimachinery::pkg::apis::meta::v1::Time,
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
@@ -25,7 +26,10 @@ use super::{
     error::Error,
     write::delete_owned,
 };
-use crate::api::{DeletionPolicy, Reason, TeamAccess};
+use crate::api::{
+    DeletionPolicy, Reason, TeamAccess, TeamAccessStatus,
+    conditions::{self, DesiredCondition, READY, RECONCILING},
+};
 
 /// What becomes of a TeamAccess's namespace when the TeamAccess goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -106,6 +110,16 @@ pub async fn cleanup(ta: &TeamAccess, ctx: &Context) -> Result<(), Error> {
     let note = match namespace_disposition(live.as_ref(), ta.spec.deletion_policy, still_used, uninstalling, protected)
     {
         Disposition::Delete => {
+            let acquired = ctx.brake.lock().unwrap_or_else(|e| e.into_inner()).try_acquire(std::time::Instant::now());
+            if let Err(wait) = acquired {
+                let (max, window) = {
+                    let brake = ctx.brake.lock().unwrap_or_else(|e| e.into_inner());
+                    (brake.max(), brake.window())
+                };
+                let delayed = Error::NamespaceDeletionDelayed { namespace: namespace.clone(), wait, max, window };
+                report_delayed(ta, ctx, &delayed).await;
+                return Err(delayed);
+            }
             delete_namespace(&api, namespace, live.as_ref().and_then(|ns| ns.uid())).await?;
             format!("removed RoleBinding and Role {name} and namespace {namespace}")
         }
@@ -129,6 +143,55 @@ pub async fn cleanup(ta: &TeamAccess, ctx: &Context) -> Result<(), Error> {
         tracing::warn!(teamaccess = %ta.name_any(), error = %e, "cannot publish event");
     }
     Ok(())
+}
+
+/// Says on the object that its namespace's deletion waits for the brake: status
+/// (Ready=False, Reconciling=True, no children left) and a Warning event the first
+/// time. A failure to say so is logged; the deletion waits either way.
+async fn report_delayed(ta: &TeamAccess, ctx: &Context, delayed: &Error) {
+    ctx.metrics.namespace_deletions_delayed.inc();
+    let previous = ta.status.clone().unwrap_or_default();
+    let first_time =
+        conditions::find(&previous.conditions, READY).is_none_or(|c| c.reason != delayed.reason().as_str());
+    let desired = [
+        DesiredCondition::new(READY, false, delayed.reason(), delayed.to_string()),
+        DesiredCondition::new(RECONCILING, true, delayed.reason(), delayed.to_string()),
+    ];
+    let status = TeamAccessStatus {
+        role: None,
+        role_binding: None,
+        conditions: conditions::merge(
+            &previous.conditions,
+            &desired,
+            ta.metadata.generation,
+            &Time(jiff::Timestamp::now()),
+        ),
+        ..previous
+    };
+    let patch = serde_json::json!({
+        "apiVersion": TeamAccess::api_version(&()),
+        "kind": TeamAccess::kind(&()),
+        "status": status,
+    });
+    let api = Api::<TeamAccess>::all(ctx.client.clone());
+    if let Err(e) =
+        api.patch_status(&ta.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await
+    {
+        tracing::warn!(teamaccess = %ta.name_any(), error = %e, "cannot report the delayed namespace deletion");
+    }
+    if first_time {
+        let event = Event {
+            type_: EventType::Warning,
+            reason: delayed.reason().to_string(),
+            note: Some(delayed.to_string()),
+            action: "Delete".into(),
+            secondary: None,
+        };
+        if let Err(e) = ctx.recorder.publish(&event, &ta.object_ref(&())).await {
+            tracing::warn!(teamaccess = %ta.name_any(), error = %e, "cannot publish event");
+        }
+    }
+    tracing::warn!(teamaccess = %ta.name_any(), namespace = %ta.spec.namespace, "namespace deletion held back by the brake");
 }
 
 /// Whether another TeamAccess, not itself being deleted, grants access in the

@@ -13,6 +13,7 @@ use kube::{
     runtime::events::{Recorder, Reporter},
 };
 
+use super::brake::DeletionBrake;
 use crate::{
     directory::Directory,
     telemetry::{Health, metrics::Metrics},
@@ -61,11 +62,16 @@ pub struct Settings {
     pub concurrency: u16,
     /// Only TeamAccess objects matching this label selector are reconciled.
     pub selector: Option<String>,
+    /// At most this many namespaces deleted per `namespace_deletion_window`; 0: no limit.
+    pub max_namespace_deletions: u32,
+    pub namespace_deletion_window: Duration,
 }
 
 impl Settings {
     /// The default of `--concurrency`.
     pub const DEFAULT_CONCURRENCY: u16 = 64;
+    /// The default of `--max-namespace-deletions` (per `--namespace-deletion-window`, 1 minute).
+    pub const DEFAULT_MAX_NAMESPACE_DELETIONS: u32 = 5;
 }
 
 pub struct Context {
@@ -76,6 +82,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Turned ready once the controller's cache has synced.
     pub health: Arc<Health>,
+    /// The brake on mass namespace deletion, shared by every cleanup.
+    pub brake: Mutex<DeletionBrake>,
     /// Consecutive failures per TeamAccess, for the backoff of its next try.
     failures: Mutex<HashMap<String, u32>>,
 }
@@ -83,7 +91,9 @@ pub struct Context {
 impl Context {
     pub fn new(client: Client, directory: Arc<dyn Directory>, settings: Settings, instance: Option<String>) -> Self {
         let reporter = Reporter { controller: FIELD_MANAGER.into(), instance };
+        let brake = DeletionBrake::new(settings.max_namespace_deletions, settings.namespace_deletion_window);
         Self {
+            brake: Mutex::new(brake),
             recorder: Recorder::new(client.clone(), reporter),
             client,
             directory,

@@ -31,6 +31,13 @@ pub enum Error {
     )]
     ChildConflict { kind: String, namespace: String, name: String, managers: String },
 
+    #[error(
+        "the access is removed, but namespace {namespace} is not deleted yet: at most {max} namespaces are deleted per {} (--max-namespace-deletions) and that many went just now. It goes in about {}s; to keep it, set spec.deletionPolicy to Retain on this TeamAccess now",
+        humantime::format_duration(*window),
+        wait.as_secs().max(1)
+    )]
+    NamespaceDeletionDelayed { namespace: String, wait: std::time::Duration, max: u32, window: std::time::Duration },
+
     #[error("ClusterRole {name} does not exist; create it or choose another spec.clusterRole")]
     ClusterRoleNotFound { name: String },
 
@@ -55,6 +62,7 @@ impl Error {
             Error::NamespaceTerminating { .. } => Reason::NamespaceTerminating,
             Error::ClusterRoleNotFound { .. } => Reason::ClusterRoleNotFound,
             Error::ChildConflict { .. } => Reason::ChildConflict,
+            Error::NamespaceDeletionDelayed { .. } => Reason::NamespaceDeletionDelayed,
             Error::Forbidden { .. } => Reason::Forbidden,
             Error::Kube { .. } => Reason::ApplyFailed,
         }
@@ -65,7 +73,7 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         match self {
             Error::Directory(e) => e.is_transient(),
-            Error::NamespaceTerminating { .. } | Error::Kube { .. } => true,
+            Error::NamespaceTerminating { .. } | Error::NamespaceDeletionDelayed { .. } | Error::Kube { .. } => true,
             _ => false,
         }
     }

@@ -37,6 +37,7 @@ use tokio_stream::wrappers::WatchStream;
 use crate::api::{FINALIZER, Reason, TeamAccess};
 
 pub mod apply;
+pub mod brake;
 pub mod build;
 pub mod cleanup;
 pub mod context;
@@ -172,7 +173,11 @@ async fn reconcile(ta: Arc<TeamAccess>, ctx: Arc<Context>) -> Result<Action, Rec
     .map_err(|e| ReconcileError(Box::new(e)))
 }
 
-fn error_policy(ta: Arc<TeamAccess>, _error: &ReconcileError, ctx: Arc<Context>) -> Action {
+fn error_policy(ta: Arc<TeamAccess>, error: &ReconcileError, ctx: Arc<Context>) -> Action {
+    // Held back by the brake: come back when the window has room, not later.
+    if let finalizer::Error::CleanupFailed(Error::NamespaceDeletionDelayed { wait, .. }) = &*error.0 {
+        return Action::requeue(*wait + Duration::from_millis(fastrand::u64(100..1000)));
+    }
     let name = ta.name_any();
     let delay = requeue::after_error(ctx.failures(&name), fastrand::f64());
     ctx.record_failure(&name);

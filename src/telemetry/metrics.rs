@@ -44,6 +44,7 @@ pub struct Metrics {
     pub directory_cache: Family<CacheLabels, Counter>,
     pub managed: Gauge,
     pub leader: Gauge,
+    pub namespace_deletions_delayed: Counter,
 }
 
 impl Default for Metrics {
@@ -59,13 +60,28 @@ impl Default for Metrics {
         registry.register("directory_cache", "Directory cache lookups by result", directory_cache.clone());
         let managed = Gauge::default();
         registry.register("managed_teamaccesses", "TeamAccess objects this operator manages", managed.clone());
+        let namespace_deletions_delayed = Counter::default();
+        registry.register(
+            "namespace_deletions_delayed",
+            "Namespace deletions held back by the brake on mass deletion (--max-namespace-deletions)",
+            namespace_deletions_delayed.clone(),
+        );
         let leader = Gauge::default();
         registry.register(
             "leader",
             "1 while this instance holds the leader Lease (or runs without election)",
             leader.clone(),
         );
-        Self { registry, reconciles, reconcile_duration, graph_requests, directory_cache, managed, leader }
+        Self {
+            registry,
+            reconciles,
+            reconcile_duration,
+            graph_requests,
+            directory_cache,
+            managed,
+            leader,
+            namespace_deletions_delayed,
+        }
     }
 }
 

@@ -36,6 +36,8 @@ pub struct TestOperator {
     resync: Duration,
     /// Namespaces protected beyond the defaults, from the next `resume` on.
     pub protected: Vec<String>,
+    /// The brake on namespace deletions (max per window), from the next `resume` on.
+    pub namespace_deletions: (u32, Duration),
     metrics: Arc<Metrics>,
     running: Option<(oneshot::Sender<()>, JoinHandle<()>)>,
 }
@@ -74,6 +76,7 @@ impl TestOperator {
             directory,
             resync,
             protected: Vec::new(),
+            namespace_deletions: (Settings::DEFAULT_MAX_NAMESPACE_DELETIONS, Duration::from_secs(60)),
             metrics: Metrics::shared(),
             running: None,
         };
@@ -91,6 +94,8 @@ impl TestOperator {
             resync: self.resync,
             concurrency: Settings::DEFAULT_CONCURRENCY,
             selector: Some(format!("{TEST_LABEL}={}", self.label)),
+            max_namespace_deletions: self.namespace_deletions.0,
+            namespace_deletion_window: self.namespace_deletions.1,
         };
         let ctx = Context::new(self.client.clone(), self.directory.clone(), settings, Some(self.label.clone()))
             .with_telemetry(self.metrics.clone(), Arc::default());
