@@ -196,7 +196,18 @@ async fn an_operator_killed_during_cleanup_finishes_it_after_restart() {
     let label = unique("kill");
     let selector = format!("{TEST_LABEL}={label}");
     let seed = seed_directory_file();
-    let args = ["--directory", "static", "--directory-file", seed.to_str().unwrap(), "--selector", &selector];
+    // Twenty namespaces go at once here: the brake on mass deletion is lifted, it
+    // has a test of its own.
+    let args = [
+        "--directory",
+        "static",
+        "--directory-file",
+        seed.to_str().unwrap(),
+        "--selector",
+        &selector,
+        "--max-namespace-deletions",
+        "0",
+    ];
     let logs = std::env::temp_dir().join(&label);
     let start = |dir: &Path, extra: &[&str]| {
         let args: Vec<&str> = args.iter().chain(extra).copied().collect();
