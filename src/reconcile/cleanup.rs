@@ -110,7 +110,8 @@ pub async fn cleanup(ta: &TeamAccess, ctx: &Context) -> Result<(), Error> {
     let note = match namespace_disposition(live.as_ref(), ta.spec.deletion_policy, still_used, uninstalling, protected)
     {
         Disposition::Delete => {
-            let acquired = ctx.brake.lock().unwrap_or_else(|e| e.into_inner()).try_acquire(std::time::Instant::now());
+            let acquired =
+                ctx.brake.lock().unwrap_or_else(|e| e.into_inner()).try_acquire(namespace, std::time::Instant::now());
             if let Err(wait) = acquired {
                 let (max, window) = {
                     let brake = ctx.brake.lock().unwrap_or_else(|e| e.into_inner());
