@@ -174,9 +174,9 @@ async fn ensure_namespace(desired: &Desired, client: &Client) -> Result<bool, Er
     }
 }
 
-/// The Role (or the ClusterRole check), the RoleBinding, then the removal of a
-/// Role the binding no longer names, in that order so access never points at a
-/// missing Role in between.
+/// The Role (or the ClusterRole check), the RoleBinding, then the removal of the
+/// bindings and the Role the TeamAccess no longer names, in that order so access
+/// never lapses and never points at a missing Role in between.
 async fn apply_rbac(desired: &Desired, client: &Client) -> Result<(), Error> {
     let namespace = desired.namespace.name_any();
     let roles = Api::<Role>::namespaced(client.clone(), &namespace);
