@@ -110,13 +110,14 @@ pub async fn cleanup(ta: &TeamAccess, ctx: &Context) -> Result<(), Error> {
     let note = match namespace_disposition(live.as_ref(), ta.spec.deletion_policy, still_used, uninstalling, protected)
     {
         Disposition::Delete => {
-            let acquired =
-                ctx.brake.lock().unwrap_or_else(|e| e.into_inner()).try_acquire(namespace, std::time::Instant::now());
-            if let Err(wait) = acquired {
-                let (max, window) = {
-                    let brake = ctx.brake.lock().unwrap_or_else(|e| e.into_inner());
-                    (brake.max(), brake.window())
-                };
+            // Every namespace deletion passes the brake on mass deletion first.
+            let acquired = {
+                let mut brake = ctx.brake.lock().unwrap_or_else(|e| e.into_inner());
+                brake
+                    .try_acquire(namespace, std::time::Instant::now())
+                    .map_err(|wait| (wait, brake.max(), brake.window()))
+            };
+            if let Err((wait, max, window)) = acquired {
                 let delayed = Error::NamespaceDeletionDelayed { namespace: namespace.clone(), wait, max, window };
                 report_delayed(ta, ctx, &delayed).await;
                 return Err(delayed);
