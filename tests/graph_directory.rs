@@ -91,13 +91,18 @@ async fn missing_ambiguous_and_injected_names_bind_nothing() {
     assert_eq!(graph.resolve_group(&missing_id).await.unwrap_err().reason(), "GroupNotFound");
 }
 
-#[tokio::test]
-async fn every_page_is_followed_to_name_all_candidates() {
+/// 130 groups that share one display name: more than one page of 100.
+fn crowded_tenant() -> String {
     let mut yaml = String::from("groups:\n");
     for i in 0..130 {
         yaml.push_str(&format!("- objectId: {i:08x}-0000-4000-8000-000000000000\n  displayName: crowded\n"));
     }
-    let emulator = emulator(&yaml).await;
+    yaml
+}
+
+#[tokio::test]
+async fn every_page_is_followed_to_name_all_candidates() {
+    let emulator = emulator(&crowded_tenant()).await;
     let err = directory(&emulator).resolve_group(&by_name("crowded")).await.unwrap_err();
     let DirectoryError::AmbiguousGroup { candidates, .. } = err else { panic!("expected AmbiguousGroup, got {err:?}") };
     assert_eq!(candidates.len(), 130, "the second page (after 100) was followed");
@@ -292,11 +297,7 @@ async fn other_errors_of_batch_items_map_to_their_reasons_and_spare_the_rest() {
 
 #[tokio::test]
 async fn a_next_page_link_to_another_host_is_not_followed() {
-    let mut yaml = String::from("groups:\n");
-    for i in 0..130 {
-        yaml.push_str(&format!("- objectId: {i:08x}-0000-4000-8000-000000000000\n  displayName: crowded\n"));
-    }
-    let emulator = emulator(&yaml).await;
+    let emulator = emulator(&crowded_tenant()).await;
     emulator
         .set_faults(&Faults { next_link_origin: Some("https://attacker.invalid:8443".into()), ..Default::default() });
     let err = directory(&emulator).resolve_group(&by_name("crowded")).await.unwrap_err();
