@@ -330,13 +330,15 @@ async fn measure(client: &Client, kubeconfig: &Path, bin: &Path, n: usize, setti
         let graph_requests = emulator.stats().graph_requests;
         eprintln!("T sample {}: {took:.2}s, graph {graph_requests}, rss {peak_rss_mib:.1} MiB", sample + 1);
         t.push(TSample { t: took, graph_requests, api_requests_per_ta, peak_rss_mib, cpu_seconds: cpu1 - cpu0 });
-        if last {
-            (restart, idle_cpu, idle_writes) =
+        let operator = if last {
+            let (restarted, figures) =
                 restart_and_idle(client, kubeconfig, bin, &emulator, operator, &selector, n, settings).await;
+            (restart, idle_cpu, idle_writes) = figures;
+            restarted
         } else {
-            operator.stop().await;
-        }
-        delete_all(client, &api, &selector, &prefix, n, bin, kubeconfig, &emulator).await;
+            operator
+        };
+        delete_all(client, &api, &selector, &prefix, n, operator).await;
     }
 
     let (t0, t0_concurrency) = ideal_client(client, n, settings.samples).await;
@@ -397,7 +399,8 @@ async fn measure_t(
 }
 
 /// Restart: a new process reconciles every object again. Idle: the objects in
-/// place, resyncing; returns (restart s, idle CPU s/60s, idle writes/60s).
+/// place, resyncing. Returns the restarted operator, still running, and
+/// (restart s, idle CPU s/60s, idle writes/60s).
 #[allow(clippy::too_many_arguments)]
 async fn restart_and_idle(
     client: &Client,
@@ -408,22 +411,14 @@ async fn restart_and_idle(
     selector: &str,
     n: usize,
     settings: &Settings,
-) -> (f64, f64, f64) {
+) -> (OperatorProcess, (f64, f64, f64)) {
     operator.stop().await;
     let restarted = Instant::now();
     let resync = humantime::format_duration(settings.resync).to_string();
     let operator = start_operator(bin, kubeconfig, emulator, selector, &resync);
-    let reconciles = |op: &OperatorProcess| {
-        let url = op.url("/metrics");
-        async move {
-            let text = reqwest::get(url).await.ok()?.text().await.ok()?;
-            text.lines()
-                .find_map(|l| l.strip_prefix("teamaccess_reconcile_duration_seconds_count "))
-                .and_then(|v| v.trim().parse::<f64>().ok())
-        }
-    };
+    const RECONCILES: &str = "teamaccess_reconcile_duration_seconds_count";
     wait_until("every object reconciled after the restart", patience(n), Duration::from_millis(100), || async {
-        reconciles(&operator).await.unwrap_or(0.0) >= n as f64
+        operator.metric(RECONCILES).await.unwrap_or(0.0) >= n as f64
     })
     .await;
     let restart = restarted.elapsed().as_secs_f64();
@@ -432,11 +427,11 @@ async fn restart_and_idle(
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (_, cpu0) = proc_stat(operator.pid());
     let writes0 = apiserver_requests(client, true).await;
-    let reconciled0 = reconciles(&operator).await.expect("the operator's metrics");
+    let reconciled0 = operator.metric(RECONCILES).await.expect("the operator's metrics");
     tokio::time::sleep(settings.idle).await;
     let (_, cpu1) = proc_stat(operator.pid());
     let writes1 = apiserver_requests(client, true).await;
-    let reconciled1 = reconciles(&operator).await.expect("the operator's metrics");
+    let reconciled1 = operator.metric(RECONCILES).await.expect("the operator's metrics");
     let resyncs = reconciled1 - reconciled0;
     eprintln!("idle {:?}: {resyncs} reconciles, {} writes", settings.idle, writes1 - writes0);
     // The window held resyncs, so "no writes" means resyncs write nothing. The
@@ -450,25 +445,20 @@ async fn restart_and_idle(
     if settings.require_idle_zero {
         assert_eq!(writes1 - writes0, 0.0, "an idle resync wrote to the API server");
     }
-    operator.stop().await;
     let per_minute = 60.0 / settings.idle.as_secs_f64();
-    (restart, (cpu1 - cpu0) * per_minute, (writes1 - writes0) * per_minute)
+    (operator, (restart, (cpu1 - cpu0) * per_minute, (writes1 - writes0) * per_minute))
 }
 
-/// Deletes every TeamAccess of a sample through the operator (a new process, so
-/// the finalizers run), then waits until they and their namespaces are gone.
-#[allow(clippy::too_many_arguments)]
+/// Deletes every TeamAccess of a sample through the running operator (so the
+/// finalizers run), stops it, and waits until the namespaces are gone too.
 async fn delete_all(
     client: &Client,
     api: &Api<TeamAccess>,
     selector: &str,
     prefix: &str,
     n: usize,
-    bin: &Path,
-    kubeconfig: &Path,
-    emulator: &Emulator,
+    operator: OperatorProcess,
 ) {
-    let operator = start_operator(bin, kubeconfig, emulator, selector, "10m");
     stream::iter(0..n)
         .for_each_concurrent(32, |i| {
             let api = api.clone();

@@ -15,16 +15,17 @@ use k8s_openapi::{
     apimachinery::pkg::apis::meta::v1::Time,
 };
 use kube::{
-    Api, Client, Resource, ResourceExt,
-    api::{DeleteParams, ListParams, Patch, PatchParams, Preconditions},
-    runtime::events::{Event, EventType},
+    Api, Client, CustomResourceExt, ResourceExt,
+    api::{ListParams, Patch, PatchParams},
+    runtime::events::EventType,
 };
 
 use super::{
     build::{self, CREATED_BY_ANNOTATION, MANAGED_BY_LABEL},
     context::{Context, FIELD_MANAGER},
     error::Error,
-    write::delete_owned,
+    status::{self, Note},
+    write::{delete_exactly, delete_owned},
 };
 use crate::api::{
     DeletionPolicy, Reason, TeamAccess, TeamAccessStatus,
@@ -122,7 +123,8 @@ pub async fn cleanup(ta: &TeamAccess, ctx: &Context) -> Result<(), Error> {
                 report_delayed(ta, ctx, &delayed).await;
                 return Err(delayed);
             }
-            delete_namespace(&api, namespace, live.as_ref().and_then(|ns| ns.uid())).await?;
+            // With a uid precondition, so a namespace re-created meanwhile survives.
+            delete_exactly(&api, namespace, live.as_ref().and_then(|ns| ns.uid())).await?;
             format!("removed RoleBinding and Role {name} and namespace {namespace}")
         }
         Disposition::Unmark => {
@@ -134,16 +136,8 @@ pub async fn cleanup(ta: &TeamAccess, ctx: &Context) -> Result<(), Error> {
         ),
         Disposition::Keep => format!("removed RoleBinding and Role {name}; namespace {namespace} kept"),
     };
-    let event = Event {
-        type_: EventType::Normal,
-        reason: Reason::CleanedUp.to_string(),
-        note: Some(note),
-        action: "Delete".into(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&event, &ta.object_ref(&())).await {
-        tracing::warn!(teamaccess = %ta.name_any(), error = %e, "cannot publish event");
-    }
+    let cleaned_up = Note { type_: EventType::Normal, reason: Reason::CleanedUp, message: note };
+    status::emit(ta, ctx, cleaned_up, "Delete").await;
     Ok(())
 }
 
@@ -170,28 +164,12 @@ async fn report_delayed(ta: &TeamAccess, ctx: &Context, delayed: &Error) {
         ),
         ..previous
     };
-    let patch = serde_json::json!({
-        "apiVersion": TeamAccess::api_version(&()),
-        "kind": TeamAccess::kind(&()),
-        "status": status,
-    });
-    let api = Api::<TeamAccess>::all(ctx.client.clone());
-    if let Err(e) =
-        api.patch_status(&ta.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await
-    {
+    if let Err(e) = status::write_status(ta, &status, ctx).await {
         tracing::warn!(teamaccess = %ta.name_any(), error = %e, "cannot report the delayed namespace deletion");
     }
     if first_time {
-        let event = Event {
-            type_: EventType::Warning,
-            reason: delayed.reason().to_string(),
-            note: Some(delayed.to_string()),
-            action: "Delete".into(),
-            secondary: None,
-        };
-        if let Err(e) = ctx.recorder.publish(&event, &ta.object_ref(&())).await {
-            tracing::warn!(teamaccess = %ta.name_any(), error = %e, "cannot publish event");
-        }
+        let warning = Note { type_: EventType::Warning, reason: delayed.reason(), message: delayed.to_string() };
+        status::emit(ta, ctx, warning, "Delete").await;
     }
     tracing::warn!(teamaccess = %ta.name_any(), namespace = %ta.spec.namespace, "namespace deletion held back by the brake");
 }
@@ -213,23 +191,12 @@ async fn used_by_another(ta: &TeamAccess, ctx: &Context) -> Result<bool, Error> 
 /// Whether the TeamAccess CRD itself is being deleted (an uninstall, or a
 /// mistaken `kubectl delete crd`): then every TeamAccess is deleted with it.
 async fn crd_is_being_deleted(ctx: &Context) -> Result<bool, Error> {
-    let name = format!("{}.{}", TeamAccess::plural(&()), TeamAccess::group(&()));
+    let name = TeamAccess::crd_name();
     let crd = Api::<CustomResourceDefinition>::all(ctx.client.clone())
-        .get_opt(&name)
+        .get_opt(name)
         .await
         .map_err(|e| Error::kube(format!("read CustomResourceDefinition {name}"), e))?;
     Ok(crd.is_none_or(|crd| crd.metadata.deletion_timestamp.is_some()))
-}
-
-/// Deletes the namespace, with a uid precondition so one re-created meanwhile survives.
-async fn delete_namespace(api: &Api<Namespace>, namespace: &str, uid: Option<String>) -> Result<(), Error> {
-    let params =
-        DeleteParams { preconditions: Some(Preconditions { uid, resource_version: None }), ..Default::default() };
-    match api.delete(namespace, &params).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.is_not_found() || s.is_conflict() => Ok(()),
-        Err(e) => Err(Error::kube(format!("delete namespace {namespace}"), e)),
-    }
 }
 
 /// Removes the label and annotation that make a namespace ours; the user's own

@@ -170,30 +170,43 @@ pub fn compute(outcome: &Outcome, now: &Time) -> (TeamAccessStatus, Vec<Note>) {
 
 /// Writes status when it changed, then publishes the Events.
 pub async fn publish(ta: &TeamAccess, status: &TeamAccessStatus, notes: Vec<Note>, ctx: &Context) -> Result<(), Error> {
-    if ta.status.as_ref() != Some(status) {
-        let api = Api::<TeamAccess>::all(ctx.client.clone());
-        let patch = serde_json::json!({
-            "apiVersion": TeamAccess::api_version(&()),
-            "kind": TeamAccess::kind(&()),
-            "status": status,
-        });
-        api.patch_status(&ta.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
-            .await
-            .map_err(|e| Error::kube("update TeamAccess status", e))?;
-    }
+    write_status(ta, status, ctx).await?;
     for note in notes {
-        let event = Event {
-            type_: note.type_,
-            reason: note.reason.to_string(),
-            note: Some(note.message),
-            action: "Reconcile".into(),
-            secondary: None,
-        };
-        if let Err(e) = ctx.recorder.publish(&event, &ta.object_ref(&())).await {
-            tracing::warn!(teamaccess = %ta.name_any(), error = %e, "cannot publish event");
-        }
+        emit(ta, ctx, note, "Reconcile").await;
     }
     Ok(())
+}
+
+/// Server-side applies `status` when it differs from what the object shows, so
+/// an unchanged state writes nothing.
+pub async fn write_status(ta: &TeamAccess, status: &TeamAccessStatus, ctx: &Context) -> Result<(), Error> {
+    if ta.status.as_ref() == Some(status) {
+        return Ok(());
+    }
+    let patch = serde_json::json!({
+        "apiVersion": TeamAccess::api_version(&()),
+        "kind": TeamAccess::kind(&()),
+        "status": status,
+    });
+    Api::<TeamAccess>::all(ctx.client.clone())
+        .patch_status(&ta.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
+        .await
+        .map(|_| ())
+        .map_err(|e| Error::kube("update TeamAccess status", e))
+}
+
+/// Publishes one Event about the TeamAccess; a failure is logged, never fatal.
+pub async fn emit(ta: &TeamAccess, ctx: &Context, note: Note, action: &str) {
+    let event = Event {
+        type_: note.type_,
+        reason: note.reason.to_string(),
+        note: Some(note.message),
+        action: action.into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &ta.object_ref(&())).await {
+        tracing::warn!(teamaccess = %ta.name_any(), error = %e, "cannot publish event");
+    }
 }
 
 /// A short description of the access granted, for the Ready message.

@@ -37,13 +37,22 @@ where
         tracing::info!(teamaccess = owner, kind, name, "not deleting a child we do not own");
         return Ok(());
     }
-    let params = DeleteParams {
-        preconditions: Some(Preconditions { uid: obj.uid(), resource_version: None }),
-        ..Default::default()
-    };
+    delete_exactly(api, name, obj.uid()).await
+}
+
+/// Deletes the object named `name` only while it has `uid` (a precondition), so
+/// one deleted and re-created meanwhile survives. Gone already, or re-created
+/// (409), is done.
+pub async fn delete_exactly<K>(api: &Api<K>, name: &str, uid: Option<String>) -> Result<(), Error>
+where
+    K: Resource + Clone + DeserializeOwned + Debug,
+    K::DynamicType: Default,
+{
+    let params =
+        DeleteParams { preconditions: Some(Preconditions { uid, resource_version: None }), ..Default::default() };
     match api.delete(name, &params).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(s)) if s.is_not_found() || s.is_conflict() => Ok(()),
-        Err(e) => Err(Error::kube(format!("delete {kind} {name}"), e)),
+        Err(e) => Err(Error::kube(format!("delete {} {name}", K::kind(&K::DynamicType::default())), e)),
     }
 }

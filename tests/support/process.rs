@@ -78,18 +78,6 @@ impl OperatorProcess {
         })
     }
 
-    /// The sum of every series of a metric family, such as
-    /// `teamaccess_reconciles_total`; None when nothing answers or it has no series.
-    pub async fn metric_sum(&self, family: &str) -> Option<f64> {
-        let (_, body) = self.get("/metrics").await?;
-        let values: Vec<f64> = body
-            .lines()
-            .filter(|l| l.strip_prefix(family).is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' ')))
-            .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
-            .collect();
-        (!values.is_empty()).then(|| values.iter().sum())
-    }
-
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
