@@ -111,6 +111,17 @@ pub struct RunArgs {
     #[arg(long, env = "TEAMACCESS_PROTECTED_NAMESPACES", value_delimiter = ',')]
     pub protected_namespaces: Vec<String>,
 
+    /// The ClusterRoles spec.clusterRole may name (comma-separated); any other is
+    /// refused (Stalled, ClusterRoleNotAllowed). Empty: no ClusterRole may be bound.
+    #[arg(long, env = "TEAMACCESS_ALLOWED_CLUSTER_ROLES", value_delimiter = ',', default_value = "view,edit,admin")]
+    pub allowed_cluster_roles: Vec<String>,
+
+    /// Admit spec.rules that grant escalate, bind or impersonate, or name the
+    /// rbac.authorization.k8s.io API group or every group ("*"). Off: such a
+    /// TeamAccess is refused (Stalled, RuleNotAllowed) and nothing is bound.
+    #[arg(long, env = "TEAMACCESS_ALLOW_ESCALATING_RULES")]
+    pub allow_escalating_rules: bool,
+
     /// At most this many namespaces are deleted per --namespace-deletion-window;
     /// past that, deletions of TeamAccess objects wait (their access is removed at
     /// once). A brake on a bulk delete or GitOps prune; 0 lifts it.
@@ -220,7 +231,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .clone()
         .or_else(|| std::fs::read_to_string(SERVICE_ACCOUNT_NAMESPACE_FILE).ok().map(|s| s.trim().to_string()));
     let settings = Settings {
-        policy: Policy::new(args.protected_namespaces.clone(), own_namespace.as_deref()),
+        policy: Policy::new(args.protected_namespaces.clone(), own_namespace.as_deref())
+            .with_allowed_cluster_roles(args.allowed_cluster_roles.clone())
+            .with_escalating_rules(args.allow_escalating_rules),
         resync: args.resync,
         concurrency: args.concurrency,
         selector: args.selector.clone(),
@@ -231,6 +244,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         directory = ?args.directory,
         resync = %humantime::format_duration(settings.resync),
         protected = ?settings.policy.protected_namespaces,
+        allowed_cluster_roles = ?settings.policy.allowed_cluster_roles,
+        allow_escalating_rules = settings.policy.allow_escalating_rules,
         "starting the TeamAccess controller"
     );
     let instance = std::env::var("POD_NAME").ok().or_else(|| std::env::var("HOSTNAME").ok());
@@ -401,6 +416,24 @@ mod tests {
             "no empty or untrimmed entry: {:?}",
             policy.protected_namespaces
         );
+    }
+
+    #[test]
+    fn cluster_roles_default_to_view_edit_admin_and_an_empty_list_allows_none() {
+        let parse = |extra: &[&str]| {
+            let argv = ["teamaccess-operator", "run"].iter().chain(extra).copied().collect::<Vec<_>>();
+            let Command::Run(args) = Cli::try_parse_from(argv).unwrap().command else { panic!("expected run") };
+            Policy::default()
+                .with_allowed_cluster_roles(args.allowed_cluster_roles.clone())
+                .with_escalating_rules(args.allow_escalating_rules)
+        };
+        let policy = parse(&[]);
+        assert_eq!(policy.allowed_cluster_roles.iter().collect::<Vec<_>>(), ["admin", "edit", "view"]);
+        assert!(!policy.allow_escalating_rules);
+        let policy = parse(&["--allowed-cluster-roles", "view, team-lead", "--allow-escalating-rules"]);
+        assert_eq!(policy.allowed_cluster_roles.iter().collect::<Vec<_>>(), ["team-lead", "view"]);
+        assert!(policy.allow_escalating_rules);
+        assert!(parse(&["--allowed-cluster-roles="]).allowed_cluster_roles.is_empty());
     }
 
     #[test]

@@ -63,8 +63,12 @@ pub struct TeamAccessSpec {
     #[schemars(length(min = 1, max = 63))]
     pub namespace: String,
 
-    /// Verbs granted on the default resource set: apiGroups "", extensions and apps
-    /// with all resources, and apiGroup batch with jobs and cronjobs. Use "*" for all.
+    /// Verbs granted on the default resource set: the namespaced core resources a
+    /// workload uses (pods and their subresources, services, configmaps, secrets,
+    /// serviceaccounts, persistentvolumeclaims, events, ...), all resources of apps
+    /// and extensions, and batch jobs and cronjobs. The Namespace object itself,
+    /// its ResourceQuotas and LimitRanges are not in the set (quotas and limit
+    /// ranges are readable). Use "*" for all verbs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self.all(v, v in ['*', 'get', 'list', 'watch', 'create', 'update', 'patch', 'delete', 'deletecollection'])").message("spec.verbs may hold only get, list, watch, create, update, patch, delete, deletecollection or *"))]
     #[x_kube(validation = Rule::new("size(self) > 0").message("spec.verbs must not be empty: list at least one verb, or use spec.rules or spec.clusterRole"))]

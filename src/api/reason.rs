@@ -34,6 +34,11 @@ pub enum Reason {
 
     // The policy and the cluster.
     ProtectedNamespace,
+    /// spec.clusterRole names a ClusterRole outside --allowed-cluster-roles.
+    ClusterRoleNotAllowed,
+    /// A rule grants escalate, bind or impersonate, or names the RBAC or every API
+    /// group, and --allow-escalating-rules is off.
+    RuleNotAllowed,
     NamespaceTerminating,
     /// A Role or RoleBinding with our name exists and is not ours: never taken over.
     ChildConflict,

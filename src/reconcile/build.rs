@@ -12,7 +12,7 @@ use k8s_openapi::{
 };
 use kube::{Resource, ResourceExt};
 
-use super::resolve::Resolved;
+use super::{default_set::default_rules, resolve::Resolved};
 use crate::api::TeamAccess;
 
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
@@ -74,25 +74,6 @@ pub fn build(resolved: &Resolved) -> Desired {
         role_binding: build_role_binding(ta, &resolved.group_object_id, &resolved.user_subjects),
         cluster_role: ta.spec.cluster_role.clone(),
     }
-}
-
-/// The seed's rules: the given verbs on all resources of the core, extensions and
-/// apps groups, and on batch jobs and cronjobs.
-pub fn default_rules(verbs: &[String]) -> Vec<PolicyRule> {
-    vec![
-        PolicyRule {
-            api_groups: Some(vec!["".into(), "extensions".into(), "apps".into()]),
-            resources: Some(vec!["*".into()]),
-            verbs: verbs.to_vec(),
-            ..Default::default()
-        },
-        PolicyRule {
-            api_groups: Some(vec!["batch".into()]),
-            resources: Some(vec!["jobs".into(), "cronjobs".into()]),
-            verbs: verbs.to_vec(),
-            ..Default::default()
-        },
-    ]
 }
 
 /// The rules of the Role, or None when a ClusterRole is bound instead.
@@ -242,15 +223,14 @@ mod tests {
     }
 
     #[test]
-    fn verbs_build_the_seeds_role_rules_exactly() {
+    fn verbs_build_the_default_set_in_a_role_named_after_the_teamaccess() {
         let role = build_role(&team("appdev-dev", "dev")).unwrap();
         let rules = role.rules.unwrap();
-        assert_eq!(rules.len(), 2);
-        assert_eq!(rules[0].api_groups.as_deref().unwrap(), ["", "extensions", "apps"]);
-        assert_eq!(rules[0].resources.as_deref().unwrap(), ["*"]);
-        assert_eq!(rules[0].verbs, ["*"]);
-        assert_eq!(rules[1].api_groups.as_deref().unwrap(), ["batch"]);
-        assert_eq!(rules[1].resources.as_deref().unwrap(), ["jobs", "cronjobs"]);
+        assert_eq!(rules, default_rules(&["*".to_string()]));
+        assert_eq!(rules[1].api_groups.as_deref().unwrap(), ["extensions", "apps"]);
+        assert_eq!(rules[1].resources.as_deref().unwrap(), ["*"]);
+        assert_eq!(rules[2].api_groups.as_deref().unwrap(), ["batch"]);
+        assert_eq!(rules[2].resources.as_deref().unwrap(), ["jobs", "cronjobs"]);
         assert_eq!(role.metadata.name.as_deref(), Some("teamaccess-appdev-dev"));
         assert_eq!(role.metadata.namespace.as_deref(), Some("dev"));
     }

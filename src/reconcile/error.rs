@@ -23,6 +23,16 @@ pub enum Error {
     )]
     ProtectedNamespace { namespace: String },
 
+    #[error(
+        "spec.clusterRole {name} is not one the operator may bind (--allowed-cluster-roles: {allowed}); nothing is bound. Choose one of those, or ask the cluster admin to allow {name}"
+    )]
+    ClusterRoleNotAllowed { name: String, allowed: String },
+
+    #[error(
+        "spec.rules[{index}] ({rule}) {why}; the operator refuses such rules unless it runs with --allow-escalating-rules, and nothing is bound. Remove that rule, or bind a ClusterRole the admin allows instead"
+    )]
+    RuleNotAllowed { index: usize, rule: String, why: String },
+
     #[error("namespace {namespace} is being deleted{blockers}; access is granted once it is gone and re-created")]
     NamespaceTerminating { namespace: String, blockers: String },
 
@@ -59,6 +69,8 @@ impl Error {
             Error::GroupChanged { .. } => Reason::GroupObjectIdChanged,
             Error::GroupMissing { .. } => Reason::GroupMissing,
             Error::ProtectedNamespace { .. } => Reason::ProtectedNamespace,
+            Error::ClusterRoleNotAllowed { .. } => Reason::ClusterRoleNotAllowed,
+            Error::RuleNotAllowed { .. } => Reason::RuleNotAllowed,
             Error::NamespaceTerminating { .. } => Reason::NamespaceTerminating,
             Error::ClusterRoleNotFound { .. } => Reason::ClusterRoleNotFound,
             Error::ChildConflict { .. } => Reason::ChildConflict,

@@ -41,6 +41,7 @@ pub mod brake;
 pub mod build;
 pub mod cleanup;
 pub mod context;
+pub mod default_set;
 pub mod error;
 pub mod requeue;
 pub mod resolve;

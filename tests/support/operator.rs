@@ -36,6 +36,9 @@ pub struct TestOperator {
     resync: Duration,
     /// Namespaces protected beyond the defaults, from the next `resume` on.
     pub protected: Vec<String>,
+    /// The guardrails beyond protected namespaces, from the next `resume` on.
+    pub allowed_cluster_roles: Option<Vec<String>>,
+    pub allow_escalating_rules: bool,
     /// The brake on namespace deletions (max per window), from the next `resume` on.
     pub namespace_deletions: (u32, Duration),
     metrics: Arc<Metrics>,
@@ -76,6 +79,8 @@ impl TestOperator {
             directory,
             resync,
             protected: Vec::new(),
+            allowed_cluster_roles: None,
+            allow_escalating_rules: false,
             namespace_deletions: (Settings::DEFAULT_MAX_NAMESPACE_DELETIONS, Duration::from_secs(60)),
             metrics: Metrics::shared(),
             running: None,
@@ -89,8 +94,12 @@ impl TestOperator {
         if self.running.is_some() {
             return;
         }
+        let mut policy = Policy::new(self.protected.clone(), None).with_escalating_rules(self.allow_escalating_rules);
+        if let Some(names) = &self.allowed_cluster_roles {
+            policy = policy.with_allowed_cluster_roles(names.clone());
+        }
         let settings = Settings {
-            policy: Policy::new(self.protected.clone(), None),
+            policy,
             resync: self.resync,
             concurrency: Settings::DEFAULT_CONCURRENCY,
             selector: Some(format!("{TEST_LABEL}={}", self.label)),
