@@ -60,6 +60,8 @@ trap cleanup EXIT
 say "installing the TeamAccess CRD"
 kubectl apply -f crds/teamaccess.yaml
 kubectl wait --for=condition=Established crd/teamaccesses.teamaccess.dev --timeout=30s
+say "installing the admission policy: a TeamAccess author grants only what they could grant directly"
+kubectl apply --server-side -f deploy/admission-policy.yaml
 
 if [[ "$directory_kind" == static ]]; then
   say "starting the operator (static directory: $seed/directory.yaml)"
@@ -103,14 +105,14 @@ appdev_id=$(kubectl get teamaccess appdev-dev -o jsonpath='{.status.group.object
 opssre_id=$(kubectl get teamaccess opssre-sre -o jsonpath='{.status.group.objectId}')
 
 say "access matrix, as the API server decides it (kubectl auth can-i --as <upn> --as-group <objectId>)"
-printf '%-22s %-34s %-8s %s\n' "USER" "CHECK" "ANSWER" "EXPECTED"
+printf '%-22s %-46s %-8s %s\n' "USER" "CHECK" "ANSWER" "EXPECTED"
 failures=0
 check() {
   local user="$1" group="$2" expected="$3"
   shift 3
   local answer
   answer=$(kubectl auth can-i "$@" --as "$user" --as-group "$group" 2>/dev/null || true)
-  printf '%-22s %-34s %-8s %s\n' "$user" "$*" "$answer" "$expected"
+  printf '%-22s %-46s %-8s %s\n' "$user" "$*" "$answer" "$expected"
   [[ "$answer" == "$expected" ]] || failures=$((failures + 1))
 }
 check aksdev@contoso.com "$appdev_id" yes create pods --namespace dev
@@ -119,11 +121,38 @@ check aksdev@contoso.com "$appdev_id" no list pods --all-namespaces
 check akssre@contoso.com "$opssre_id" yes create pods --namespace sre
 check akssre@contoso.com "$opssre_id" no create pods --namespace dev
 check akssre@contoso.com "$opssre_id" no list pods --all-namespaces
+# The namespace and its limits stay the admin's. A request on the Namespace
+# object dev is authorized in namespace dev, as a RoleBinding there would see it.
+check aksdev@contoso.com "$appdev_id" no delete namespaces/dev --namespace dev
+check aksdev@contoso.com "$appdev_id" no patch namespaces/dev --namespace dev
+check aksdev@contoso.com "$appdev_id" no delete resourcequotas --namespace dev
+check aksdev@contoso.com "$appdev_id" yes get resourcequotas --namespace dev
 if ((failures)); then
   echo "the access matrix differs from the seed's expectations in $failures place(s)" >&2
   exit 1
 fi
 echo "the access matrix matches the seed: each team gets in to its own namespace only"
+
+say "a user who may only write TeamAccess objects tries to grant cluster-admin"
+kubectl create clusterrole teamaccess-demo-writer --verb=get,list,create,update,patch --resource=teamaccesses.teamaccess.dev \
+  --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+kubectl create clusterrolebinding teamaccess-demo-writer --clusterrole=teamaccess-demo-writer --user=mallory@contoso.com \
+  --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+refusal=$(kubectl apply --as mallory@contoso.com -f - 2>&1 <<'YAML' || true
+apiVersion: teamaccess.dev/v1alpha1
+kind: TeamAccess
+metadata: {name: mallory-victim}
+spec:
+  group: {displayName: appdev}
+  namespace: victim
+  clusterRole: cluster-admin
+YAML
+)
+echo "$refusal" | fold -s -w 120 | sed 's/^/  /'
+if ! grep -q "you cannot bind clusterroles.rbac.authorization.k8s.io/cluster-admin" <<<"$refusal"; then
+  echo "the admission policy did not refuse the grant" >&2
+  exit 1
+fi
 
 if [[ "${KEEP:-}" == 1 ]]; then
   say "left running (KEEP=1)"
