@@ -40,8 +40,11 @@ extraEnv: [{name: RUST_LOG, value: debug}]
 
 /// Server-side dry-run applies every object of a rendered manifest.
 fn dry_run_apply(manifest: &str) {
-    let (ok, out, err) =
-        run_tool("kubectl", &["apply", "--server-side", "--dry-run=server", "-f", "-"], Some(manifest));
+    let (ok, out, err) = run_tool(
+        "kubectl",
+        &["apply", "--server-side", "--force-conflicts", "--dry-run=server", "-f", "-"],
+        Some(manifest),
+    );
     assert!(ok, "server-side dry-run failed:\n{err}\n{out}");
     let applied = out.lines().filter(|l| l.contains("serverside-applied")).count();
     let documents = manifest.matches("\nkind: ").count() + usize::from(manifest.starts_with("kind: "));
@@ -225,6 +228,23 @@ async fn the_operator_runs_the_seed_scenario_with_only_the_charts_rbac() {
         "metrics move"
     );
 
+    // The chart lets the operator bind the allowed ClusterRoles (view, edit,
+    // admin) and no other: spec.clusterRole edit works with exactly that.
+    let sa_user = format!("system:serviceaccount:{ns}:{service_account}");
+    let sa_groups = ["system:serviceaccounts".to_string(), format!("system:serviceaccounts:{ns}")];
+    let sa_groups: Vec<&str> = sa_groups.iter().map(String::as_str).collect();
+    let rbac = "rbac.authorization.k8s.io";
+    for (cluster_role, expected) in [("edit", true), ("admin", true), ("cluster-admin", false)] {
+        let answer =
+            allowed_by_name(&admin, &sa_user, &sa_groups, "bind", rbac, "clusterroles", Some(cluster_role), &dev).await;
+        assert_eq!(answer, expected, "the operator may bind {cluster_role}: {answer}");
+    }
+    let editors = format!("{label}-editors");
+    let mut edit = team(&editors, "appdev", &dev);
+    edit["spec"] = serde_json::json!({"group": {"displayName": "appdev"}, "namespace": dev, "clusterRole": "edit"});
+    tas.patch(&editors, &PatchParams::apply("chart-test"), &Patch::Apply(edit)).await.unwrap();
+    wait_teamaccess_ready(&tas, &editors, Duration::from_secs(30)).await;
+
     // Take one permission away: the operator reports it, and keeps running.
     let cluster_roles = Api::<ClusterRole>::all(admin.clone());
     let mut role = cluster_roles.get(&service_account).await.unwrap();
@@ -257,10 +277,10 @@ async fn the_operator_runs_the_seed_scenario_with_only_the_charts_rbac() {
     let (ok, _, err) =
         run_tool("helm", &["upgrade", &release, CHART, "--namespace", &ns, "--set", "directory.type=static"], None);
     assert!(ok, "{err}");
-    for name in [&appdev, &opssre, &third] {
+    for name in [&appdev, &opssre, &third, &editors] {
         let _ = tas.delete(name, &Default::default()).await;
     }
-    for name in [&appdev, &opssre, &third] {
+    for name in [&appdev, &opssre, &third, &editors] {
         wait_gone(&tas, name, Duration::from_secs(30)).await;
     }
     operator.signal("TERM");

@@ -152,8 +152,11 @@ pub fn api_status<T>(result: &Result<T, kube::Error>) -> u16 {
 }
 
 /// Installs (or updates) the TeamAccess CRD from the Rust types and waits until
-/// it is Established. Every test binary that uses TeamAccess calls this first.
+/// it is Established, and installs the admission policy as deploy/ ships it, so
+/// every test's writes (and the operator's) pass through it as they would in a
+/// real installation. Every test binary that uses TeamAccess calls this first.
 pub async fn ensure_crd(client: &Client) {
+    ensure_admission_policy(client).await;
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
     use kube::{
         CustomResourceExt,
@@ -183,6 +186,43 @@ pub async fn ensure_crd(client: &Client) {
         tas.list(&kube::api::ListParams::default().limit(1)).await.map(|_| ()).map_err(|e| e.to_string())
     })
     .await;
+}
+
+/// The admission policy's objects, exactly as `deploy/admission-policy.yaml`
+/// (generated from the chart) has them.
+pub fn shipped_admission_policy() -> (
+    k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicy,
+    k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicyBinding,
+) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/admission-policy.yaml");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let documents: Vec<&str> = text
+        .split("\n---")
+        .filter(|doc| doc.lines().any(|l| !l.trim().is_empty() && !l.starts_with('#') && l.trim() != "---"))
+        .collect();
+    assert_eq!(documents.len(), 2, "a policy and its binding in {}", path.display());
+    let policy = serde_saphyr::from_str(documents[0]).expect("the ValidatingAdmissionPolicy parses");
+    let binding = serde_saphyr::from_str(documents[1]).expect("the ValidatingAdmissionPolicyBinding parses");
+    (policy, binding)
+}
+
+/// Applies the shipped admission policy (server-side apply, idempotent).
+pub async fn ensure_admission_policy(client: &Client) {
+    use k8s_openapi::api::admissionregistration::v1::{ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding};
+    use kube::{
+        ResourceExt,
+        api::{Patch, PatchParams},
+    };
+    let (policy, binding) = shipped_admission_policy();
+    let params = PatchParams::apply("teamaccess-tests").force();
+    Api::<ValidatingAdmissionPolicy>::all(client.clone())
+        .patch(&policy.name_any(), &params, &Patch::Apply(&policy))
+        .await
+        .expect("apply the ValidatingAdmissionPolicy");
+    Api::<ValidatingAdmissionPolicyBinding>::all(client.clone())
+        .patch(&binding.name_any(), &params, &Patch::Apply(&binding))
+        .await
+        .expect("apply the ValidatingAdmissionPolicyBinding");
 }
 
 /// Creates a pod as `user` in `groups` (impersonated) and returns the HTTP status:
@@ -224,6 +264,21 @@ pub async fn allowed(
     resource: &str,
     namespace: &str,
 ) -> bool {
+    allowed_by_name(admin, user, groups, verb, api_group, resource, None, namespace).await
+}
+
+/// `allowed`, for the object called `name` when given.
+#[allow(clippy::too_many_arguments)]
+pub async fn allowed_by_name(
+    admin: &Client,
+    user: &str,
+    groups: &[&str],
+    verb: &str,
+    api_group: &str,
+    resource: &str,
+    name: Option<&str>,
+    namespace: &str,
+) -> bool {
     use k8s_openapi::api::authorization::v1::{ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec};
     let review = SubjectAccessReview {
         spec: SubjectAccessReviewSpec {
@@ -234,6 +289,7 @@ pub async fn allowed(
                 verb: Some(verb.into()),
                 group: Some(api_group.into()),
                 resource: Some(resource.into()),
+                name: name.map(str::to_string),
                 ..Default::default()
             }),
             ..Default::default()
