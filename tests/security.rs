@@ -127,15 +127,15 @@ async fn an_author_who_may_only_write_teamaccesses_can_grant_nothing() {
 async fn bind_on_one_cluster_role_in_one_namespace_allows_that_grant_and_no_other() {
     let (admin, author) = setup().await;
     let (team_a, team_b) = (create_namespace(&admin, "team-a").await, unique("team-b"));
-    // What a team lead is given: bind on clusterroles/edit and create on
-    // rolebindings in team-a, and create on namespaces/team-a.
+    // What a team lead is given: bind on clusterroles/edit and create and delete
+    // on rolebindings in team-a, and create on namespaces/team-a.
     admin_apply(
         &json!({"apiVersion": "v1", "kind": "List", "items": [
             {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
              "metadata": {"name": "lead", "namespace": team_a},
              "rules": [{"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["clusterroles"],
                         "resourceNames": ["edit"], "verbs": ["bind"]},
-                       {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["rolebindings"], "verbs": ["create"]}]},
+                       {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["rolebindings"], "verbs": ["create", "delete"]}]},
             {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
              "metadata": {"name": "lead", "namespace": team_a},
              "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "lead"},
@@ -203,7 +203,25 @@ async fn bind_on_one_cluster_role_in_one_namespace_allows_that_grant_and_no_othe
     );
     assert!(ok, "{err}");
 
-    for name in [&editors, &viewers, &admins] {
+    // Deleting is checked too: removing access needs the right to delete the
+    // RoleBinding, and with deletionPolicy Delete the right to delete the namespace.
+    let other_team = unique("other");
+    admin_apply(&manifest(&other_team, &team_b, None, json!({"clusterRole": "view"})));
+    let delete_as = |name: &str| {
+        let (ok, out, err) =
+            run_tool("kubectl", &["delete", "teamaccess", name, "--as", &author, "--wait=false"], None);
+        if ok { Ok(()) } else { Err(format!("{err}{out}")) }
+    };
+    assert_refused(
+        delete_as(&other_team),
+        &format!("you cannot delete rolebindings.rbac.authorization.k8s.io in namespace {team_b}"),
+    );
+    assert_refused(delete_as(&editors), &format!("you cannot delete namespaces/{team_a}"));
+    apply_as(&author, &manifest(&editors, &team_a, None, json!({"clusterRole": "edit", "deletionPolicy": "Retain"})))
+        .expect("the lead may retain the namespace");
+    delete_as(&editors).expect("a TeamAccess that keeps its namespace is the lead's to delete");
+
+    for name in [&viewers, &admins, &other_team] {
         delete_teamaccess(&admin, name).await;
     }
     delete_namespace(&admin, &team_a).await;
@@ -416,8 +434,9 @@ async fn every_rendering_of_the_policy_is_accepted_and_turning_it_off_warns() {
     // deploy/ (kubectl apply -k) ships the policy the tests enforce.
     let (ok, kustomized, err) = run_tool("kubectl", &["kustomize", "deploy/"], None);
     assert!(ok, "{err}");
-    let (policy, binding) = shipped_admission_policy();
-    for name in [policy.name_any(), binding.name_any()] {
+    let (policies, bindings) = shipped_admission_policies();
+    let names = policies.iter().map(|p| p.name_any()).chain(bindings.iter().map(|b| b.name_any()));
+    for name in names {
         assert!(kustomized.contains(&format!("name: {name}")), "deploy/ renders {name}");
     }
     // A chart release of another name installs its own copy: the API server
@@ -439,14 +458,13 @@ async fn every_rendering_of_the_policy_is_accepted_and_turning_it_off_warns() {
     );
     assert!(ok, "{err}");
     let (ok, out, err) = run_tool("kubectl", &["apply", "--server-side", "-f", "-"], Some(&rendered));
-    assert!(ok && out.matches("serverside-applied").count() == 2, "{out}\n{err}");
-    let policy_name = format!("{release}-teamaccess-operator-authors");
-    let (ok, _, err) = run_tool(
-        "kubectl",
-        &["delete", "validatingadmissionpolicybinding,validatingadmissionpolicy", &policy_name],
-        None,
-    );
-    assert!(ok, "{err}");
+    assert!(ok && out.matches("serverside-applied").count() == 4, "{out}\n{err}");
+    for policy in ["authors", "removers"] {
+        let name = format!("{release}-teamaccess-operator-{policy}");
+        let (ok, _, err) =
+            run_tool("kubectl", &["delete", "validatingadmissionpolicybinding,validatingadmissionpolicy", &name], None);
+        assert!(ok, "{err}");
+    }
     // A policy the API server cannot compile is refused at write time, with the
     // expression and the error: the check above would have caught one.
     let broken = rendered.replacen("expression: object.spec.namespace", "expression: object.spec.namespace +", 1);

@@ -188,41 +188,53 @@ pub async fn ensure_crd(client: &Client) {
     .await;
 }
 
-/// The admission policy's objects, exactly as `deploy/admission-policy.yaml`
-/// (generated from the chart) has them.
-pub fn shipped_admission_policy() -> (
-    k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicy,
-    k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicyBinding,
+/// The admission policies and their bindings, exactly as
+/// `deploy/admission-policy.yaml` (generated from the chart) has them.
+pub fn shipped_admission_policies() -> (
+    Vec<k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicy>,
+    Vec<k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicyBinding>,
 ) {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/admission-policy.yaml");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
-    let documents: Vec<&str> = text
-        .split("\n---")
-        .filter(|doc| doc.lines().any(|l| !l.trim().is_empty() && !l.starts_with('#') && l.trim() != "---"))
-        .collect();
-    assert_eq!(documents.len(), 2, "a policy and its binding in {}", path.display());
-    let policy = serde_saphyr::from_str(documents[0]).expect("the ValidatingAdmissionPolicy parses");
-    let binding = serde_saphyr::from_str(documents[1]).expect("the ValidatingAdmissionPolicyBinding parses");
-    (policy, binding)
+    let (mut policies, mut bindings) = (Vec::new(), Vec::new());
+    let documents = text.split("\n---").filter(|doc| {
+        doc.lines().any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#') && l.trim() != "---")
+    });
+    for document in documents {
+        let value: serde_json::Value = serde_saphyr::from_str(document).expect("a YAML document");
+        match value["kind"].as_str() {
+            Some("ValidatingAdmissionPolicy") => policies.push(serde_json::from_value(value).expect("a policy")),
+            Some("ValidatingAdmissionPolicyBinding") => {
+                bindings.push(serde_json::from_value(value).expect("a binding"))
+            }
+            other => panic!("unexpected {other:?} in {}", path.display()),
+        }
+    }
+    assert!(!policies.is_empty() && policies.len() == bindings.len(), "a binding per policy in {}", path.display());
+    (policies, bindings)
 }
 
-/// Applies the shipped admission policy (server-side apply, idempotent).
+/// Applies the shipped admission policies (server-side apply, idempotent).
 pub async fn ensure_admission_policy(client: &Client) {
     use k8s_openapi::api::admissionregistration::v1::{ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding};
     use kube::{
         ResourceExt,
         api::{Patch, PatchParams},
     };
-    let (policy, binding) = shipped_admission_policy();
+    let (policies, bindings) = shipped_admission_policies();
     let params = PatchParams::apply("teamaccess-tests").force();
-    Api::<ValidatingAdmissionPolicy>::all(client.clone())
-        .patch(&policy.name_any(), &params, &Patch::Apply(&policy))
-        .await
-        .expect("apply the ValidatingAdmissionPolicy");
-    Api::<ValidatingAdmissionPolicyBinding>::all(client.clone())
-        .patch(&binding.name_any(), &params, &Patch::Apply(&binding))
-        .await
-        .expect("apply the ValidatingAdmissionPolicyBinding");
+    for policy in policies {
+        Api::<ValidatingAdmissionPolicy>::all(client.clone())
+            .patch(&policy.name_any(), &params, &Patch::Apply(&policy))
+            .await
+            .expect("apply a ValidatingAdmissionPolicy");
+    }
+    for binding in bindings {
+        Api::<ValidatingAdmissionPolicyBinding>::all(client.clone())
+            .patch(&binding.name_any(), &params, &Patch::Apply(&binding))
+            .await
+            .expect("apply a ValidatingAdmissionPolicyBinding");
+    }
 }
 
 /// Creates a pod as `user` in `groups` (impersonated) and returns the HTTP status:
