@@ -130,6 +130,8 @@ async fn values_schema_rejects_bad_values() {
         // An empty or padded entry would protect nothing: refused, not ignored.
         ("protectedNamespaces={prod,}", "/protectedNamespaces/1"),
         ("protectedNamespaces={ prod}", "/protectedNamespaces/0"),
+        ("allowedClusterRoles={view,}", "/allowedClusterRoles/1"),
+        ("admissionPolicy.enabled=maybe", "/admissionPolicy/enabled"),
     ] {
         let (ok, _, err) = run_tool("helm", &["template", "ta", CHART, "--set", set], None);
         assert!(!ok, "--set {set} must be rejected");
