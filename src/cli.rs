@@ -5,7 +5,6 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use kube::Client;
 
 use crate::{
     directory::{
@@ -210,14 +209,18 @@ const SERVICE_ACCOUNT_NAMESPACE_FILE: &str = "/var/run/secrets/kubernetes.io/ser
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     telemetry::init(args.log_format);
-    let client = Client::try_default()
+    // Made first: the Kubernetes client and the directory count their requests in it.
+    let metrics = Metrics::shared();
+    let config = kube::Config::infer()
         .await
         .context("cannot build a Kubernetes client from the kubeconfig or the in-cluster configuration")?;
+    let client = kube::client::ClientBuilder::try_from(config)
+        .context("cannot build a Kubernetes client")?
+        .with_layer(&telemetry::kube_requests::layer(metrics.clone()))
+        .build();
     let version = client.apiserver_version().await.context("cannot reach the Kubernetes API server")?;
     tracing::info!(version = %version.git_version, platform = %version.platform, "connected to the Kubernetes API server");
 
-    // Made first, so the directory counts its requests where /metrics shows them.
-    let metrics = Metrics::shared();
     let directory: Arc<dyn Directory> = match args.directory {
         DirectoryKind::Static => {
             let path = args.directory_file.as_deref().context("--directory static needs --directory-file")?;

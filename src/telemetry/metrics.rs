@@ -31,6 +31,14 @@ pub struct StatusLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KubeRequestLabels {
+    /// get, list, watch, create, update, patch, delete, deletecollection.
+    pub verb: String,
+    /// The resource the operator asked for (a fixed set: its own kinds and children).
+    pub resource: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CacheLabels {
     /// `hit` or `miss`.
     pub result: String,
@@ -42,6 +50,7 @@ pub struct Metrics {
     pub reconcile_duration: Histogram,
     pub graph_requests: Family<StatusLabels, Counter>,
     pub directory_cache: Family<CacheLabels, Counter>,
+    pub kube_requests: Family<KubeRequestLabels, Counter>,
     pub managed: Gauge,
     pub leader: Gauge,
     pub namespace_deletions_delayed: Counter,
@@ -58,6 +67,12 @@ impl Default for Metrics {
         registry.register("graph_requests", "Microsoft Graph HTTP requests by status", graph_requests.clone());
         let directory_cache = Family::<CacheLabels, Counter>::default();
         registry.register("directory_cache", "Directory cache lookups by result", directory_cache.clone());
+        let kube_requests = Family::<KubeRequestLabels, Counter>::default();
+        registry.register(
+            "kube_requests",
+            "Requests the operator sent to the Kubernetes API server, by verb and resource",
+            kube_requests.clone(),
+        );
         let managed = Gauge::default();
         registry.register("managed_teamaccesses", "TeamAccess objects this operator manages", managed.clone());
         let namespace_deletions_delayed = Counter::default();
@@ -78,6 +93,7 @@ impl Default for Metrics {
             reconcile_duration,
             graph_requests,
             directory_cache,
+            kube_requests,
             managed,
             leader,
             namespace_deletions_delayed,
@@ -104,6 +120,10 @@ impl Metrics {
     pub fn cache(&self, hit: bool) {
         let result = if hit { "hit" } else { "miss" };
         self.directory_cache.get_or_create(&CacheLabels { result: result.into() }).inc();
+    }
+
+    pub fn kube_request(&self, verb: &str, resource: &str) {
+        self.kube_requests.get_or_create(&KubeRequestLabels { verb: verb.into(), resource: resource.into() }).inc();
     }
 
     /// The OpenMetrics text exposition.

@@ -22,6 +22,7 @@ pub fn init(format: LogFormat) {
     }
 }
 
+pub mod kube_requests;
 pub mod metrics;
 
 /// Whether the operator is ready to serve: /readyz answers from this.
