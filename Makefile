@@ -7,7 +7,7 @@ SHELL := /bin/bash
 help:
 	@echo "make demo          the seed's scenario on a local control plane (KEEP=1 leaves it running)"
 	@echo "make test          every test: unit, integration on a real control plane, fmt, clippy"
-	@echo "make bench         N TeamAccess vs the ideal client; writes docs/benchmarks.md (BENCH_N=100,1000)"
+	@echo "make bench         N TeamAccess vs the ideal client; writes docs/benchmarks.md (BENCH_N=100,1000,5000)"
 	@echo "make cluster-up    start a local control plane; prints KUBECONFIG=<path> last"
 	@echo "make cluster-down  stop it (KUBECONFIG=<path> picks one, else the last started)"
 	@echo "make emulator      run the Entra ID / Graph emulator on its own; prints its URL and CA path"
@@ -25,7 +25,7 @@ unit:
 demo:
 	scripts/demo.sh
 
-# BENCH_N=100,1000 by default; docs/benchmarks.md receives the table.
+# BENCH_N=100,1000,5000 by default; docs/benchmarks.md receives the table.
 bench:
 	scripts/bench.sh
 

@@ -22,7 +22,8 @@ const CHART: &str = "charts/teamaccess-operator";
 
 /// Applies RBAC objects (JSON or YAML) as the cluster admin.
 fn admin_apply(manifest: &str) {
-    let (ok, out, err) = run_tool("kubectl", &["apply", "-f", "-"], Some(manifest));
+    let (ok, out, err) =
+        run_tool("kubectl", &["apply", "--server-side", "--force-conflicts", "-f", "-"], Some(manifest));
     assert!(ok, "kubectl apply:\n{out}\n{err}");
 }
 

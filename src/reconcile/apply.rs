@@ -1,13 +1,16 @@
 //! Step 4, apply: puts the desired children in place. Each write is decided by a
 //! pure function of what is live (`namespace_action`, `role_action`,
-//! `binding_action`), so an object that is already right costs a read and no write.
+//! `binding_action`), read from the watched caches, so an object that is already
+//! right costs no request at all. The API server is read only to settle a create
+//! that met an object the cache did not show yet (409), and to say what holds a
+//! terminating namespace.
 
 use std::{collections::BTreeMap, fmt::Debug};
 
 use k8s_openapi::{
     api::{
         core::v1::Namespace,
-        rbac::v1::{ClusterRole, Role, RoleBinding},
+        rbac::v1::{Role, RoleBinding},
     },
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
@@ -16,6 +19,7 @@ use serde::{Serialize, de::DeserializeOwned};
 
 use super::{
     build::{self, Desired},
+    caches::Caches,
     context::FIELD_MANAGER,
     error::Error,
     write::{delete_owned, server_side_apply},
@@ -38,12 +42,12 @@ pub struct ApplyFailed {
     pub namespace_created: bool,
 }
 
-pub async fn apply(desired: Desired, client: &Client) -> Result<Applied, ApplyFailed> {
-    let namespace_created = match ensure_namespace(&desired, client).await {
+pub async fn apply(desired: Desired, client: &Client, caches: &Caches) -> Result<Applied, ApplyFailed> {
+    let namespace_created = match ensure_namespace(&desired, client, caches).await {
         Ok(created) => created,
         Err(error) => return Err(ApplyFailed { error, namespace_created: false }),
     };
-    match apply_rbac(&desired, client).await {
+    match apply_rbac(&desired, client, caches).await {
         Ok(()) => Ok(Applied {
             role: desired.role.as_ref().and_then(|r| r.metadata.name.clone()),
             role_binding: desired.role_binding.name_any(),
@@ -61,20 +65,17 @@ pub enum NamespaceAction {
     Update,
     /// Ours and up to date, or one that existed before: used as it is.
     Keep,
-    /// Being deleted; the message names what holds it.
-    Terminating {
-        blockers: String,
-    },
+    /// Being deleted.
+    Terminating,
 }
 
-pub fn namespace_action(live: Option<&Namespace>, desired: &Namespace, owner: &str) -> NamespaceAction {
+/// `live`: the namespace's metadata, as the cache has it.
+pub fn namespace_action(live: Option<&ObjectMeta>, desired: &Namespace, owner: &str) -> NamespaceAction {
     match live {
         None => NamespaceAction::Create,
-        Some(ns) if ns.metadata.deletion_timestamp.is_some() => {
-            NamespaceAction::Terminating { blockers: termination_blockers(ns) }
-        }
-        Some(ns) if build::is_managed(&ns.metadata) && build::created_by(&ns.metadata) == Some(owner) => {
-            if carries(&ns.metadata, &desired.metadata) { NamespaceAction::Keep } else { NamespaceAction::Update }
+        Some(meta) if meta.deletion_timestamp.is_some() => NamespaceAction::Terminating,
+        Some(meta) if build::is_managed(meta) && build::created_by(meta) == Some(owner) => {
+            if carries(meta, &desired.metadata) { NamespaceAction::Keep } else { NamespaceAction::Update }
         }
         Some(_) => NamespaceAction::Keep,
     }
@@ -151,13 +152,20 @@ fn managers(meta: &ObjectMeta) -> String {
 
 /// Creates the namespace when missing and keeps the metadata of one we created.
 /// Returns whether it was created.
-async fn ensure_namespace(desired: &Desired, client: &Client) -> Result<bool, Error> {
+async fn ensure_namespace(desired: &Desired, client: &Client, caches: &Caches) -> Result<bool, Error> {
     let name = desired.namespace.name_any();
     let api = Api::<Namespace>::all(client.clone());
-    let live = api.get_opt(&name).await.map_err(|e| Error::kube(format!("read namespace {name}"), e))?;
-    match namespace_action(live.as_ref(), &desired.namespace, &desired.owner) {
+    let live = caches.namespace(&name);
+    match namespace_action(live.as_ref().map(|ns| &ns.metadata), &desired.namespace, &desired.owner) {
         NamespaceAction::Keep => Ok(false),
-        NamespaceAction::Terminating { blockers } => Err(Error::NamespaceTerminating { namespace: name, blockers }),
+        NamespaceAction::Terminating => {
+            // The cache holds metadata only: read the conditions that say what holds it.
+            let blockers = match api.get_opt(&name).await {
+                Ok(Some(ns)) => termination_blockers(&ns),
+                _ => String::new(),
+            };
+            Err(Error::NamespaceTerminating { namespace: name, blockers })
+        }
         NamespaceAction::Update => {
             server_side_apply(&api, &name, &desired.namespace)
                 .await
@@ -177,58 +185,64 @@ async fn ensure_namespace(desired: &Desired, client: &Client) -> Result<bool, Er
 /// The Role (or the ClusterRole check), the RoleBinding, then the removal of the
 /// bindings and the Role the TeamAccess no longer names, in that order so access
 /// never lapses and never points at a missing Role in between.
-async fn apply_rbac(desired: &Desired, client: &Client) -> Result<(), Error> {
+async fn apply_rbac(desired: &Desired, client: &Client, caches: &Caches) -> Result<(), Error> {
     let namespace = desired.namespace.name_any();
     let roles = Api::<Role>::namespaced(client.clone(), &namespace);
     let bindings = Api::<RoleBinding>::namespaced(client.clone(), &namespace);
     let owner_uid = desired.owner_uid.as_deref();
 
     if let Some(role) = &desired.role {
-        write_child(&roles, role, role_action).await?;
+        write_child(&roles, caches.role(&namespace, &role.name_any()), role, role_action).await?;
     }
-    if let Some(cluster_role) = &desired.cluster_role {
-        let exists = Api::<ClusterRole>::all(client.clone())
-            .get_opt(cluster_role)
-            .await
-            .map_err(|e| Error::kube(format!("read ClusterRole {cluster_role}"), e))?;
-        if exists.is_none() {
-            return Err(Error::ClusterRoleNotFound { name: cluster_role.clone() });
-        }
+    if let Some(cluster_role) = &desired.cluster_role
+        && !caches.cluster_role_exists(client, cluster_role).await?
+    {
+        return Err(Error::ClusterRoleNotFound { name: cluster_role.clone() });
     }
     let binding = &desired.role_binding;
     let name = binding.name_any();
-    if write_child(&bindings, binding, binding_action).await? == Write::Replace {
+    if write_child(&bindings, caches.binding(&namespace, &name), binding, binding_action).await? == Write::Replace {
         delete_owned(&bindings, &name, &desired.owner, owner_uid).await?;
         create(&bindings, binding).await?;
     }
 
     // Make before break: the old binding goes only now that the new one exists.
+    // The caches say whether there is anything to remove; the delete itself reads
+    // the object first, so only ours is ever deleted.
     for stale in &desired.stale_bindings {
-        delete_owned(&bindings, stale, &desired.owner, owner_uid).await?;
+        if caches.binding(&namespace, stale).is_some() {
+            delete_owned(&bindings, stale, &desired.owner, owner_uid).await?;
+        }
     }
-    if desired.remove_role {
+    if desired.remove_role && caches.role(&namespace, &desired.role_name).is_some() {
         delete_owned(&roles, &desired.role_name, &desired.owner, owner_uid).await?;
     }
     Ok(())
 }
 
-/// Reads a Role or RoleBinding and does what `decide` says: create, apply, or
-/// refuse a conflict. A create that meets 409 looks again once (the object was
-/// made in between, possibly by someone else). Returns `Replace` for the caller.
-async fn write_child<K>(api: &Api<K>, desired: &K, decide: fn(Option<&K>, &K) -> Write) -> Result<Write, Error>
+/// Does what `decide` says about a Role or RoleBinding, given the cached one:
+/// create, apply, or refuse a conflict. A create that meets 409 reads the object
+/// from the API server and decides again (it was made in between, or it is one
+/// without our label, which the cache never holds). Returns `Replace` for the caller.
+async fn write_child<K>(
+    api: &Api<K>,
+    cached: Option<K>,
+    desired: &K,
+    decide: fn(Option<&K>, &K) -> Write,
+) -> Result<Write, Error>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Serialize + Debug,
 {
     let (kind, namespace, name) =
         (K::kind(&()).to_string(), desired.namespace().unwrap_or_default(), desired.name_any());
-    let read =
-        || async { api.get_opt(&name).await.map_err(|e| Error::kube(format!("read {kind} {namespace}/{name}"), e)) };
-    let mut action = decide(read().await?.as_ref(), desired);
+    let mut action = decide(cached.as_ref(), desired);
     if action == Write::Create {
         match create(api, desired).await {
             Ok(()) => return Ok(Write::Create),
             Err(Error::Kube { source: kube::Error::Api(s), .. }) if s.is_already_exists() => {
-                action = decide(read().await?.as_ref(), desired);
+                let live =
+                    api.get_opt(&name).await.map_err(|e| Error::kube(format!("read {kind} {namespace}/{name}"), e))?;
+                action = decide(live.as_ref(), desired);
             }
             Err(e) => return Err(e),
         }
@@ -329,22 +343,21 @@ mod tests {
     #[test]
     fn our_namespace_is_kept_while_it_matches_and_updated_when_it_drifts() {
         let desired = build::build_namespace(&team());
-        assert_eq!(namespace_action(Some(&desired), &desired, "appdev-dev"), NamespaceAction::Keep);
+        assert_eq!(namespace_action(Some(&desired.metadata), &desired, "appdev-dev"), NamespaceAction::Keep);
         let with_extra = with_label(desired.clone(), "added-by", "someone");
-        assert_eq!(namespace_action(Some(&with_extra), &desired, "appdev-dev"), NamespaceAction::Keep);
+        assert_eq!(namespace_action(Some(&with_extra.metadata), &desired, "appdev-dev"), NamespaceAction::Keep);
         let mut wants_more = desired.clone();
         wants_more.metadata.labels.get_or_insert_default().insert("team".into(), "appdev".into());
-        assert_eq!(namespace_action(Some(&desired), &wants_more, "appdev-dev"), NamespaceAction::Update);
+        assert_eq!(namespace_action(Some(&desired.metadata), &wants_more, "appdev-dev"), NamespaceAction::Update);
     }
 
     #[test]
     fn a_namespace_we_did_not_create_is_used_as_it_is() {
         let desired = build::build_namespace(&team());
-        let foreign =
-            Namespace { metadata: ObjectMeta { name: Some("dev".into()), ..Default::default() }, ..Default::default() };
+        let foreign = ObjectMeta { name: Some("dev".into()), ..Default::default() };
         assert_eq!(namespace_action(Some(&foreign), &desired, "appdev-dev"), NamespaceAction::Keep);
         // Created by another TeamAccess: that one keeps its metadata, not us.
-        assert_eq!(namespace_action(Some(&desired), &desired, "another-team"), NamespaceAction::Keep);
+        assert_eq!(namespace_action(Some(&desired.metadata), &desired, "another-team"), NamespaceAction::Keep);
     }
 
     #[test]
@@ -361,9 +374,8 @@ mod tests {
             }]),
             ..Default::default()
         });
-        let NamespaceAction::Terminating { blockers } = namespace_action(Some(&live), &desired, "appdev-dev") else {
-            panic!("expected Terminating");
-        };
+        assert_eq!(namespace_action(Some(&live.metadata), &desired, "appdev-dev"), NamespaceAction::Terminating);
+        let blockers = termination_blockers(&live);
         assert!(blockers.contains("example.com/hold"), "{blockers}");
     }
 

@@ -22,6 +22,7 @@ use kube::{
 
 use super::{
     build::{self, CREATED_BY_ANNOTATION, MANAGED_BY_LABEL},
+    caches::Caches,
     context::{Context, FIELD_MANAGER},
     error::Error,
     status::{self, Note},
@@ -71,6 +72,16 @@ pub fn namespace_disposition(
         }
         _ => Disposition::Keep,
     }
+}
+
+/// Whether the caches show a Role or RoleBinding of this TeamAccess, so a refused
+/// object with nothing left to take back costs no request.
+pub fn has_access(ta: &TeamAccess, caches: &Caches) -> bool {
+    let namespace = &ta.spec.namespace;
+    let recorded = ta.status.as_ref().and_then(|s| s.role_binding.clone());
+    caches.role(namespace, &ta.child_name()).is_some()
+        || caches.binding(namespace, &build::binding_name(ta)).is_some()
+        || recorded.is_some_and(|name| caches.binding(namespace, &name).is_some())
 }
 
 /// Removes the RoleBinding, then the Role, of a TeamAccess: each only when it

@@ -13,7 +13,10 @@ use kube::{
     runtime::events::{Recorder, Reporter},
 };
 
-use super::brake::DeletionBrake;
+use super::{
+    brake::DeletionBrake,
+    caches::{Caches, Feeds},
+};
 use crate::{
     directory::Directory,
     telemetry::{Health, metrics::Metrics},
@@ -112,6 +115,10 @@ pub struct Context {
     pub health: Arc<Health>,
     /// The brake on mass namespace deletion, shared by every cleanup.
     pub brake: Mutex<DeletionBrake>,
+    /// Watched caches of the children and namespaces, read instead of the API server.
+    pub caches: Caches,
+    /// Their writers, until the controller starts the reflectors.
+    feeds: Mutex<Option<Feeds>>,
     /// Consecutive failures per TeamAccess, for the backoff of its next try.
     failures: Mutex<HashMap<String, u32>>,
 }
@@ -120,7 +127,10 @@ impl Context {
     pub fn new(client: Client, directory: Arc<dyn Directory>, settings: Settings, instance: Option<String>) -> Self {
         let reporter = Reporter { controller: FIELD_MANAGER.into(), instance };
         let brake = DeletionBrake::new(settings.max_namespace_deletions, settings.namespace_deletion_window);
+        let (caches, feeds) = Caches::new();
         Self {
+            caches,
+            feeds: Mutex::new(Some(feeds)),
             brake: Mutex::new(brake),
             recorder: Recorder::new(client.clone(), reporter),
             client,
@@ -137,6 +147,11 @@ impl Context {
         self.metrics = metrics;
         self.health = health;
         self
+    }
+
+    /// The caches' writers: taken once, by the controller that runs on this context.
+    pub fn take_feeds(&self) -> Option<Feeds> {
+        self.feeds.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 
     /// Consecutive failures of `name` so far.

@@ -17,21 +17,21 @@ use std::{
     time::Duration,
 };
 
-use futures::{FutureExt, StreamExt};
-use k8s_openapi::{
-    api::rbac::v1::{Role, RoleBinding},
-    apimachinery::pkg::apis::meta::v1::Time,
-};
+use futures::{FutureExt, StreamExt, TryStreamExt};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::{
     Api, ResourceExt,
     api::ListParams,
     runtime::{
-        Controller,
+        Controller, Predicate, WatchStreamExt,
         controller::{self, Action},
         finalizer::{self, finalizer},
+        predicates,
+        reflector::{self, ObjectRef},
         watcher,
     },
 };
+use tokio::task::JoinHandle;
 use tokio_stream::wrappers::WatchStream;
 
 use crate::api::{FINALIZER, Reason, TeamAccess};
@@ -39,6 +39,7 @@ use crate::api::{FINALIZER, Reason, TeamAccess};
 pub mod apply;
 pub mod brake;
 pub mod build;
+pub mod caches;
 pub mod cleanup;
 pub mod context;
 pub mod default_set;
@@ -52,6 +53,11 @@ mod write;
 pub use context::{Context, FIELD_MANAGER, Policy, Settings};
 pub use error::Error;
 
+/// How long the controller waits after a trigger before it reconciles, so the
+/// watch events of the children a reconcile just wrote fold into one look (by
+/// then the caches hold them all), well inside the drift-repair budget.
+const DEBOUNCE: Duration = Duration::from_millis(250);
+
 /// Runs the controller until `shutdown` completes.
 pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) -> anyhow::Result<()> {
     let client = ctx.client.clone();
@@ -62,15 +68,44 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
             "cannot list TeamAccess objects ({e}); is the CRD installed? (`teamaccess-operator crd | kubectl apply -f -`)"
         );
     }
-    let children = watcher::Config::default().labels(build::MANAGED_BY_SELECTOR);
+    let shutdown = shutdown.shared();
+    let feeds = ctx.take_feeds().ok_or_else(|| anyhow::anyhow!("a controller already ran on this context"))?;
+    let watches = caches::start(&client, feeds).await;
+    let tasks = watches.tasks;
+    tokio::select! {
+        () = caches::wait_synced(&ctx.caches) => {}
+        () = shutdown.clone() => {
+            tasks.iter().for_each(JoinHandle::abort);
+            return Ok(());
+        }
+    }
+
     let mut watched = watcher::Config::default().any_semantic();
     if let Some(selector) = &ctx.settings.selector {
         watched = watched.labels(selector);
     }
-    let mut controller = Controller::new(teamaccesses, watched)
-        .owns(Api::<Role>::all(client.clone()), children.clone())
-        .owns(Api::<RoleBinding>::all(client.clone()), children)
-        .with_config(controller::Config::default().concurrency(ctx.settings.concurrency));
+    let (store, writer) = reflector::store();
+    let prefetch = ctx.clone();
+    let teamaccess_events = watcher(teamaccesses, watched)
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        // A reconcile for what can change the outcome: a new object, its spec or
+        // deletion (both move the generation), its finalizers. Not its own status.
+        .predicate_filter(predicates::generation.combine(predicates::finalizers), Default::default())
+        // Look the group up as soon as the object is seen: a burst of new objects
+        // fills Graph $batch requests from the watch, ahead of the reconciles.
+        .inspect_ok(move |ta| {
+            if ta.metadata.deletion_timestamp.is_none() {
+                prefetch.directory.prefetch_group(&ta.spec.group);
+            }
+        });
+    let mut controller = Controller::for_stream(teamaccess_events, store)
+        .owns_stream(watches.roles)
+        .owns_stream(watches.bindings)
+        // A namespace we created changed (deleted by hand, say): its creator looks again.
+        .watches_stream(watches.namespaces, |ns| build::created_by(&ns.metadata).map(ObjectRef::<TeamAccess>::new))
+        .with_config(controller::Config::default().concurrency(ctx.settings.concurrency).debounce(DEBOUNCE));
     // Ready once the cache of TeamAccess objects has synced; the gauge follows it.
     let store = controller.store();
     let synced = Arc::new(AtomicBool::new(false));
@@ -102,7 +137,6 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
         // A reloaded directory may resolve groups differently: look at every object again.
         controller = controller.reconcile_all_on(WatchStream::from_changes(changes).map(|_| ()));
     }
-    let shutdown = shutdown.shared();
     // kube-runtime holds its runner until the cache is ready, and a shutdown that
     // ends the watch first leaves it waiting forever. Nothing reconciles before
     // the cache syncs, so such a shutdown has nothing to drain: stop at once.
@@ -135,6 +169,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
         () = stopped_before_sync => {}
     }
     watchdog.abort();
+    tasks.iter().for_each(JoinHandle::abort);
     Ok(())
 }
 
@@ -155,11 +190,8 @@ impl ReconcileError {
 
 async fn reconcile(ta: Arc<TeamAccess>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
     let api = Api::<TeamAccess>::all(ctx.client.clone());
-    if ta.metadata.deletion_timestamp.is_none() && !ta.finalizers().iter().any(|f| f == FINALIZER) {
-        // First sight: this pass only adds the finalizer, the next one resolves.
-        // Warming the directory now lets a burst of new objects share lookups.
-        ctx.directory.prefetch_group(&ta.spec.group);
-    }
+    // On first sight this pass only adds the finalizer; its watch event brings the
+    // next one, while the group lookup started when the object was seen.
     finalizer(&api, FINALIZER, ta, |event| async {
         match event {
             finalizer::Event::Apply(ta) => grant(&ta, &ctx).await,
@@ -211,15 +243,22 @@ async fn grant(ta: &TeamAccess, ctx: &Context) -> Result<Action, Error> {
 async fn pipeline<'a>(ta: &'a TeamAccess, ctx: &Context) -> status::Outcome<'a> {
     let validated = match validate::validate(ta, &ctx.settings.policy) {
         Ok(validated) => validated,
-        // A namespace protected after access was granted: take the access back
-        // (never the namespace).
-        Err(error) => return status::Outcome::refused(ta, error, cleanup::remove_access(ta, &ctx.client).await),
+        // A namespace protected, or a grant refused, after access was granted:
+        // take the access back (never the namespace), when there is any.
+        Err(error) => {
+            let removal = if cleanup::has_access(ta, &ctx.caches) {
+                cleanup::remove_access(ta, &ctx.client).await
+            } else {
+                Ok(())
+            };
+            return status::Outcome::refused(ta, error, removal);
+        }
     };
     let resolved = match resolve::resolve(validated, ctx.directory.as_ref()).await {
         Ok(resolved) => resolved,
         Err(unresolved) => return status::Outcome::unresolved(ta, unresolved),
     };
     let desired = build::build(&resolved);
-    let applied = apply::apply(desired, &ctx.client).await;
+    let applied = apply::apply(desired, &ctx.client, &ctx.caches).await;
     status::Outcome::resolved(resolved, applied)
 }

@@ -159,11 +159,12 @@ pub fn compute(outcome: &Outcome, now: &Time) -> (TeamAccessStatus, Vec<Note>) {
         });
     }
     if outcome.namespace_created {
-        notes.push(Note {
-            type_: EventType::Normal,
-            reason: Reason::NamespaceCreated,
-            message: format!("created namespace {}", ta.spec.namespace),
-        });
+        // One Event per transition: a first Ready says the namespace was made too.
+        let created = format!("created namespace {}", ta.spec.namespace);
+        match notes.iter_mut().find(|n| n.reason == Reason::Reconciled) {
+            Some(ready) => ready.message = format!("{}; {created}", ready.message),
+            None => notes.push(Note { type_: EventType::Normal, reason: Reason::NamespaceCreated, message: created }),
+        }
     }
     (status, notes)
 }
@@ -355,7 +356,8 @@ mod tests {
         assert_eq!(status.role_binding.as_deref(), Some("teamaccess-appdev-dev"));
         assert_eq!(status.group.as_ref().unwrap().object_id, APPDEV);
         let reasons: Vec<Reason> = notes.iter().map(|n| n.reason).collect();
-        assert_eq!(reasons, [Reason::Reconciled, Reason::NamespaceCreated]);
+        assert_eq!(reasons, [Reason::Reconciled], "one Event for the first Ready");
+        assert!(notes[0].message.ends_with("; created namespace dev"), "{}", notes[0].message);
     }
 
     #[test]

@@ -78,6 +78,13 @@ impl OperatorProcess {
         })
     }
 
+    /// What the operator's own Kubernetes client has sent so far
+    /// (`teamaccess_kube_requests_total`), by kind of request.
+    pub async fn kube_requests(&self) -> KubeRequests {
+        let (_, body) = self.get("/metrics").await.unwrap_or_default();
+        KubeRequests::parse(&body)
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -118,5 +125,52 @@ impl Drop for OperatorProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Requests an operator sent to the API server, by kind.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct KubeRequests {
+    /// get and list.
+    pub reads: f64,
+    /// Watches (long-lived; started at startup and after a watch ends).
+    pub watches: f64,
+    /// create, update, patch, delete of anything but Events.
+    pub writes: f64,
+    /// Events published.
+    pub events: f64,
+}
+
+impl KubeRequests {
+    pub fn parse(exposition: &str) -> Self {
+        let mut sum = Self::default();
+        for line in exposition.lines() {
+            let Some(rest) = line.strip_prefix("teamaccess_kube_requests_total{") else { continue };
+            let Some((labels, value)) = rest.split_once("} ") else { continue };
+            let Ok(value) = value.trim().parse::<f64>() else { continue };
+            let label =
+                |name: &str| labels.split(',').find_map(|kv| kv.strip_prefix(&format!("{name}=\""))?.strip_suffix('"'));
+            match (label("verb").unwrap_or_default(), label("resource").unwrap_or_default()) {
+                (_, "events") => sum.events += value,
+                ("get" | "list", _) => sum.reads += value,
+                ("watch", _) => sum.watches += value,
+                _ => sum.writes += value,
+            }
+        }
+        sum
+    }
+
+    pub fn total(&self) -> f64 {
+        self.reads + self.watches + self.writes + self.events
+    }
+
+    /// What was sent since `earlier`.
+    pub fn since(&self, earlier: &Self) -> Self {
+        Self {
+            reads: self.reads - earlier.reads,
+            watches: self.watches - earlier.watches,
+            writes: self.writes - earlier.writes,
+            events: self.events - earlier.events,
+        }
     }
 }
