@@ -13,7 +13,13 @@
 //! (the smoke run) any write during the idle window fails it. Every wait has a
 //! timeout, so a stuck run fails instead of hanging.
 //!
-//! Prints a table and writes it (with the machine and the command) to OUTPUT.md.
+//! The operator's own requests are read from its `teamaccess_kube_requests_total`
+//! (its client counts them), so nobody else's load is in them. BENCH_BIND=1 adds
+//! TeamAccess objects binding `edit` into namespaces that exist, against one
+//! client creating the same RoleBindings.
+//!
+//! Prints a table and writes it (with the machine and the command) to OUTPUT.md,
+//! keeping a "## Where the time goes" section already there.
 
 // The benchmark shares the integration tests' helpers: the same operator-process
 // launcher, kubeconfig client, readiness wait and tenant generator.
@@ -87,6 +93,8 @@ struct Row {
     idle_cpu: f64,
     /// The operator's requests in the idle window, per 60 s.
     idle: KubeRequests,
+    /// Seconds from deleting a RoleBinding by hand to its return.
+    drift_repair: f64,
     /// Bindings of a ClusterRole into namespaces that exist, when measured.
     bind: Option<BindRow>,
 }
@@ -172,10 +180,16 @@ async fn main() {
                 .unwrap_or_default()
         );
         let doc = format!(
-            "# Benchmarks\n\nCommand: `make bench` (scripts/bench.sh → `cargo bench --bench scale`).\nMachine: {machine}.\nControl plane: local etcd + kube-apiserver + kube-controller-manager v1.37.2 (tests/cluster). Graph: the emulator with 50 ms added latency per request. Operator: the release binary, default settings, static leader (no election).\n\n{table}\n\nColumns: figures given as `median ±half-spread (samples)` are repeated under the same conditions. T = apply of N TeamAccess (each its own namespace) to all Ready, each sample with a new operator process (cold Graph cache); T0 = the ideal client server-side-applying the same N Namespaces, Roles and RoleBindings directly, at its best concurrency from a sweep over 1–64 (in brackets); every sample starts once the namespaces of the previous one are gone. Graph = Graph HTTP requests for the cold resolution; API/TA = API server requests during T per TeamAccess, from apiserver_request_total, minus the benchmark's own applies and polls (it includes the controller-manager's work for new namespaces); RSS = the operator's peak resident memory over all samples; CPU = its CPU seconds during T; restart = operator restart to every object reconciled again; idle = {idle} s with N objects and --resync {resync} (the bench checks every object was resynced at least twice): operator CPU seconds and write requests (apply, patch, update, create) to TeamAccess, Roles, RoleBindings and Namespaces as the API server counts them, both per 60 s.\n",
+            "# Benchmarks\n\nCommand: `make bench` (scripts/bench.sh → `cargo bench --bench scale`).\nMachine: {machine}.\nControl plane: local etcd + kube-apiserver + kube-controller-manager v1.37.2 (tests/cluster), the admission policies installed. Graph: the emulator with 50 ms added latency per request. Operator: the release binary, default settings, static leader (no election).\n\n{table}\n\nColumns: figures given as `median ±half-spread (samples)` are repeated under the same conditions (one sample at N ≥ 5000). T = apply of N TeamAccess (each its own new namespace) to all Ready, each sample with a new operator process (cold Graph cache); T0 = the ideal client server-side-applying the same N Namespaces, Roles and RoleBindings directly, at its best concurrency from a sweep (in brackets); every sample starts once the namespaces of the previous one are gone. Graph = Graph HTTP requests for the cold resolution (token included). reads / writes / events per TA = the requests the operator itself sent during T (its `teamaccess_kube_requests_total`, counted in its own client: get and list / create, update, patch, delete / Events), per TeamAccess, from the median sample. RSS = the operator's peak resident memory over all samples; CPU = its CPU seconds during T; restart = a new process until every object is reconciled again, and everything it sent meanwhile (lists and probes + watches / writes); idle = {idle} s with N objects and --resync {resync} (the bench checks every object was resynced at least twice): operator CPU seconds, reads and writes, per 60 s; drift repair = a RoleBinding deleted by hand until the operator has made it again (from its watch event).\n",
             idle = settings.idle.as_secs(),
             resync = humantime::format_duration(settings.resync),
         );
+        // A hand-written analysis below the generated part is kept across runs.
+        let notes = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|old| old.find("\n## Where the time goes").map(|at| old[at..].to_string()))
+            .unwrap_or_default();
+        let doc = format!("{doc}{notes}");
         std::fs::write(&path, doc).unwrap();
         eprintln!("wrote {}", path.display());
     }
@@ -183,11 +197,11 @@ async fn main() {
 
 fn render(rows: &[Row]) -> String {
     let mut t = String::from(
-        "| N | T (s) | T0 (s) [conc.] | T/T0 | Graph requests | reads / writes / events per TA | peak RSS (MiB) | CPU (s) | restart (s) | restart requests (reads + watches / writes) | idle CPU (s/60s) | idle reads / writes (/60s) |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| N | T (s) | T0 (s) [conc.] | T/T0 | Graph requests | reads / writes / events per TA | peak RSS (MiB) | CPU (s) | restart (s) | restart requests (reads + watches / writes) | idle CPU (s/60s) | idle reads / writes (/60s) | drift repair (s) |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in rows {
         t.push_str(&format!(
-            "| {} | {} | {} [{}] | {:.2} | {:.0} | {:.2} / {:.2} / {:.2} | {:.1} | {:.2} | {:.2} | {:.0} + {:.0} / {:.0} | {:.2} | {:.0} / {:.0} |\n",
+            "| {} | {} | {} [{}] | {:.2} | {:.0} | {:.2} / {:.2} / {:.2} | {:.1} | {:.2} | {:.2} | {:.0} + {:.0} / {:.0} | {:.2} | {:.0} / {:.0} | {:.2} |\n",
             r.n,
             r.t.show(),
             r.t0.show(),
@@ -206,6 +220,7 @@ fn render(rows: &[Row]) -> String {
             r.idle_cpu,
             r.idle.reads,
             r.idle.writes,
+            r.drift_repair,
         ));
     }
     let binds: Vec<&Row> = rows.iter().filter(|r| r.bind.is_some()).collect();
@@ -340,6 +355,7 @@ async fn measure(client: &Client, kubeconfig: &Path, bin: &Path, n: usize, setti
     let mut t = Vec::new();
     let mut restart = 0.0;
     let mut restart_requests = KubeRequests::default();
+    let mut drift_repair = None;
     let (mut idle_cpu, mut idle) = (0.0, KubeRequests::default());
     // At N = 5000 a sample and its cleanup take minutes: one of each.
     let samples = if n >= 5000 { 1 } else { settings.samples };
@@ -366,6 +382,7 @@ async fn measure(client: &Client, kubeconfig: &Path, bin: &Path, n: usize, setti
             let (restarted, figures) =
                 restart_and_idle(kubeconfig, bin, &emulator, operator, &selector, n, settings).await;
             (restart, restart_requests, idle_cpu, idle) = figures;
+            drift_repair = Some(measure_drift_repair(client, &format!("{prefix}0")).await);
             restarted
         } else {
             operator
@@ -391,8 +408,26 @@ async fn measure(client: &Client, kubeconfig: &Path, bin: &Path, n: usize, setti
         restart_requests,
         idle_cpu,
         idle,
+        drift_repair: drift_repair.unwrap_or(f64::NAN),
         bind,
     }
+}
+
+/// Deletes the RoleBinding of TeamAccess `name` (in namespace `name`) by hand and
+/// returns the seconds until the operator has made it again.
+async fn measure_drift_repair(client: &Client, name: &str) -> f64 {
+    let bindings = Api::<RoleBinding>::namespaced(client.clone(), name);
+    let child = format!("teamaccess-{name}");
+    let before = bindings.get(&child).await.expect("the RoleBinding to delete").metadata.uid;
+    let started = Instant::now();
+    bindings.delete(&child, &DeleteParams::default()).await.unwrap();
+    wait_until("the deleted RoleBinding to be back", Duration::from_secs(30), Duration::from_millis(20), || async {
+        bindings.get_opt(&child).await.ok().flatten().is_some_and(|rb| rb.metadata.uid != before)
+    })
+    .await;
+    let took = started.elapsed().as_secs_f64();
+    eprintln!("drift repair: a deleted RoleBinding was back after {took:.2}s");
+    took
 }
 
 fn per_object(requests: KubeRequests, n: usize) -> KubeRequests {

@@ -67,6 +67,7 @@ if [[ "$directory_kind" == static ]]; then
   say "starting the operator (static directory: $seed/directory.yaml)"
   cp "$seed/directory.yaml" "$state/directory.yaml"
   "$operator" run --directory static --directory-file "$state/directory.yaml" --resync 10m \
+    --metrics-addr 127.0.0.1:0 \
     >"$state/operator.log" 2>&1 &
   operator_pid=$!
 else
@@ -83,13 +84,15 @@ else
   AZURE_TENANT_ID="$(cat "$emu/tenant-id")" AZURE_CLIENT_ID="$(cat "$emu/client-id")" \
     "$operator" run --directory graph --credential secret --client-secret-file "$emu/client-secret" \
     --graph-endpoint "$(cat "$emu/url")" --authority-host "$(cat "$emu/url")" --ca-file "$emu/ca.crt" \
-    --resync 10m >"$state/operator.log" 2>&1 &
+    --resync 10m --metrics-addr 127.0.0.1:0 >"$state/operator.log" 2>&1 &
   operator_pid=$!
 fi
 
 for _ in $(seq 1 100); do grep -qs "starting the TeamAccess controller" "$state/operator.log" && break; sleep 0.1; done
 grep -q "starting the TeamAccess controller" "$state/operator.log" || { cat "$state/operator.log"; echo "the operator did not start" >&2; exit 1; }
 grep -E "using the|connected to" "$state/operator.log" | sed 's/^/  /'
+for _ in $(seq 1 50); do grep -qs "serving /metrics" "$state/operator.log" && break; sleep 0.1; done
+metrics_port=$(grep -o 'serving /metrics.*addr=[0-9.]*:[0-9]*' "$state/operator.log" | grep -o '[0-9]*$')
 
 say "applying the seed's two TeamAccess objects"
 applied_at=$(date +%s.%N)
@@ -132,6 +135,21 @@ if ((failures)); then
   exit 1
 fi
 echo "the access matrix matches the seed: each team gets in to its own namespace only"
+
+say "what it cost, from the operator's /metrics (127.0.0.1:$metrics_port)"
+exec 3<>"/dev/tcp/127.0.0.1/$metrics_port"
+printf 'GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n' >&3
+metrics=$(cat <&3)
+exec 3<&-
+grep -E '^teamaccess_(graph_requests_total|directory_cache_total|kube_requests_total)' <<<"$metrics" | sed 's/^/  /'
+if [[ "$directory_kind" != static ]]; then
+  for counter in 'graph_requests_total\{status="200"\}' 'directory_cache_total\{result="miss"\}'; do
+    if ! grep -qE "^teamaccess_${counter} [1-9]" <<<"$metrics"; then
+      echo "the operator's counter teamaccess_${counter} did not move" >&2
+      exit 1
+    fi
+  done
+fi
 
 say "a user who may only write TeamAccess objects tries to grant cluster-admin"
 kubectl create clusterrole teamaccess-demo-writer --verb=get,list,create,update,patch --resource=teamaccesses.teamaccess.dev \

@@ -130,3 +130,64 @@ async fn readyz_turns_ready_on_start_and_unready_on_shutdown() {
     .await;
     op.wait_exit(Duration::from_secs(20)).await;
 }
+
+#[tokio::test]
+async fn the_binary_counts_its_graph_lookups_cache_and_api_requests_on_metrics() {
+    use graph_emulator::{CLIENT_ID, CLIENT_SECRET, TENANT_ID};
+    let admin = admin_client().await;
+    ensure_crd(&admin).await;
+    let emulator = graph::emulator(operator::SEED_DIRECTORY).await;
+    let label = unique("metrics");
+    let selector = format!("{TEST_LABEL}={label}");
+    let ca = emulator.ca_path().to_str().unwrap().to_string();
+    let op = OperatorProcess::start(
+        &kubeconfig_path(),
+        &[
+            "--directory",
+            "graph",
+            "--credential",
+            "secret",
+            "--graph-endpoint",
+            emulator.url(),
+            "--authority-host",
+            emulator.url(),
+            "--ca-file",
+            &ca,
+            "--selector",
+            &selector,
+        ],
+        &[("AZURE_TENANT_ID", TENANT_ID), ("AZURE_CLIENT_ID", CLIENT_ID), ("AZURE_CLIENT_SECRET", CLIENT_SECRET)],
+        &std::env::temp_dir().join(&label),
+    );
+    op.wait_ready().await;
+    let tas = Api::<TeamAccess>::all(admin.clone());
+    let (dev, sre) = (unique("dev"), unique("sre"));
+    let (appdev, opssre) = (format!("{label}-appdev"), format!("{label}-opssre"));
+    for (name, group, namespace) in [(&appdev, "appdev", &dev), (&opssre, "opssre", &sre)] {
+        let manifest = team_manifest(name, &label, group, namespace, &["*"]);
+        tas.patch(name, &PatchParams::apply("metrics-test"), &Patch::Apply(manifest)).await.unwrap();
+    }
+    wait_teamaccess_ready(&tas, &appdev, Duration::from_secs(30)).await;
+    wait_teamaccess_ready(&tas, &opssre, Duration::from_secs(30)).await;
+
+    // The counters of a running process move, so /metrics shows what Graph and
+    // the API server cost.
+    let graph_ok = op.metric("teamaccess_graph_requests_total{status=\"200\"}").await.unwrap_or(0.0);
+    assert!(graph_ok >= 1.0, "Graph requests are counted: {graph_ok}");
+    assert!(emulator.stats().graph_requests as f64 >= graph_ok, "no more than the emulator served");
+    let misses = op.metric("teamaccess_directory_cache_total{result=\"miss\"}").await.unwrap_or(0.0);
+    assert!(misses >= 2.0, "both cold lookups are cache misses: {misses}");
+    let requests = op.kube_requests().await;
+    // Per TeamAccess: the finalizer, the namespace, the Role, the RoleBinding, the status.
+    assert!(requests.writes >= 10.0, "{requests:?}");
+    assert!(requests.events >= 2.0, "{requests:?}");
+    assert!(requests.watches >= 4.0, "the TeamAccess, Role, RoleBinding and Namespace watches: {requests:?}");
+
+    for name in [&appdev, &opssre] {
+        tas.delete(name, &Default::default()).await.unwrap();
+    }
+    for name in [&appdev, &opssre] {
+        wait_gone(&tas, name, Duration::from_secs(30)).await;
+    }
+    op.stop().await;
+}

@@ -31,6 +31,10 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use super::{build::MANAGED_BY_SELECTOR, error::Error};
 
+/// Objects per page of a watch's initial list: a restart lists thousands of
+/// objects in a handful of requests rather than one per 500 (kube's default).
+pub const LIST_PAGE_SIZE: u32 = 10_000;
+
 /// How long a ClusterRole found to exist is believed to: the check runs on every
 /// reconcile that binds one, so it is remembered rather than read each time.
 const CLUSTER_ROLE_MEMORY: Duration = Duration::from_secs(60);
@@ -117,13 +121,16 @@ impl Caches {
 
 /// Starts the reflectors and returns once every cache holds its first list.
 pub async fn start(client: &Client, feeds: Feeds) -> Watches {
-    let children = watcher::Config::default().labels(MANAGED_BY_SELECTOR).any_semantic();
+    let children = watcher::Config::default().labels(MANAGED_BY_SELECTOR).any_semantic().page_size(LIST_PAGE_SIZE);
     let (roles, roles_task) = reflect("Role", watcher(Api::<Role>::all(client.clone()), children.clone()), feeds.roles);
     let (bindings, bindings_task) =
         reflect("RoleBinding", watcher(Api::<RoleBinding>::all(client.clone()), children), feeds.bindings);
     let (namespaces, namespaces_task) = reflect(
         "Namespace",
-        watcher(Api::<PartialObjectMeta<Namespace>>::all(client.clone()), watcher::Config::default().any_semantic()),
+        watcher(
+            Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
+            watcher::Config::default().any_semantic().page_size(LIST_PAGE_SIZE),
+        ),
         feeds.namespaces,
     );
     Watches { roles, bindings, namespaces, tasks: vec![roles_task, bindings_task, namespaces_task] }

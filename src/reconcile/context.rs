@@ -3,13 +3,14 @@
 //! imports: steps take what they need from here and never from `mod.rs`.
 
 use std::{
+    borrow::Cow,
     collections::{BTreeSet, HashMap},
     sync::{Arc, Mutex},
     time::Duration,
 };
 
 use kube::{
-    Client,
+    Client, ResourceExt,
     runtime::events::{Recorder, Reporter},
 };
 
@@ -18,6 +19,7 @@ use super::{
     caches::{Caches, Feeds},
 };
 use crate::{
+    api::{TeamAccess, TeamAccessStatus},
     directory::Directory,
     telemetry::{Health, metrics::Metrics},
 };
@@ -121,6 +123,14 @@ pub struct Context {
     feeds: Mutex<Option<Feeds>>,
     /// Consecutive failures per TeamAccess, for the backoff of its next try.
     failures: Mutex<HashMap<String, u32>>,
+    /// The status last written per TeamAccess, until the cache has seen it.
+    written: Mutex<HashMap<String, Written>>,
+}
+
+/// A status this operator wrote, and the resourceVersion the object had before.
+struct Written {
+    before: Option<String>,
+    status: TeamAccessStatus,
 }
 
 impl Context {
@@ -139,6 +149,7 @@ impl Context {
             metrics: Metrics::shared(),
             health: Arc::default(),
             failures: Mutex::default(),
+            written: Mutex::default(),
         }
     }
 
@@ -152,6 +163,39 @@ impl Context {
     /// The caches' writers: taken once, by the controller that runs on this context.
     pub fn take_feeds(&self) -> Option<Feeds> {
         self.feeds.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
+    /// The object as this reconcile should see it: when the cache still holds the
+    /// version from before our last status write (its watch event has not arrived
+    /// yet), with the status we wrote, so the write and its Events are not repeated.
+    pub fn with_own_status<'a>(&self, ta: &'a TeamAccess) -> Cow<'a, TeamAccess> {
+        let mut written = self.written.lock().unwrap_or_else(|e| e.into_inner());
+        let name = ta.name_any();
+        match written.get(&name) {
+            Some(w) if w.before == ta.metadata.resource_version => {
+                let mut newer = ta.clone();
+                newer.status = Some(w.status.clone());
+                Cow::Owned(newer)
+            }
+            Some(_) => {
+                // The cache moved on: it holds our write, or a later change.
+                written.remove(&name);
+                Cow::Borrowed(ta)
+            }
+            None => Cow::Borrowed(ta),
+        }
+    }
+
+    /// Remembers the status just written for `ta` (as the cache held it before).
+    pub fn wrote_status(&self, ta: &TeamAccess, status: &TeamAccessStatus) {
+        let entry = Written { before: ta.metadata.resource_version.clone(), status: status.clone() };
+        self.written.lock().unwrap_or_else(|e| e.into_inner()).insert(ta.name_any(), entry);
+    }
+
+    /// Forgets what was remembered about `name`: it is gone.
+    pub fn forget(&self, name: &str) {
+        self.clear_failures(name);
+        self.written.lock().unwrap_or_else(|e| e.into_inner()).remove(name);
     }
 
     /// Consecutive failures of `name` so far.

@@ -80,7 +80,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
         }
     }
 
-    let mut watched = watcher::Config::default().any_semantic();
+    let mut watched = watcher::Config::default().any_semantic().page_size(caches::LIST_PAGE_SIZE);
     if let Some(selector) = &ctx.settings.selector {
         watched = watched.labels(selector);
     }
@@ -192,18 +192,25 @@ async fn reconcile(ta: Arc<TeamAccess>, ctx: Arc<Context>) -> Result<Action, Rec
     let api = Api::<TeamAccess>::all(ctx.client.clone());
     // On first sight this pass only adds the finalizer; its watch event brings the
     // next one, while the group lookup started when the object was seen.
-    finalizer(&api, FINALIZER, ta, |event| async {
+    let result = finalizer(&api, FINALIZER, ta, |event| async {
         match event {
             finalizer::Event::Apply(ta) => grant(&ta, &ctx).await,
             finalizer::Event::Cleanup(ta) => {
                 cleanup::cleanup(&ta, &ctx).await?;
-                ctx.clear_failures(&ta.name_any());
+                ctx.forget(&ta.name_any());
                 Ok(Action::await_change())
             }
         }
     })
-    .await
-    .map_err(|e| ReconcileError(Box::new(e)))
+    .await;
+    match result {
+        // A second look at an object already cleaned up and gone (its children's
+        // deletions queued it again): nothing is left to do.
+        Err(finalizer::Error::RemoveFinalizer(kube::Error::Api(status))) if status.is_not_found() => {
+            Ok(Action::await_change())
+        }
+        result => result.map_err(|e| ReconcileError(Box::new(e))),
+    }
 }
 
 fn error_policy(ta: Arc<TeamAccess>, error: &ReconcileError, ctx: Arc<Context>) -> Action {
@@ -221,6 +228,7 @@ fn error_policy(ta: Arc<TeamAccess>, error: &ReconcileError, ctx: Arc<Context>) 
 /// the next look decided from how it ended.
 async fn grant(ta: &TeamAccess, ctx: &Context) -> Result<Action, Error> {
     let started = std::time::Instant::now();
+    let ta = &*ctx.with_own_status(ta);
     let outcome = pipeline(ta, ctx).await;
     let (new_status, events) = status::compute(&outcome, &Time(jiff::Timestamp::now()));
     status::publish(ta, &new_status, events, ctx).await?;

@@ -169,9 +169,12 @@ pub fn compute(outcome: &Outcome, now: &Time) -> (TeamAccessStatus, Vec<Note>) {
     (status, notes)
 }
 
-/// Writes status when it changed, then publishes the Events.
+/// Writes status when it changed (and remembers it, until the cache has it), then
+/// publishes the Events.
 pub async fn publish(ta: &TeamAccess, status: &TeamAccessStatus, notes: Vec<Note>, ctx: &Context) -> Result<(), Error> {
-    write_status(ta, status, ctx).await?;
+    if write_status(ta, status, ctx).await? {
+        ctx.wrote_status(ta, status);
+    }
     for note in notes {
         emit(ta, ctx, note, "Reconcile").await;
     }
@@ -179,10 +182,10 @@ pub async fn publish(ta: &TeamAccess, status: &TeamAccessStatus, notes: Vec<Note
 }
 
 /// Server-side applies `status` when it differs from what the object shows, so
-/// an unchanged state writes nothing.
-pub async fn write_status(ta: &TeamAccess, status: &TeamAccessStatus, ctx: &Context) -> Result<(), Error> {
+/// an unchanged state writes nothing. Returns whether it wrote.
+pub async fn write_status(ta: &TeamAccess, status: &TeamAccessStatus, ctx: &Context) -> Result<bool, Error> {
     if ta.status.as_ref() == Some(status) {
-        return Ok(());
+        return Ok(false);
     }
     let patch = serde_json::json!({
         "apiVersion": TeamAccess::api_version(&()),
@@ -192,7 +195,7 @@ pub async fn write_status(ta: &TeamAccess, status: &TeamAccessStatus, ctx: &Cont
     Api::<TeamAccess>::all(ctx.client.clone())
         .patch_status(&ta.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
         .await
-        .map(|_| ())
+        .map(|_| true)
         .map_err(|e| Error::kube("update TeamAccess status", e))
 }
 
