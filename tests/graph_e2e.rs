@@ -121,9 +121,9 @@ async fn delete_teams(op: &TestOperator, names: &[String]) {
 }
 
 #[tokio::test]
-async fn a_hundred_teamaccess_resolve_cold_in_few_graph_requests() {
+async fn a_hundred_teamaccess_resolve_cold_in_few_graph_requests_and_warm_resyncs_in_none() {
     let emulator = emulator(&tenant::groups_yaml("team", 100)).await;
-    let mut op = operator_on(&emulator, Duration::from_secs(300), Duration::from_secs(600)).await;
+    let mut op = operator_on(&emulator, Duration::from_secs(300), Duration::from_secs(2)).await;
     // "Applied at once": all 100 land while the operator is away (a GitOps sync,
     // or a new operator), so they arrive together in its initial list.
     op.stop().await;
@@ -147,6 +147,16 @@ async fn a_hundred_teamaccess_resolve_cold_in_few_graph_requests() {
     for (i, name) in names.iter().enumerate() {
         assert_eq!(binding_subject(&op, &ns, name).await, Some(tenant::group_id(i)));
     }
+
+    // Resyncs within the cache's TTL ask Graph nothing.
+    emulator.reset_stats();
+    let before = op.reconciles();
+    wait_for(LONG, "two resyncs of every object", || async {
+        let done = op.reconciles() - before;
+        if done >= 200 { Ok(()) } else { Err(format!("{done} reconciles")) }
+    })
+    .await;
+    assert_eq!(emulator.stats().graph_requests, 0, "{:?}", emulator.stats());
     delete_teams(&op, &names).await;
 }
 

@@ -101,8 +101,12 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
             }
         });
     let mut controller = Controller::for_stream(teamaccess_events, store)
-        .owns_stream(watches.roles)
-        .owns_stream(watches.bindings)
+        // Children map to their owner by its name alone. (kube's owns_stream would
+        // give the cluster-scoped owner the child's namespace: a second reference
+        // to the same TeamAccess, which the controller would reconcile alongside
+        // the first, concurrently.)
+        .watches_stream(watches.roles, |role| owner_of(&role))
+        .watches_stream(watches.bindings, |binding| owner_of(&binding))
         // A namespace we created changed (deleted by hand, say): its creator looks again.
         .watches_stream(watches.namespaces, |ns| build::created_by(&ns.metadata).map(ObjectRef::<TeamAccess>::new))
         .with_config(controller::Config::default().concurrency(ctx.settings.concurrency).debounce(DEBOUNCE));
@@ -171,6 +175,17 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
     watchdog.abort();
     tasks.iter().for_each(JoinHandle::abort);
     Ok(())
+}
+
+/// The TeamAccess controlling a child, by the child's controller reference.
+fn owner_of<K: kube::Resource>(child: &K) -> Option<ObjectRef<TeamAccess>> {
+    child
+        .meta()
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|r| r.controller == Some(true) && r.kind == "TeamAccess" && r.api_version.starts_with("teamaccess.dev/"))
+        .map(|r| ObjectRef::new(&r.name))
 }
 
 /// Errors that reach the controller: the reconcile could not even write status
@@ -269,4 +284,31 @@ async fn pipeline<'a>(ta: &'a TeamAccess, ctx: &Context) -> status::Outcome<'a> 
     let desired = build::build(&resolved);
     let applied = apply::apply(desired, &ctx.client, &ctx.caches).await;
     status::Outcome::resolved(resolved, applied)
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::rbac::v1::Role;
+    use kube::Resource;
+
+    use super::*;
+    use crate::api::{GroupSelector, TeamAccessSpec};
+
+    #[test]
+    fn a_child_maps_to_its_cluster_scoped_owner_by_name_alone() {
+        let mut ta = TeamAccess::new("appdev-dev", TeamAccessSpec::new(GroupSelector::by_object_id("x"), "dev"));
+        ta.metadata.uid = Some("uid".into());
+        let mut role = Role::default();
+        role.metadata.namespace = Some("dev".into());
+        role.metadata.owner_references = ta.controller_owner_ref(&()).map(|r| vec![r]);
+        let owner = owner_of(&role).expect("the controller reference");
+        assert_eq!(
+            owner,
+            ObjectRef::<TeamAccess>::new("appdev-dev"),
+            "no namespace: the same reference the watch gives"
+        );
+        assert_eq!(owner.namespace, None);
+        role.metadata.owner_references = None;
+        assert!(owner_of(&role).is_none());
+    }
 }
