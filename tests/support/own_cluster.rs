@@ -50,7 +50,9 @@ impl Drop for OwnCluster {
             .arg("down")
             .env("KUBECONFIG", &self.kubeconfig)
             .status();
-        if let Some(mut child) = self.restarted.lock().unwrap().take() {
+        // Also after a panic while the lock was held: a panic in Drop would abort
+        // every other test of the binary.
+        if let Some(mut child) = self.restarted.lock().unwrap_or_else(|e| e.into_inner()).take() {
             let _ = child.kill();
             let _ = child.wait();
         }

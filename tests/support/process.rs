@@ -2,22 +2,21 @@
 //! tests run the debug build cargo made for them; the benchmark the release build.
 
 use std::{
-    net::TcpListener,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
+    sync::OnceLock,
     time::Duration,
 };
 
-use super::wait_for;
+use super::{unique, wait_for};
 
 pub struct OperatorProcess {
     child: Child,
-    pub metrics_port: u16,
+    /// The port the operator bound for /metrics (it picks one: `127.0.0.1:0`), as
+    /// its log says. A port picked here and handed over could be taken meanwhile,
+    /// say by an API server a test restarts.
+    metrics_port: OnceLock<u16>,
     pub log: PathBuf,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 impl OperatorProcess {
@@ -29,31 +28,46 @@ impl OperatorProcess {
     /// Like `start`, with another build of the operator. `RUST_LOG` in `env`
     /// overrides the default level (info).
     pub fn start_binary(bin: &Path, kubeconfig: &Path, args: &[&str], env: &[(&str, &str)], log_dir: &Path) -> Self {
-        let metrics_port = free_port();
         std::fs::create_dir_all(log_dir).unwrap();
-        let log = log_dir.join(format!("operator-{metrics_port}.log"));
+        let log = log_dir.join(format!("{}.log", unique("operator")));
         let log_file = std::fs::File::create(&log).unwrap();
+        // The startup lines (the metrics address among them) are logged whatever
+        // level the caller asks for.
+        let level = env.iter().find(|(k, _)| *k == "RUST_LOG").map_or("info", |(_, v)| v);
         let child = Command::new(bin)
             .arg("run")
             .args(args)
-            .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
+            .args(["--metrics-addr", "127.0.0.1:0"])
             .env("KUBECONFIG", kubeconfig)
-            .env("RUST_LOG", "info")
             .envs(env.iter().copied())
+            .env("RUST_LOG", format!("{level},teamaccess_operator::cli=info"))
             .stdout(Stdio::null())
             .stderr(log_file)
             .spawn()
             .expect("start teamaccess-operator");
-        Self { child, metrics_port, log }
+        Self { child, metrics_port: OnceLock::new(), log }
     }
 
-    pub fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.metrics_port)
+    /// The metrics port, once the operator has logged it.
+    fn metrics_port(&self) -> Option<u16> {
+        if let Some(port) = self.metrics_port.get() {
+            return Some(*port);
+        }
+        let log = std::fs::read_to_string(&self.log).ok()?;
+        let line = log.lines().find(|l| l.contains("serving /metrics"))?;
+        let after = &line[line.find("127.0.0.1:")? + "127.0.0.1:".len()..];
+        let port = after.chars().take_while(char::is_ascii_digit).collect::<String>().parse().ok()?;
+        Some(*self.metrics_port.get_or_init(|| port))
+    }
+
+    pub fn url(&self, path: &str) -> Option<String> {
+        Some(format!("http://127.0.0.1:{}{path}", self.metrics_port()?))
     }
 
     /// GETs an endpoint of the operator: (status, body), or None when nothing answers.
     pub async fn get(&self, path: &str) -> Option<(u16, String)> {
-        let response = reqwest::Client::new().get(self.url(path)).timeout(Duration::from_secs(2)).send().await.ok()?;
+        let url = self.url(path)?;
+        let response = reqwest::Client::new().get(url).timeout(Duration::from_secs(2)).send().await.ok()?;
         let status = response.status().as_u16();
         Some((status, response.text().await.unwrap_or_default()))
     }
