@@ -114,6 +114,9 @@ struct Settings {
     require_idle_zero: bool,
     /// Also measure bindings into existing namespaces (BENCH_BIND=1, make bench).
     bind: bool,
+    /// Measure the ideal client too (BENCH_IDEAL, default 1). Without it the last
+    /// sample's namespaces are not waited for either: a quick look at a large N.
+    ideal: bool,
 }
 
 impl Settings {
@@ -127,6 +130,7 @@ impl Settings {
             idle: Duration::from_secs(var("BENCH_IDLE_SECS").map_or(60, |v| v.parse().expect("BENCH_IDLE_SECS"))),
             require_idle_zero: var("BENCH_REQUIRE_IDLE_ZERO").is_some_and(|v| v == "1"),
             bind: var("BENCH_BIND").is_some_and(|v| v == "1"),
+            ideal: var("BENCH_IDEAL").is_none_or(|v| v != "0"),
         };
         assert!(settings.samples >= 1, "BENCH_SAMPLES must be at least 1");
         assert!(
@@ -158,41 +162,48 @@ async fn main() {
     for n in sizes {
         eprintln!("== N = {n}");
         rows.push(measure(&client, &kubeconfig, &operator_bin, n, &settings).await);
+        // Written after every N, so a long run that is stopped keeps what it measured.
+        let table = render(&rows);
+        println!("{table}");
+        if let Some(path) = &output {
+            write_report(path, &table, &settings);
+        }
     }
-    let table = render(&rows);
-    println!("{table}");
-    if let Some(path) = output {
-        let machine = format!(
-            "{} CPUs, {} — {}",
-            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
-            std::fs::read_to_string("/proc/meminfo")
-                .ok()
-                .and_then(|m| m.lines().next().map(str::to_string))
-                .unwrap_or_default(),
-            std::fs::read_to_string("/proc/cpuinfo")
-                .ok()
-                .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l
-                    .split(':')
-                    .nth(1)
-                    .unwrap_or("")
-                    .trim()
-                    .to_string()))
-                .unwrap_or_default()
-        );
-        let doc = format!(
-            "# Benchmarks\n\nCommand: `make bench` (scripts/bench.sh → `cargo bench --bench scale`).\nMachine: {machine}.\nControl plane: local etcd + kube-apiserver + kube-controller-manager v1.37.2 (tests/cluster), the admission policies installed. Graph: the emulator with 50 ms added latency per request. Operator: the release binary, default settings, static leader (no election).\n\n{table}\n\nColumns: figures given as `median ±half-spread (samples)` are repeated under the same conditions (one sample at N ≥ 5000). T = apply of N TeamAccess (each its own new namespace) to all Ready, each sample with a new operator process (cold Graph cache); T0 = the ideal client server-side-applying the same N Namespaces, Roles and RoleBindings directly, at its best concurrency from a sweep (in brackets); every sample starts once the namespaces of the previous one are gone. Graph = Graph HTTP requests for the cold resolution (token included). reads / writes / events per TA = the requests the operator itself sent during T (its `teamaccess_kube_requests_total`, counted in its own client: get and list / create, update, patch, delete / Events), per TeamAccess, from the median sample. RSS = the operator's peak resident memory over all samples; CPU = its CPU seconds during T; restart = a new process until every object is reconciled again, and everything it sent meanwhile (lists and probes + watches / writes); idle = {idle} s with N objects and --resync {resync} (the bench checks every object was resynced at least twice): operator CPU seconds, reads and writes, per 60 s; drift repair = a RoleBinding deleted by hand until the operator has made it again (from its watch event).\n",
-            idle = settings.idle.as_secs(),
-            resync = humantime::format_duration(settings.resync),
-        );
-        // A hand-written analysis below the generated part is kept across runs.
-        let notes = std::fs::read_to_string(&path)
+}
+
+/// Writes the table, with the machine, the command and what the columns mean, to
+/// `path`, keeping a "## Where the time goes" section already there.
+fn write_report(path: &Path, table: &str, settings: &Settings) {
+    let machine = format!(
+        "{} CPUs, {} — {}",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        std::fs::read_to_string("/proc/meminfo")
             .ok()
-            .and_then(|old| old.find("\n## Where the time goes").map(|at| old[at..].to_string()))
-            .unwrap_or_default();
-        let doc = format!("{doc}{notes}");
-        std::fs::write(&path, doc).unwrap();
-        eprintln!("wrote {}", path.display());
-    }
+            .and_then(|m| m.lines().next().map(str::to_string))
+            .unwrap_or_default(),
+        std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l
+                .split(':')
+                .nth(1)
+                .unwrap_or("")
+                .trim()
+                .to_string()))
+            .unwrap_or_default()
+    );
+    let doc = format!(
+        "# Benchmarks\n\nCommand: `make bench` (scripts/bench.sh → `cargo bench --bench scale`).\nMachine: {machine}.\nControl plane: local etcd + kube-apiserver + kube-controller-manager v1.37.2 (tests/cluster), the admission policies installed. Graph: the emulator with 50 ms added latency per request. Operator: the release binary, default settings, static leader (no election).\n\n{table}\n\nColumns: figures given as `median ±half-spread (samples)` are repeated under the same conditions (one sample at N ≥ 5000). T = apply of N TeamAccess (each its own new namespace) to all Ready, each sample with a new operator process (cold Graph cache); T0 = the ideal client server-side-applying the same N Namespaces, Roles and RoleBindings directly, at its best concurrency from a sweep (in brackets); every sample starts once the namespaces of the previous one are gone. Graph = Graph HTTP requests for the cold resolution (token included). reads / writes / events per TA = the requests the operator itself sent during T (its `teamaccess_kube_requests_total`, counted in its own client: get and list / create, update, patch, delete / Events), per TeamAccess, from the median sample. RSS = the operator's peak resident memory over all samples; CPU = its CPU seconds during T; restart = a new process until every object is reconciled again, and everything it sent meanwhile (lists and probes + watches / writes); idle = {idle} s with N objects and --resync {resync} (the bench checks every object was resynced at least twice): operator CPU seconds, reads and writes, per 60 s; drift repair = a RoleBinding deleted by hand until the operator has made it again (from its watch event).\n",
+        idle = settings.idle.as_secs(),
+        resync = humantime::format_duration(settings.resync),
+    );
+    // A hand-written analysis below the generated part is kept across runs.
+    let notes = std::fs::read_to_string(path)
+        .ok()
+        .and_then(|old| old.find("\n## Where the time goes").map(|at| old[at..].to_string()))
+        .unwrap_or_default();
+    let doc = format!("{doc}{notes}");
+    std::fs::write(path, doc).unwrap();
+    eprintln!("wrote {}", path.display());
 }
 
 fn render(rows: &[Row]) -> String {
@@ -387,10 +398,15 @@ async fn measure(client: &Client, kubeconfig: &Path, bin: &Path, n: usize, setti
         } else {
             operator
         };
-        delete_all(client, &api, &selector, &prefix, n, operator).await;
+        if last && !settings.ideal && !settings.bind {
+            operator.stop().await; // nothing follows that needs a quiet cluster
+        } else {
+            delete_all(client, &api, &selector, &prefix, n, operator).await;
+        }
     }
 
-    let (t0, t0_concurrency) = ideal_client(client, n, samples).await;
+    let (t0, t0_concurrency) =
+        if settings.ideal { ideal_client(client, n, samples).await } else { (Samples(vec![f64::NAN]), 0) };
     // Bindings are measured up to N = 1000, where the target is set.
     let bind =
         if settings.bind && n <= 1000 { Some(measure_bind(client, kubeconfig, bin, &emulator, n).await) } else { None };
