@@ -212,12 +212,15 @@ fn render(rows: &[Row]) -> String {
     );
     for r in rows {
         t.push_str(&format!(
-            "| {} | {} | {} [{}] | {:.2} | {:.0} | {:.2} / {:.2} / {:.2} | {:.1} | {:.2} | {:.2} | {:.0} + {:.0} / {:.0} | {:.2} | {:.0} / {:.0} | {:.2} |\n",
+            "| {} | {} | {} | {} | {:.0} | {:.2} / {:.2} / {:.2} | {:.1} | {:.2} | {:.2} | {:.0} + {:.0} / {:.0} | {:.2} | {:.0} / {:.0} | {:.2} |\n",
             r.n,
             r.t.show(),
-            r.t0.show(),
-            r.t0_concurrency,
-            r.t.median() / r.t0.median(),
+            if r.t0.median().is_nan() {
+                "not measured".to_string()
+            } else {
+                format!("{} [{}]", r.t0.show(), r.t0_concurrency)
+            },
+            if r.t0.median().is_nan() { "–".to_string() } else { format!("{:.2}", r.t.median() / r.t0.median()) },
             r.graph_requests.median(),
             r.per_ta.reads,
             r.per_ta.writes,
@@ -316,18 +319,9 @@ fn proc_stat(pid: u32) -> (f64, f64) {
 
 /// The release operator against the emulator, as `make bench` runs it.
 fn start_operator(bin: &Path, kubeconfig: &Path, emulator: &Emulator, selector: &str, resync: &str) -> OperatorProcess {
-    let ca = emulator.ca_path().to_str().unwrap().to_string();
-    let args = [
-        "--directory",
-        "graph",
-        "--credential",
-        "secret",
-        "--graph-endpoint",
-        emulator.url(),
-        "--authority-host",
-        emulator.url(),
-        "--ca-file",
-        &ca,
+    let graph = support::process::graph_args(emulator);
+    let mut args: Vec<&str> = graph.iter().map(String::as_str).collect();
+    args.extend([
         "--selector",
         selector,
         "--resync",
@@ -337,7 +331,7 @@ fn start_operator(bin: &Path, kubeconfig: &Path, emulator: &Emulator, selector: 
         // The bench deletes N namespaces at once on purpose: no brake.
         "--max-namespace-deletions",
         "0",
-    ];
+    ]);
     let env = [
         ("AZURE_TENANT_ID", TENANT_ID),
         ("AZURE_CLIENT_ID", CLIENT_ID),
@@ -511,16 +505,7 @@ async fn measure_bind(client: &Client, kubeconfig: &Path, bin: &Path, emulator: 
     // The namespaces existed before: the operator keeps them, the bench deletes them.
     delete_teamaccesses(&api, &selector, &prefix, n).await;
     operator.stop().await;
-    stream::iter(0..n)
-        .for_each_concurrent(32, |i| {
-            let namespaces = namespaces.clone();
-            let name = format!("{prefix}{i}");
-            async move {
-                let _ = namespaces.delete(&name, &DeleteParams::default()).await;
-            }
-        })
-        .await;
-    wait_namespaces_gone(client, &prefix, n).await;
+    delete_namespaces(client, &prefix, n).await;
 
     // One client, the same RoleBindings, into namespaces that exist.
     let prefix = format!("{id}-b0-");
@@ -543,6 +528,13 @@ async fn measure_bind(client: &Client, kubeconfig: &Path, bin: &Path, emulator: 
         .await;
     let t0 = started.elapsed().as_secs_f64();
     eprintln!("bind, one client: {t0:.2}s");
+    delete_namespaces(client, &prefix, n).await;
+    BindRow { t, t0, per_ta }
+}
+
+/// Deletes the namespaces `{prefix}{i}` and waits until they are gone.
+async fn delete_namespaces(client: &Client, prefix: &str, n: usize) {
+    let namespaces = Api::<Namespace>::all(client.clone());
     stream::iter(0..n)
         .for_each_concurrent(32, |i| {
             let namespaces = namespaces.clone();
@@ -552,8 +544,7 @@ async fn measure_bind(client: &Client, kubeconfig: &Path, bin: &Path, emulator: 
             }
         })
         .await;
-    wait_namespaces_gone(client, &prefix, n).await;
-    BindRow { t, t0, per_ta }
+    wait_namespaces_gone(client, prefix, n).await;
 }
 
 /// T: N TeamAccess named `{prefix}{i}` applied at once, until all are Ready.

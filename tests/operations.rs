@@ -139,23 +139,11 @@ async fn the_binary_counts_its_graph_lookups_cache_and_api_requests_on_metrics()
     let emulator = graph::emulator(operator::SEED_DIRECTORY).await;
     let label = unique("metrics");
     let selector = format!("{TEST_LABEL}={label}");
-    let ca = emulator.ca_path().to_str().unwrap().to_string();
+    let mut args = support::process::graph_args(&emulator);
+    args.extend(["--selector".to_string(), selector.clone()]);
     let op = OperatorProcess::start(
         &kubeconfig_path(),
-        &[
-            "--directory",
-            "graph",
-            "--credential",
-            "secret",
-            "--graph-endpoint",
-            emulator.url(),
-            "--authority-host",
-            emulator.url(),
-            "--ca-file",
-            &ca,
-            "--selector",
-            &selector,
-        ],
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
         &[("AZURE_TENANT_ID", TENANT_ID), ("AZURE_CLIENT_ID", CLIENT_ID), ("AZURE_CLIENT_SECRET", CLIENT_SECRET)],
         &std::env::temp_dir().join(&label),
     );

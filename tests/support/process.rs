@@ -142,6 +142,27 @@ impl Drop for OperatorProcess {
     }
 }
 
+/// The arguments that point the operator at the Graph emulator with its
+/// client-secret credential (the secret itself goes in AZURE_CLIENT_SECRET).
+pub fn graph_args(emulator: &graph_emulator::Emulator) -> Vec<String> {
+    let url = emulator.url().to_string();
+    let ca = emulator.ca_path().to_str().expect("a UTF-8 path").to_string();
+    [
+        "--directory",
+        "graph",
+        "--credential",
+        "secret",
+        "--graph-endpoint",
+        &url,
+        "--authority-host",
+        &url,
+        "--ca-file",
+        &ca,
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
 /// Requests an operator sent to the API server, by kind.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct KubeRequests {
