@@ -33,6 +33,9 @@ use super::{build::MANAGED_BY_SELECTOR, error::Error};
 
 /// Objects per page of a watch's initial list: a restart lists thousands of
 /// objects in a handful of requests rather than one per 500 (kube's default).
+/// Lists are consistent reads (not "any" from the API server's cache): after the
+/// API server came back to a compacted etcd, a cached list could name a revision
+/// already compacted, and the watch from it would fail with 410 again and again.
 pub const LIST_PAGE_SIZE: u32 = 10_000;
 
 /// How long a ClusterRole found to exist is believed to: the check runs on every
@@ -121,7 +124,7 @@ impl Caches {
 
 /// Starts the reflectors and returns once every cache holds its first list.
 pub async fn start(client: &Client, feeds: Feeds) -> Watches {
-    let children = watcher::Config::default().labels(MANAGED_BY_SELECTOR).any_semantic().page_size(LIST_PAGE_SIZE);
+    let children = watcher::Config::default().labels(MANAGED_BY_SELECTOR).page_size(LIST_PAGE_SIZE);
     let (roles, roles_task) = reflect("Role", watcher(Api::<Role>::all(client.clone()), children.clone()), feeds.roles);
     let (bindings, bindings_task) =
         reflect("RoleBinding", watcher(Api::<RoleBinding>::all(client.clone()), children), feeds.bindings);
@@ -129,7 +132,7 @@ pub async fn start(client: &Client, feeds: Feeds) -> Watches {
         "Namespace",
         watcher(
             Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
-            watcher::Config::default().any_semantic().page_size(LIST_PAGE_SIZE),
+            watcher::Config::default().page_size(LIST_PAGE_SIZE),
         ),
         feeds.namespaces,
     );

@@ -80,15 +80,30 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
         }
     }
 
-    let mut watched = watcher::Config::default().any_semantic().page_size(caches::LIST_PAGE_SIZE);
+    let mut watched = watcher::Config::default().page_size(caches::LIST_PAGE_SIZE);
     if let Some(selector) = &ctx.settings.selector {
         watched = watched.labels(selector);
     }
     let (store, writer) = reflector::store();
     let prefetch = ctx.clone();
+    // After the watch had to list again (the API server was away, or its history
+    // compacted), every object is looked at again: the predicate below would let
+    // none of the unchanged ones through, and some may be waiting out a long
+    // backoff from failures while the API server was gone.
+    let (relisted, relists) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let mut listed_before = false;
+    // No backoff of its own: the controller backs off its trigger streams, as it
+    // does for the watch it makes itself.
     let teamaccess_events = watcher(teamaccesses, watched)
-        .default_backoff()
         .reflect(writer)
+        .inspect_ok(move |event| {
+            if matches!(event, watcher::Event::InitDone) {
+                if listed_before {
+                    let _ = relisted.send(());
+                }
+                listed_before = true;
+            }
+        })
         .applied_objects()
         // A reconcile for what can change the outcome: a new object, its spec or
         // deletion (both move the generation), its finalizers. Not its own status.
@@ -137,6 +152,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
             tokio::time::sleep(Duration::from_secs(5)).await;
         }
     });
+    controller = controller.reconcile_all_on(tokio_stream::wrappers::UnboundedReceiverStream::new(relists));
     if let Some(changes) = ctx.directory.changes() {
         // A reloaded directory may resolve groups differently: look at every object again.
         controller = controller.reconcile_all_on(WatchStream::from_changes(changes).map(|_| ()));
