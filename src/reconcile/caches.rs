@@ -125,17 +125,19 @@ impl Caches {
 /// Starts the reflectors and returns once every cache holds its first list.
 pub async fn start(client: &Client, feeds: Feeds) -> Watches {
     let children = watcher::Config::default().labels(MANAGED_BY_SELECTOR).page_size(LIST_PAGE_SIZE);
-    let (roles, roles_task) = reflect("Role", watcher(Api::<Role>::all(client.clone()), children.clone()), feeds.roles);
-    let (bindings, bindings_task) =
-        reflect("RoleBinding", watcher(Api::<RoleBinding>::all(client.clone()), children), feeds.bindings);
-    let (namespaces, namespaces_task) = reflect(
-        "Namespace",
-        watcher(
-            Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
-            watcher::Config::default().page_size(LIST_PAGE_SIZE),
-        ),
-        feeds.namespaces,
-    );
+    let (roles, roles_task) = {
+        let (api, config) = (Api::<Role>::all(client.clone()), children.clone());
+        reflect("Role", move || watcher(api.clone(), config.clone()), feeds.roles)
+    };
+    let (bindings, bindings_task) = {
+        let api = Api::<RoleBinding>::all(client.clone());
+        reflect("RoleBinding", move || watcher(api.clone(), children.clone()), feeds.bindings)
+    };
+    let (namespaces, namespaces_task) = {
+        let api = Api::<PartialObjectMeta<Namespace>>::all(client.clone());
+        let config = watcher::Config::default().page_size(LIST_PAGE_SIZE);
+        reflect("Namespace", move || watcher(api.clone(), config.clone()), feeds.namespaces)
+    };
     Watches { roles, bindings, namespaces, tasks: vec![roles_task, bindings_task, namespaces_task] }
 }
 
@@ -157,11 +159,14 @@ where
 }
 
 /// One reflector in a task of its own: managed fields are dropped (never read
-/// from the cache), the cache is updated, then the event is passed on.
+/// from the cache), the cache is updated, then the event is passed on. When the
+/// API server says the watch's revision is gone (410), a new watcher lists
+/// afresh: kube-runtime's watcher can otherwise keep retrying a watch from that
+/// revision after the API server came back to a compacted etcd.
 fn reflect<K, S>(
     kind: &'static str,
-    events: S,
-    feed: Writer<K>,
+    make: impl Fn() -> S + Send + 'static,
+    mut feed: Writer<K>,
 ) -> (UnboundedReceiverStream<Result<K, watcher::Error>>, JoinHandle<()>)
 where
     K: Resource + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
@@ -170,18 +175,40 @@ where
 {
     let (tx, rx) = mpsc::unbounded_channel();
     let task = tokio::spawn(async move {
-        let events = events
-            .default_backoff()
-            .modify(|obj: &mut K| obj.meta_mut().managed_fields = None)
-            .reflect(feed)
-            .touched_objects();
-        futures::pin_mut!(events);
-        while let Some(event) = events.next().await {
-            if let Err(e) = &event {
-                tracing::warn!(kind, error = %e, "watch failed; retrying");
-            }
-            if tx.send(event).is_err() {
-                break;
+        loop {
+            let events = make().default_backoff();
+            futures::pin_mut!(events);
+            while let Some(event) = events.next().await {
+                match event {
+                    Ok(event) => {
+                        let event = event.modify(|obj| obj.meta_mut().managed_fields = None);
+                        feed.apply_watcher_event(&event);
+                        let touched = match event {
+                            watcher::Event::Apply(obj)
+                            | watcher::Event::Delete(obj)
+                            | watcher::Event::InitApply(obj) => Some(obj),
+                            watcher::Event::Init | watcher::Event::InitDone => None,
+                        };
+                        if let Some(obj) = touched
+                            && tx.send(Ok(obj)).is_err()
+                        {
+                            return;
+                        }
+                    }
+                    // Reported here and kept from the controller: an error in a
+                    // trigger stream makes it back off every trigger for a while.
+                    Err(e) => {
+                        tracing::warn!(kind, error = %e, "watch failed; retrying");
+                        let gone = match &e {
+                            watcher::Error::WatchError(status) => status.code == 410,
+                            watcher::Error::WatchStartFailed(kube::Error::Api(status)) => status.code == 410,
+                            _ => false,
+                        };
+                        if gone {
+                            break;
+                        }
+                    }
+                }
             }
         }
     });
