@@ -11,10 +11,10 @@ RUN apt-get update && apt-get install -y --no-install-recommends musl-tools cmak
 WORKDIR /src
 # Dependencies first, so a source change does not rebuild them.
 COPY Cargo.toml Cargo.lock ./
-COPY tests/graph-emulator/Cargo.toml tests/graph-emulator/Cargo.toml
-RUN mkdir -p src tests/graph-emulator/src \
+COPY tests/azure-emulator/Cargo.toml tests/azure-emulator/Cargo.toml
+RUN mkdir -p src tests/azure-emulator/src \
     && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
-    && echo 'fn main() {}' > tests/graph-emulator/src/main.rs && touch tests/graph-emulator/src/lib.rs \
+    && echo 'fn main() {}' > tests/azure-emulator/src/main.rs && touch tests/azure-emulator/src/lib.rs \
     && cargo build --locked --release --target x86_64-unknown-linux-musl -p teamaccess-operator || true
 COPY src src
 RUN touch src/main.rs src/lib.rs \

@@ -30,7 +30,7 @@ bench:
 	scripts/bench.sh
 
 emulator:
-	cargo run --locked --quiet -p graph-emulator -- --state-dir $${EMULATOR_STATE:-/tmp/graph-emulator}
+	cargo run --locked --quiet -p azure-emulator -- --state-dir $${EMULATOR_STATE:-/tmp/azure-emulator}
 
 cluster-bin:
 	tests/cluster/cluster.sh bin

@@ -32,8 +32,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use azure_emulator::{CLIENT_ID, CLIENT_SECRET, Emulator, Faults, TENANT_ID};
 use futures::{StreamExt, stream};
-use graph_emulator::{CLIENT_ID, CLIENT_SECRET, Emulator, Faults, TENANT_ID};
 use k8s_openapi::api::{
     core::v1::Namespace,
     rbac::v1::{Role, RoleBinding},

@@ -6,10 +6,16 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use azure_core::credentials::TokenCredential;
+
 use crate::{
+    azure::{
+        AksClusterId, ClusterUserRole,
+        arm::ArmClient,
+        credential::{self, Cloud, CredentialKind, CredentialSettings},
+    },
     directory::{
         Directory,
-        credential::{self, Cloud, CredentialKind, CredentialSettings},
         graph::{GraphDirectory, GraphSettings},
         static_file::StaticDirectory,
     },
@@ -92,9 +98,21 @@ pub struct RunArgs {
     #[arg(long, env = "TEAMACCESS_AUTHORITY_HOST")]
     pub authority_host: Option<String>,
 
-    /// An extra CA certificate (PEM) to trust for Entra ID and Graph.
+    /// An extra CA certificate (PEM) to trust for Entra ID, Graph and ARM.
     #[arg(long, env = "TEAMACCESS_CA_FILE")]
     pub ca_file: Option<PathBuf>,
+
+    /// The AKS cluster's resource ID
+    /// (/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.ContainerService/managedClusters/{name}).
+    /// When set, each TeamAccess's group is given the Azure Kubernetes Service
+    /// Cluster User Role on it (unless spec.clusterUserRole is false), so its
+    /// members can fetch a kubeconfig. Unset: no Azure Resource Manager call at all.
+    #[arg(long, env = "TEAMACCESS_AKS_CLUSTER_RESOURCE_ID")]
+    pub aks_cluster_resource_id: Option<AksClusterId>,
+
+    /// The Azure Resource Manager root URL, overriding the cloud's (the emulator).
+    #[arg(long, env = "TEAMACCESS_ARM_ENDPOINT")]
+    pub arm_endpoint: Option<String>,
 
     /// How long a resolved group or user is reused before Graph is asked again.
     #[arg(long, env = "TEAMACCESS_GRAPH_CACHE_TTL", default_value = "5m", value_parser = humantime::parse_duration)]
@@ -170,8 +188,9 @@ pub struct RunArgs {
     pub log_format: LogFormat,
 }
 
-/// Builds the Graph directory and its credential from the flags and environment.
-fn graph_directory(args: &RunArgs, metrics: Arc<Metrics>) -> anyhow::Result<Arc<dyn Directory>> {
+/// The HTTP client and credential shared by Graph and ARM, from the flags and
+/// environment: one CA setting, one identity, a token per audience.
+fn azure_credential(args: &RunArgs) -> anyhow::Result<(reqwest::Client, Arc<dyn TokenCredential>)> {
     let mut http = reqwest::Client::builder();
     if let Some(path) = &args.ca_file {
         let pem = std::fs::read(path).with_context(|| format!("reading --ca-file {}", path.display()))?;
@@ -199,11 +218,37 @@ fn graph_directory(args: &RunArgs, metrics: Arc<Metrics>) -> anyhow::Result<Arc<
     };
     let (credential, description) =
         credential::build(&settings, args.cloud, http.clone()).context("building the credential")?;
-    let endpoint = args.graph_endpoint.clone().unwrap_or_else(|| args.cloud.graph_endpoint().to_string());
-    tracing::info!(credential = %description, graph = %endpoint, "using the Microsoft Graph directory");
-    let graph = GraphSettings { endpoint, cache_ttl: args.graph_cache_ttl, ..Default::default() };
-    Ok(Arc::new(GraphDirectory::new(http, credential, graph, Some(metrics))))
+    tracing::info!(credential = %description, "using an Azure identity");
+    Ok((http, credential))
 }
+
+/// Builds the Graph directory on the shared credential.
+fn graph_directory(
+    args: &RunArgs,
+    (http, credential): (reqwest::Client, Arc<dyn TokenCredential>),
+    metrics: Arc<Metrics>,
+) -> Arc<dyn Directory> {
+    let endpoint = args.graph_endpoint.clone().unwrap_or_else(|| args.cloud.graph_endpoint().to_string());
+    tracing::info!(graph = %endpoint, "using the Microsoft Graph directory");
+    let graph = GraphSettings { endpoint, cache_ttl: args.graph_cache_ttl, ..Default::default() };
+    Arc::new(GraphDirectory::new(http, credential, graph, Some(metrics)))
+}
+
+/// The groups' Cluster User Role on the AKS cluster, through ARM on the shared credential.
+fn cluster_user_role(
+    args: &RunArgs,
+    cluster: &AksClusterId,
+    (http, credential): (reqwest::Client, Arc<dyn TokenCredential>),
+    metrics: Arc<Metrics>,
+) -> Arc<ClusterUserRole> {
+    let endpoint = args.arm_endpoint.clone().unwrap_or_else(|| args.cloud.arm_endpoint().to_string());
+    tracing::info!(arm = %endpoint, cluster = %cluster, "granting the groups the Azure Kubernetes Service Cluster User Role");
+    let arm = ArmClient::new(http, credential, &endpoint, ARM_REQUEST_TIMEOUT, Some(metrics));
+    Arc::new(ClusterUserRole::new(arm, cluster.clone(), args.resync))
+}
+
+/// How long one ARM request may take.
+const ARM_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 const SERVICE_ACCOUNT_NAMESPACE_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
 
@@ -221,12 +266,19 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let version = client.apiserver_version().await.context("cannot reach the Kubernetes API server")?;
     tracing::info!(version = %version.git_version, platform = %version.platform, "connected to the Kubernetes API server");
 
-    let directory: Arc<dyn Directory> = match args.directory {
-        DirectoryKind::Static => {
+    // Built only when Graph or ARM needs it: the static directory alone needs no identity.
+    let needs_azure = args.directory == DirectoryKind::Graph || args.aks_cluster_resource_id.is_some();
+    let azure = if needs_azure { Some(azure_credential(&args)?) } else { None };
+    let directory: Arc<dyn Directory> = match (args.directory, &azure) {
+        (DirectoryKind::Graph, Some(azure)) => graph_directory(&args, azure.clone(), metrics.clone()),
+        _ => {
             let path = args.directory_file.as_deref().context("--directory static needs --directory-file")?;
             Arc::new(StaticDirectory::load(path).await?)
         }
-        DirectoryKind::Graph => graph_directory(&args, metrics.clone())?,
+    };
+    let cluster_user_role = match (&args.aks_cluster_resource_id, azure) {
+        (Some(cluster), Some(azure)) => Some(cluster_user_role(&args, cluster, azure, metrics.clone())),
+        _ => None,
     };
 
     let own_namespace = args
@@ -253,8 +305,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     );
     let instance = std::env::var("POD_NAME").ok().or_else(|| std::env::var("HOSTNAME").ok());
     let health = Arc::new(Health::default());
-    let ctx = reconcile::Context::new(client.clone(), directory, settings, instance.clone())
+    let mut ctx = reconcile::Context::new(client.clone(), directory, settings, instance.clone())
         .with_telemetry(metrics.clone(), health.clone());
+    if let Some(role) = cluster_user_role {
+        ctx = ctx.with_cluster_user_role(role);
+    }
     let ctx = Arc::new(ctx);
 
     // One stop signal for everything: SIGTERM or Ctrl-C turns /readyz unready at once.
@@ -437,6 +492,19 @@ mod tests {
         assert_eq!(policy.allowed_cluster_roles.iter().collect::<Vec<_>>(), ["team-lead", "view"]);
         assert!(policy.allow_escalating_rules);
         assert!(parse(&["--allowed-cluster-roles="]).allowed_cluster_roles.is_empty());
+    }
+
+    #[test]
+    fn a_malformed_cluster_id_fails_at_startup_saying_what_to_fix() {
+        let err = Cli::try_parse_from(["teamaccess-operator", "run", "--aks-cluster-resource-id", "my-cluster"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--aks-cluster-resource-id"), "{err}");
+        assert!(err.contains("is not an AKS cluster resource ID"), "{err}");
+        let id = "/subscriptions/6f1e2d3c-4b5a-4987-8a6b-5c4d3e2f1a0b/resourceGroups/rg/providers/Microsoft.ContainerService/managedClusters/aks";
+        let cli = Cli::try_parse_from(["teamaccess-operator", "run", "--aks-cluster-resource-id", id]).unwrap();
+        let Command::Run(args) = cli.command else { panic!("expected run") };
+        assert_eq!(args.aks_cluster_resource_id.unwrap().scope(), id);
     }
 
     #[test]

@@ -5,7 +5,7 @@ mod support;
 
 use std::time::Duration;
 
-use graph_emulator::Faults;
+use azure_emulator::Faults;
 use k8s_openapi::api::{
     core::v1::{ConfigMap, Namespace},
     rbac::v1::{Role, RoleBinding},

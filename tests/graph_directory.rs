@@ -5,11 +5,14 @@ mod support;
 
 use std::{sync::Arc, time::Duration};
 
-use graph_emulator::{FEDERATED_TOKEN, Faults};
+use azure_emulator::{FEDERATED_TOKEN, Faults};
 use support::graph::*;
 use teamaccess_operator::{
     api::{GroupSelector, UserRef},
-    directory::{Directory, DirectoryError, DirectoryGroup, credential::CredentialKind, graph::GraphDirectory},
+    {
+        azure::credential::CredentialKind,
+        directory::{Directory, DirectoryError, DirectoryGroup, graph::GraphDirectory},
+    },
 };
 
 const SEED: &str = include_str!("../deploy/examples/seed/directory.yaml");

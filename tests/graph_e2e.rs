@@ -5,7 +5,7 @@ mod support;
 
 use std::{sync::Arc, time::Duration};
 
-use graph_emulator::{Emulator, Faults};
+use azure_emulator::{Emulator, Faults};
 use k8s_openapi::api::rbac::v1::RoleBinding;
 use kube::Api;
 use support::{graph::*, operator::*, *};

@@ -4,11 +4,11 @@
 
 mod support;
 
-use graph_emulator::IDENTITY_HEADER;
+use azure_emulator::IDENTITY_HEADER;
 use support::graph::*;
 use teamaccess_operator::{
     api::GroupSelector,
-    directory::{Directory, credential::CredentialKind},
+    {azure::credential::CredentialKind, directory::Directory},
 };
 
 #[tokio::test]

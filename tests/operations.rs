@@ -133,7 +133,6 @@ async fn readyz_turns_ready_on_start_and_unready_on_shutdown() {
 
 #[tokio::test]
 async fn the_binary_counts_its_graph_lookups_cache_and_api_requests_on_metrics() {
-    use graph_emulator::{CLIENT_ID, CLIENT_SECRET, TENANT_ID};
     let admin = admin_client().await;
     ensure_crd(&admin).await;
     let emulator = graph::emulator(operator::SEED_DIRECTORY).await;
@@ -144,7 +143,7 @@ async fn the_binary_counts_its_graph_lookups_cache_and_api_requests_on_metrics()
     let op = OperatorProcess::start(
         &kubeconfig_path(),
         &args.iter().map(String::as_str).collect::<Vec<_>>(),
-        &[("AZURE_TENANT_ID", TENANT_ID), ("AZURE_CLIENT_ID", CLIENT_ID), ("AZURE_CLIENT_SECRET", CLIENT_SECRET)],
+        &support::process::GRAPH_ENV,
         &std::env::temp_dir().join(&label),
     );
     op.wait_ready().await;

@@ -8,6 +8,9 @@ use super::Reason;
 
 pub const READY: &str = "Ready";
 pub const GROUP_RESOLVED: &str = "GroupResolved";
+/// Whether the group holds the Azure Kubernetes Service Cluster User Role (only
+/// when the operator manages it: --aks-cluster-resource-id).
+pub const CLUSTER_USER_ROLE: &str = "ClusterUserRole";
 pub const RECONCILING: &str = "Reconciling";
 pub const STALLED: &str = "Stalled";
 

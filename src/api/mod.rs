@@ -104,6 +104,16 @@ pub struct TeamAccessSpec {
     /// deleted: Delete removes it once no other TeamAccess uses it, Retain keeps it.
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
+
+    /// Whether the group is given the Azure role "Azure Kubernetes Service Cluster
+    /// User Role" on the AKS cluster, which its members need to fetch a kubeconfig
+    /// (`az aks get-credentials`). Only when the operator runs with
+    /// --aks-cluster-resource-id; default true. Set false when the group gets that
+    /// role some other way. The assignment is per group: it stays while any
+    /// TeamAccess of the group wants it, and one the operator did not make is never
+    /// removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_user_role: Option<bool>,
 }
 
 /// Selects one Entra ID group.
@@ -216,9 +226,31 @@ pub struct TeamAccessStatus {
     /// Name of the RoleBinding the operator keeps.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role_binding: Option<String>,
-    /// Ready, GroupResolved, and kstatus' Reconciling and Stalled.
+    /// The group's Azure Kubernetes Service Cluster User Role assignment on the
+    /// AKS cluster (with --aks-cluster-resource-id, unless spec.clusterUserRole is false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_user_role: Option<ClusterUserRoleStatus>,
+    /// Ready, GroupResolved, ClusterUserRole, and kstatus' Reconciling and Stalled.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+}
+
+/// The Azure role assignment that lets the group's members fetch a kubeconfig.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterUserRoleStatus {
+    /// The role assignment's Azure resource ID.
+    pub assignment_id: String,
+    /// True when this operator made it (and removes it when no TeamAccess of the
+    /// group wants it); false when someone else did (never removed).
+    pub created_by_operator: bool,
+}
+
+impl TeamAccessSpec {
+    /// Whether this TeamAccess wants its group to hold the Cluster User Role.
+    pub fn wants_cluster_user_role(&self) -> bool {
+        self.cluster_user_role != Some(false)
+    }
 }
 
 /// A group as resolved through the directory.
@@ -269,6 +301,7 @@ impl TeamAccessSpec {
             users: Vec::new(),
             namespace_metadata: None,
             deletion_policy: DeletionPolicy::Delete,
+            cluster_user_role: None,
         }
     }
 }

@@ -52,6 +52,20 @@ pub enum Reason {
     /// The finalizer itself could not be added or removed.
     FinalizerFailed,
 
+    // The Azure Kubernetes Service Cluster User Role (condition ClusterUserRole).
+    /// The group holds the role through the assignment this operator made.
+    Assigned,
+    /// The group holds the role through an assignment someone else made.
+    AssignedByOther,
+    /// The operator's Azure identity may not create role assignments on the cluster.
+    AuthorizationFailed,
+    /// ARM does not know the group yet (directory replication); retried.
+    PrincipalNotFound,
+    ArmThrottled,
+    ArmUnavailable,
+    ArmAuthenticationFailed,
+    ArmRequestRejected,
+
     // Events that report an action rather than a state.
     GroupRenamed,
     NamespaceCreated,

@@ -11,7 +11,6 @@ use tokio::sync::watch;
 
 use crate::api::{GroupSelector, Reason, UserRef};
 
-pub mod credential;
 pub mod file_format;
 pub mod graph;
 pub mod static_file;

@@ -21,6 +21,7 @@ use kube::{
 };
 
 use super::{
+    azure_role,
     build::{self, CREATED_BY_ANNOTATION, MANAGED_BY_LABEL},
     caches::Caches,
     context::{Context, FIELD_MANAGER},
@@ -147,6 +148,8 @@ pub async fn cleanup(ta: &TeamAccess, ctx: &Context) -> Result<(), Error> {
         ),
         Disposition::Keep => format!("removed RoleBinding and Role {name}; namespace {namespace} kept"),
     };
+    // After the Kubernetes side, which ARM never holds up.
+    azure_role::release_deleted(ta, ctx).await;
     let cleaned_up = Note { type_: EventType::Normal, reason: Reason::CleanedUp, message: note };
     status::emit(ta, ctx, cleaned_up, "Delete").await;
     Ok(())

@@ -5,13 +5,16 @@
 use std::{
     borrow::Cow,
     collections::{BTreeSet, HashMap},
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, OnceLock},
     time::Duration,
 };
 
 use kube::{
     Client, ResourceExt,
-    runtime::events::{Recorder, Reporter},
+    runtime::{
+        events::{Recorder, Reporter},
+        reflector::Store,
+    },
 };
 
 use super::{
@@ -20,6 +23,7 @@ use super::{
 };
 use crate::{
     api::{TeamAccess, TeamAccessStatus},
+    azure::ClusterUserRole,
     directory::Directory,
     telemetry::{Health, metrics::Metrics},
 };
@@ -119,6 +123,10 @@ pub struct Context {
     pub brake: Mutex<DeletionBrake>,
     /// Watched caches of the children and namespaces, read instead of the API server.
     pub caches: Caches,
+    /// The Azure Cluster User Role of the groups, when --aks-cluster-resource-id is set.
+    pub cluster_user_role: Option<Arc<ClusterUserRole>>,
+    /// The controller's cache of TeamAccess objects, once it runs.
+    pub teamaccesses: OnceLock<Store<TeamAccess>>,
     /// Their writers, until the controller starts the reflectors.
     feeds: Mutex<Option<Feeds>>,
     /// Consecutive failures per TeamAccess, for the backoff of its next try.
@@ -140,6 +148,8 @@ impl Context {
         let (caches, feeds) = Caches::new();
         Self {
             caches,
+            cluster_user_role: None,
+            teamaccesses: OnceLock::new(),
             feeds: Mutex::new(Some(feeds)),
             brake: Mutex::new(brake),
             recorder: Recorder::new(client.clone(), reporter),
@@ -157,6 +167,12 @@ impl Context {
     pub fn with_telemetry(mut self, metrics: Arc<Metrics>, health: Arc<Health>) -> Self {
         self.metrics = metrics;
         self.health = health;
+        self
+    }
+
+    /// Manages the groups' Azure Kubernetes Service Cluster User Role.
+    pub fn with_cluster_user_role(mut self, role: Arc<ClusterUserRole>) -> Self {
+        self.cluster_user_role = Some(role);
         self
     }
 

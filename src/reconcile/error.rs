@@ -1,12 +1,18 @@
 //! Reconcile failures. Each variant has a `reason()` from the closed `Reason`
 //! set: the condition reason, the Warning event reason and the metric label.
 
-use crate::{api::Reason, directory::DirectoryError};
+use std::time::Duration;
+
+use crate::{api::Reason, azure::arm::ArmError, directory::DirectoryError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
     Directory(#[from] DirectoryError),
+
+    /// The group's Azure role assignment; the Kubernetes access is in place.
+    #[error("the namespace access is in place, but the group's Azure Kubernetes Service Cluster User Role is not: {0}")]
+    Arm(#[from] ArmError),
 
     #[error(
         "{selector} now resolves to group {resolved}, but this TeamAccess is pinned to group {pinned}; a group deleted and re-created under the same name is a different group, so nothing new is bound. To bind the new group, set spec.group.objectId to {resolved}"
@@ -66,6 +72,7 @@ impl Error {
     pub fn reason(&self) -> Reason {
         match self {
             Error::Directory(e) => e.reason(),
+            Error::Arm(e) => e.reason(),
             Error::GroupChanged { .. } => Reason::GroupObjectIdChanged,
             Error::GroupMissing { .. } => Reason::GroupMissing,
             Error::ProtectedNamespace { .. } => Reason::ProtectedNamespace,
@@ -85,8 +92,18 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         match self {
             Error::Directory(e) => e.is_transient(),
+            Error::Arm(e) => e.is_transient(),
             Error::NamespaceTerminating { .. } | Error::NamespaceDeletionDelayed { .. } | Error::Kube { .. } => true,
             _ => false,
+        }
+    }
+
+    /// When the remote service (Graph or ARM) asked to be called again.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Error::Directory(e) => e.retry_after(),
+            Error::Arm(e) => e.retry_after(),
+            _ => None,
         }
     }
 

@@ -3,7 +3,7 @@
 //! A reconcile is a typed pipeline, one module per step, each step taking what
 //! the previous one returned (docs/architecture.md tells why):
 //!
-//! validate → resolve → build → apply → status
+//! validate → resolve → build → apply → azure_role → status
 //!
 //! Deletion goes through the finalizer to `cleanup`. The steps import from
 //! `context` and `error` below them, never from this module.
@@ -37,6 +37,7 @@ use tokio_stream::wrappers::WatchStream;
 use crate::api::{FINALIZER, Reason, TeamAccess};
 
 pub mod apply;
+pub mod azure_role;
 pub mod brake;
 pub mod build;
 pub mod caches;
@@ -127,6 +128,21 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
         .with_config(controller::Config::default().concurrency(ctx.settings.concurrency).debounce(DEBOUNCE));
     // Ready once the cache of TeamAccess objects has synced; the gauge follows it.
     let store = controller.store();
+    let _ = ctx.teamaccesses.set(store.clone());
+    // The Azure role assignments are swept once the cache knows which groups are wanted.
+    let sweeper = {
+        let (ctx, store) = (ctx.clone(), store.clone());
+        tokio::spawn(async move {
+            // Polled, like the watchdog's: the store wakes only its latest waiter.
+            loop {
+                match tokio::time::timeout(Duration::from_millis(200), store.wait_until_ready()).await {
+                    Ok(Ok(())) => break azure_role::sweep_forever(ctx).await,
+                    Ok(Err(_)) => break,
+                    Err(_) => {}
+                }
+            }
+        })
+    };
     let synced = Arc::new(AtomicBool::new(false));
     let (metrics, health, synced_flag) = (ctx.metrics.clone(), ctx.health.clone(), synced.clone());
     let watchdog = tokio::spawn(async move {
@@ -189,6 +205,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
         () = stopped_before_sync => {}
     }
     watchdog.abort();
+    sweeper.abort();
     tasks.iter().for_each(JoinHandle::abort);
     Ok(())
 }
@@ -299,7 +316,8 @@ async fn pipeline<'a>(ta: &'a TeamAccess, ctx: &Context) -> status::Outcome<'a> 
     };
     let desired = build::build(&resolved);
     let applied = apply::apply(desired, &ctx.client, &ctx.caches).await;
-    status::Outcome::resolved(resolved, applied)
+    let azure = azure_role::grant(ta, &resolved.group_object_id, ctx).await;
+    status::Outcome::resolved(resolved, applied).with_azure_role(azure)
 }
 
 #[cfg(test)]

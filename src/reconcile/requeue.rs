@@ -25,16 +25,17 @@ pub fn next_action(error: Option<&Error>, failures: u32, resync: Duration, rando
         |cap: Duration| Next { after: Backoff::CONTROLLER.delay_with(failures + 1, random).min(cap), failed: true };
     match error {
         None => Next { after: resync, failed: false },
-        // Graph said when to come back: do so, with up to 50% added so objects
-        // throttled together spread out, rather than back off further; objects
-        // then recover soon after a throttling storm ends.
-        Some(Error::Directory(e)) if e.retry_after().is_some() => {
+        // Graph or ARM said when to come back: do so, with up to 50% added so
+        // objects throttled together spread out, rather than back off further;
+        // objects then recover soon after a throttling storm ends.
+        Some(e) if e.retry_after().is_some() => {
             let wait = e.retry_after().unwrap_or_default().max(Duration::from_secs(1));
             Next { after: wait.mul_f64(1.0 + random * 0.5), failed: false }
         }
         // An outage ends on its own: look again at least every 20 s (the Graph
-        // client fails fast meanwhile, so this adds no load on Graph).
+        // and ARM clients fail fast meanwhile, so this adds no load on them).
         Some(Error::Directory(e)) if e.is_transient() => backoff(MAX_DIRECTORY_RETRY),
+        Some(Error::Arm(e)) if e.is_transient() => backoff(MAX_DIRECTORY_RETRY),
         Some(e) if e.is_transient() => backoff(Duration::MAX),
         // Needs the user to act; a change of the object or the directory triggers
         // a reconcile anyway.

@@ -14,13 +14,14 @@ use kube::{
 
 use super::{
     apply::{Applied, ApplyFailed},
+    azure_role::AzureRole,
     context::{Context, FIELD_MANAGER},
     error::Error,
     resolve::{GroupReport, Resolved, Unresolved},
 };
 use crate::api::{
-    Reason, ResolvedGroup, TeamAccess, TeamAccessStatus,
-    conditions::{self, DesiredCondition, GROUP_RESOLVED, READY, RECONCILING, STALLED},
+    ClusterUserRoleStatus, Reason, ResolvedGroup, TeamAccess, TeamAccessStatus,
+    conditions::{self, CLUSTER_USER_ROLE, DesiredCondition, GROUP_RESOLVED, READY, RECONCILING, STALLED},
 };
 
 /// An Event to publish about the TeamAccess.
@@ -57,6 +58,8 @@ pub struct Outcome<'a> {
     /// The Role and RoleBinding were taken away (the namespace became protected).
     access_removed: bool,
     namespace_created: bool,
+    /// The group's Azure Cluster User Role.
+    azure: AzureRole,
     error: Option<Error>,
 }
 
@@ -76,6 +79,7 @@ impl<'a> Outcome<'a> {
             applied: None,
             access_removed,
             namespace_created: false,
+            azure: AzureRole::NotReached,
             error: Some(error),
         }
     }
@@ -88,7 +92,15 @@ impl<'a> Outcome<'a> {
             }
             Unresolved::Users { group, error } => (GroupState::Found(group), error),
         };
-        Self { ta, group, applied: None, access_removed: false, namespace_created: false, error: Some(error) }
+        Self {
+            ta,
+            group,
+            applied: None,
+            access_removed: false,
+            namespace_created: false,
+            azure: AzureRole::NotReached,
+            error: Some(error),
+        }
     }
 
     /// The group resolved and the children were applied, or applying failed.
@@ -111,8 +123,19 @@ impl<'a> Outcome<'a> {
             applied,
             access_removed: false,
             namespace_created,
+            azure: AzureRole::NotReached,
             error,
         }
+    }
+
+    /// What the Azure step found. A failure there leaves the object not Ready
+    /// unless something else already does (the Kubernetes access is in place).
+    pub fn with_azure_role(mut self, azure: AzureRole) -> Self {
+        if let (None, AzureRole::Checked(Err(e))) = (&self.error, &azure) {
+            self.error = Some(Error::Arm(e.clone()));
+        }
+        self.azure = azure;
+        self
     }
 
     /// Why the reconcile did not end Ready, if it did not.
@@ -136,14 +159,30 @@ pub fn compute(outcome: &Outcome, now: &Time) -> (TeamAccessStatus, Vec<Note>) {
         None if outcome.access_removed => (None, None),
         None => (previous.role.clone(), previous.role_binding.clone()),
     };
+    let cluster_user_role = match &outcome.azure {
+        AzureRole::Checked(Ok(assignment)) => Some(ClusterUserRoleStatus {
+            assignment_id: assignment.id.clone(),
+            created_by_operator: assignment.by_operator,
+        }),
+        AzureRole::NotManaged => None,
+        AzureRole::Checked(Err(_)) | AzureRole::NotReached => previous.cluster_user_role.clone(),
+    };
     let generation = ta.metadata.generation;
+    let mut conditions = conditions::merge(&previous.conditions, &desired, generation, now);
+    // Not looked at this time: the condition says what it said.
+    if outcome.azure == AzureRole::NotReached
+        && let Some(kept) = conditions::find(&previous.conditions, CLUSTER_USER_ROLE)
+    {
+        conditions.push(kept.clone());
+    }
     let status = TeamAccessStatus {
         observed_generation: generation,
         group,
         namespace: Some(ta.spec.namespace.clone()),
         role,
         role_binding,
-        conditions: conditions::merge(&previous.conditions, &desired, generation, now),
+        cluster_user_role,
+        conditions,
     };
 
     let mut notes = transition_events(&previous.conditions, &desired);
@@ -232,11 +271,16 @@ fn desired_conditions(outcome: &Outcome) -> Vec<DesiredCondition> {
             true,
             Reason::Reconciled,
             format!(
-                "group {} ({}) has {} in namespace {}",
+                "group {} ({}) has {} in namespace {}{}",
                 report.pin.display_name.as_deref().unwrap_or("?"),
                 report.pin.object_id,
                 describe_access(ta),
-                ta.spec.namespace
+                ta.spec.namespace,
+                if matches!(outcome.azure, AzureRole::Checked(Ok(_))) {
+                    " and the Azure Kubernetes Service Cluster User Role on the cluster"
+                } else {
+                    ""
+                }
             ),
         ),
         (Some(e), _) => DesiredCondition::new(READY, false, e.reason(), e.to_string()),
@@ -264,6 +308,27 @@ fn desired_conditions(outcome: &Outcome) -> Vec<DesiredCondition> {
         }
         GroupState::NotLookedUp { .. } => {}
     }
+    match &outcome.azure {
+        AzureRole::Checked(Ok(assignment)) if assignment.by_operator => desired.push(DesiredCondition::new(
+            CLUSTER_USER_ROLE,
+            true,
+            Reason::Assigned,
+            format!("the group holds the Azure Kubernetes Service Cluster User Role through {}", assignment.id),
+        )),
+        AzureRole::Checked(Ok(assignment)) => desired.push(DesiredCondition::new(
+            CLUSTER_USER_ROLE,
+            true,
+            Reason::AssignedByOther,
+            format!(
+                "the group holds the Azure Kubernetes Service Cluster User Role through {}, which this operator did not make and never removes",
+                assignment.id
+            ),
+        )),
+        AzureRole::Checked(Err(e)) => {
+            desired.push(DesiredCondition::new(CLUSTER_USER_ROLE, false, e.reason(), e.to_string()))
+        }
+        AzureRole::NotManaged | AzureRole::NotReached => {}
+    }
     if let Some(e) = &outcome.error {
         let kind = if e.is_transient() { RECONCILING } else { STALLED };
         desired.push(DesiredCondition::new(kind, true, e.reason(), e.to_string()));
@@ -271,21 +336,21 @@ fn desired_conditions(outcome: &Outcome) -> Vec<DesiredCondition> {
     desired
 }
 
-/// One Event per Ready or GroupResolved condition whose status or reason changed;
-/// a GroupResolved failure that Ready already reports is not repeated, and a
-/// plain successful resolution is not news.
+/// One Event per Ready, GroupResolved or ClusterUserRole condition whose status
+/// or reason changed; a failure that Ready already reports is not repeated, and
+/// a plain successful resolution or assignment is not news (Ready's says it).
 fn transition_events(previous: &[Condition], desired: &[DesiredCondition]) -> Vec<Note> {
     let ready_reason = desired.iter().find(|d| d.type_ == READY).map(|d| d.reason);
     desired
         .iter()
-        .filter(|d| d.type_ == READY || d.type_ == GROUP_RESOLVED)
+        .filter(|d| [READY, GROUP_RESOLVED, CLUSTER_USER_ROLE].contains(&d.type_))
         .filter(|d| {
             let status = if d.status { "True" } else { "False" };
             conditions::find(previous, d.type_)
                 .is_none_or(|p| p.status != status || p.reason != Reason::as_str(d.reason))
         })
         .filter(|d| d.type_ == READY || Some(d.reason) != ready_reason)
-        .filter(|d| !(d.type_ == GROUP_RESOLVED && d.status && d.reason == Reason::Resolved))
+        .filter(|d| !(d.type_ != READY && d.status && d.reason != Reason::GroupNotSecurityEnabled))
         .map(|d| {
             let healthy = d.status && matches!(d.reason, Reason::Reconciled | Reason::Resolved);
             let type_ = if healthy { EventType::Normal } else { EventType::Warning };

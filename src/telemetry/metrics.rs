@@ -39,6 +39,14 @@ pub struct KubeRequestLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ArmRequestLabels {
+    /// GET, PUT or DELETE.
+    pub method: String,
+    /// The HTTP status, or `error` when no answer came.
+    pub status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CacheLabels {
     /// `hit` or `miss`.
     pub result: String,
@@ -49,6 +57,7 @@ pub struct Metrics {
     pub reconciles: Family<ReconcileLabels, Counter>,
     pub reconcile_duration: Histogram,
     pub graph_requests: Family<StatusLabels, Counter>,
+    pub arm_requests: Family<ArmRequestLabels, Counter>,
     pub directory_cache: Family<CacheLabels, Counter>,
     pub kube_requests: Family<KubeRequestLabels, Counter>,
     pub managed: Gauge,
@@ -65,6 +74,12 @@ impl Default for Metrics {
         registry.register("reconcile_duration_seconds", "Time to reconcile one TeamAccess", reconcile_duration.clone());
         let graph_requests = Family::<StatusLabels, Counter>::default();
         registry.register("graph_requests", "Microsoft Graph HTTP requests by status", graph_requests.clone());
+        let arm_requests = Family::<ArmRequestLabels, Counter>::default();
+        registry.register(
+            "arm_requests",
+            "Azure Resource Manager HTTP requests by method and status",
+            arm_requests.clone(),
+        );
         let directory_cache = Family::<CacheLabels, Counter>::default();
         registry.register("directory_cache", "Directory cache lookups by result", directory_cache.clone());
         let kube_requests = Family::<KubeRequestLabels, Counter>::default();
@@ -92,6 +107,7 @@ impl Default for Metrics {
             reconciles,
             reconcile_duration,
             graph_requests,
+            arm_requests,
             directory_cache,
             kube_requests,
             managed,
@@ -115,6 +131,11 @@ impl Metrics {
     pub fn graph_request(&self, status: Option<u16>) {
         let status = status.map_or_else(|| "error".to_string(), |s| s.to_string());
         self.graph_requests.get_or_create(&StatusLabels { status }).inc();
+    }
+
+    pub fn arm_request(&self, method: &str, status: Option<u16>) {
+        let status = status.map_or_else(|| "error".to_string(), |s| s.to_string());
+        self.arm_requests.get_or_create(&ArmRequestLabels { method: method.into(), status }).inc();
     }
 
     pub fn cache(&self, hit: bool) {

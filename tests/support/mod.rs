@@ -360,11 +360,11 @@ pub async fn wait_pod_create_status(user: &str, groups: &[&str], namespace: &str
 pub mod graph {
     use std::{sync::Arc, time::Duration};
 
-    use graph_emulator::{CLIENT_ID, CLIENT_SECRET, Emulator, TENANT_ID};
+    use azure_emulator::{CLIENT_ID, CLIENT_SECRET, Emulator, TENANT_ID};
     use teamaccess_operator::{
+        azure::credential::{self, Cloud, CredentialKind, CredentialSettings},
         backoff::Backoff,
         directory::{
-            credential::{self, Cloud, CredentialKind, CredentialSettings},
             file_format::DirectoryFile,
             graph::{GraphDirectory, GraphSettings},
         },
@@ -375,7 +375,7 @@ pub mod graph {
     }
 
     pub async fn emulator_of(directory: DirectoryFile) -> Emulator {
-        let dir = std::env::temp_dir().join(super::unique("graph-emulator"));
+        let dir = std::env::temp_dir().join(super::unique("azure-emulator"));
         Emulator::start(directory, &dir).await.expect("start the emulator")
     }
 

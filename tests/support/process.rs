@@ -144,7 +144,7 @@ impl Drop for OperatorProcess {
 
 /// The arguments that point the operator at the Graph emulator with its
 /// client-secret credential (the secret itself goes in AZURE_CLIENT_SECRET).
-pub fn graph_args(emulator: &graph_emulator::Emulator) -> Vec<String> {
+pub fn graph_args(emulator: &azure_emulator::Emulator) -> Vec<String> {
     let url = emulator.url().to_string();
     let ca = emulator.ca_path().to_str().expect("a UTF-8 path").to_string();
     [
@@ -162,6 +162,14 @@ pub fn graph_args(emulator: &graph_emulator::Emulator) -> Vec<String> {
     .map(String::from)
     .to_vec()
 }
+
+/// The environment that gives the operator the emulator's client-secret
+/// identity, as the chart's Secret and values would.
+pub const GRAPH_ENV: [(&str, &str); 3] = [
+    ("AZURE_TENANT_ID", azure_emulator::TENANT_ID),
+    ("AZURE_CLIENT_ID", azure_emulator::CLIENT_ID),
+    ("AZURE_CLIENT_SECRET", azure_emulator::CLIENT_SECRET),
+];
 
 /// Requests an operator sent to the API server, by kind.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]

@@ -7,7 +7,7 @@ use std::{sync::Arc, time::Duration};
 use azure_core::credentials::TokenCredential;
 use serde_json::{Value, json};
 
-use crate::{backoff::parse_retry_after, directory::DirectoryError, telemetry::metrics::Metrics};
+use crate::{azure::rest, backoff::parse_retry_after, directory::DirectoryError, telemetry::metrics::Metrics};
 
 /// One answer from Graph, for a request or a batch item.
 #[derive(Clone, Debug)]
@@ -121,10 +121,7 @@ impl Transport {
     /// Whether `url` is on the configured Graph endpoint (same scheme, host and
     /// port), so a bearer token may be sent to it.
     pub fn is_on_endpoint(&self, url: &str) -> bool {
-        match (url::Url::parse(url), url::Url::parse(&self.base)) {
-            (Ok(a), Ok(b)) => a.origin() == b.origin(),
-            _ => false,
-        }
+        rest::same_origin(url, &self.base)
     }
 
     /// GETs an absolute URL (a page link Graph returned, or a single lookup).
@@ -189,16 +186,7 @@ fn unpack_batch(body: &Value, count: usize) -> Vec<Answer> {
 /// Reads a response; a connection failure or timeout is an outage.
 async fn read(response: Result<reqwest::Response, reqwest::Error>) -> Result<Answer, DirectoryError> {
     let response = response.map_err(|e| DirectoryError::Unavailable { message: format!("cannot reach Graph: {e}") })?;
-    let status = response.status().as_u16();
-    let retry_after = response
-        .headers()
-        .get(reqwest::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| parse_retry_after(v, jiff::Timestamp::now()));
-    let body = response
-        .json::<Value>()
-        .await
-        .unwrap_or_else(|e| json!({"error": {"code": "UnreadableResponse", "message": e.to_string()}}));
+    let rest::Reply { status, retry_after, body } = rest::read(response).await;
     Ok(Answer { status, retry_after, body })
 }
 

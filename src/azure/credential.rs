@@ -1,6 +1,8 @@
-//! Builds the azure_identity credential the Graph directory authenticates with:
-//! Workload Identity (as the AKS webhook injects it), a client secret, or a
-//! managed identity, for any national cloud or a custom authority.
+//! Builds the azure_identity credential the operator authenticates with, to
+//! Graph and to Azure Resource Manager alike: Workload Identity (as the AKS
+//! webhook injects it), a client secret, or a managed identity, for any national
+//! cloud or a custom authority. Each client asks it for a token of its own
+//! audience (`<endpoint>/.default`).
 
 use std::{path::PathBuf, sync::Arc};
 
@@ -25,7 +27,7 @@ pub enum CredentialKind {
     Managed,
 }
 
-/// The national clouds; each has its own Entra ID authority and Graph endpoint.
+/// The national clouds; each has its own Entra ID authority, Graph and ARM endpoint.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Cloud {
     Public,
@@ -39,6 +41,15 @@ impl Cloud {
             Cloud::Public => "https://graph.microsoft.com",
             Cloud::Usgov => "https://graph.microsoft.us",
             Cloud::China => "https://microsoftgraph.chinacloudapi.cn",
+        }
+    }
+
+    /// The Azure Resource Manager root; its token audience is this plus `/.default`.
+    pub fn arm_endpoint(self) -> &'static str {
+        match self {
+            Cloud::Public => "https://management.azure.com",
+            Cloud::Usgov => "https://management.usgovcloudapi.net",
+            Cloud::China => "https://management.chinacloudapi.cn",
         }
     }
 
@@ -86,7 +97,7 @@ pub enum CredentialError {
 }
 
 /// Builds the credential; `http` is the client it talks to Entra ID with (the same
-/// one Graph uses, so an extra CA applies to both). Returns it with a description
+/// one Graph and ARM use, so an extra CA applies to all). Returns it with a description
 /// for the startup log, which never includes a secret.
 pub fn build(
     settings: &CredentialSettings,

@@ -1,5 +1,6 @@
-//! An emulator of the Entra ID token endpoint and of the Microsoft Graph v1.0
-//! endpoints teamaccess-operator uses, over HTTPS with a CA of its own.
+//! An emulator of the Entra ID token endpoint, of the Microsoft Graph v1.0
+//! endpoints and of the Azure Resource Manager role assignment endpoints
+//! teamaccess-operator uses, over HTTPS with a CA of its own.
 //!
 //! It answers as the real services document: OAuth2 client-credentials tokens for a
 //! client secret or a federated assertion, an App Service style managed-identity
@@ -9,6 +10,9 @@
 //! error body and codes, and bearer tokens that are checked. Tests inject faults
 //! (throttling and outages, with or without Retry-After, for a whole request or
 //! per `$batch` item; other item errors; 403; latency) and read counters.
+//!
+//! ARM (`arm`) listens on a second port: its own origin and token audience, so a
+//! Graph token presented to ARM is refused, and the reverse.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -33,7 +37,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use teamaccess_operator::directory::file_format::{DirectoryFile, GroupRecord, UserRecord};
 
+pub mod arm;
 pub mod odata;
+
+pub use arm::RoleAssignment;
 
 /// The tenant, application and secrets the emulator accepts.
 pub const TENANT_ID: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
@@ -78,8 +85,21 @@ pub struct Faults {
     pub outage_for_secs: u64,
     /// Every Graph request gets 403 Authorization_RequestDenied.
     pub forbidden: bool,
-    /// Added to every Graph request.
+    /// Added to every Graph and ARM request.
     pub latency_ms: u64,
+    /// Every ARM request gets 429 (with Retry-After) for this many seconds from now.
+    pub arm_throttle_for_secs: u64,
+    /// Every ARM request gets 503 for this many seconds from now.
+    pub arm_outage_for_secs: u64,
+    /// ARM writes (PUT, DELETE) get 403 AuthorizationFailed.
+    pub arm_forbidden: bool,
+    /// The next N role assignment PUTs get 400 PrincipalNotFound.
+    pub arm_principal_not_found_next: u32,
+    /// Groups added to the directory less than this long ago are unknown to ARM
+    /// (replication), unless a PUT names principalType.
+    pub arm_replication_delay_secs: u64,
+    /// Role assignments per page of a list (default 50).
+    pub arm_page_size: usize,
 }
 
 #[derive(Debug, Default)]
@@ -106,6 +126,9 @@ struct Counters {
     lookups: AtomicU64,
     throttled: AtomicU64,
     token_requests: AtomicU64,
+    arm_requests: AtomicU64,
+    arm_writes: AtomicU64,
+    arm_throttled: AtomicU64,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -119,14 +142,31 @@ pub struct Stats {
     /// 429 answers, for requests and batch items.
     pub throttled: u64,
     pub token_requests: u64,
+    /// HTTP requests to ARM, answered or refused.
+    pub arm_requests: u64,
+    /// Role assignments created or deleted.
+    pub arm_writes: u64,
+    /// ARM 429 answers.
+    pub arm_throttled: u64,
+}
+
+/// Whom a token was issued for: its audience.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Audience {
+    Graph,
+    Arm,
 }
 
 struct Shared {
+    /// Graph root and Entra ID authority.
     base_url: String,
+    /// The ARM root.
+    arm_url: String,
     directory: RwLock<DirectoryFile>,
     faults: Mutex<ActiveFaults>,
     counters: Counters,
-    tokens: Mutex<HashSet<String>>,
+    tokens: Mutex<HashMap<String, Audience>>,
+    arm: Mutex<arm::ArmState>,
 }
 
 /// A running emulator; it stops when dropped.
@@ -134,6 +174,7 @@ pub struct Emulator {
     shared: Arc<Shared>,
     ca_path: PathBuf,
     handle: axum_server::Handle<SocketAddr>,
+    arm_handle: axum_server::Handle<SocketAddr>,
 }
 
 impl Emulator {
@@ -148,26 +189,23 @@ impl Emulator {
 
         let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
         listener.set_nonblocking(true)?;
-        let addr = listener.local_addr()?;
+        let arm_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        arm_listener.set_nonblocking(true)?;
         let shared = Arc::new(Shared {
-            base_url: format!("https://127.0.0.1:{}", addr.port()),
+            base_url: format!("https://127.0.0.1:{}", listener.local_addr()?.port()),
+            arm_url: format!("https://127.0.0.1:{}", arm_listener.local_addr()?.port()),
             directory: RwLock::new(directory),
             faults: Mutex::default(),
             counters: Counters::default(),
             tokens: Mutex::default(),
+            arm: Mutex::default(),
         });
         let config =
             axum_server::tls_rustls::RustlsConfig::from_pem(tls.cert_pem.into_bytes(), tls.key_pem.into_bytes())
                 .await?;
-        let handle = axum_server::Handle::new();
-        let server = axum_server::from_tcp_rustls(listener, config)?.handle(handle.clone());
-        let app = router(shared.clone());
-        tokio::spawn(async move {
-            if let Err(e) = server.serve(app.into_make_service()).await {
-                eprintln!("graph emulator stopped: {e}");
-            }
-        });
-        Ok(Self { shared, ca_path, handle })
+        let handle = serve(listener, config.clone(), router(shared.clone()))?;
+        let arm_handle = serve(arm_listener, config, arm::router(shared.clone()))?;
+        Ok(Self { shared, ca_path, handle, arm_handle })
     }
 
     /// The base URL: both the authority host and the Graph root.
@@ -175,12 +213,32 @@ impl Emulator {
         &self.shared.base_url
     }
 
+    /// The Azure Resource Manager root (`--arm-endpoint`).
+    pub fn arm_url(&self) -> &str {
+        &self.shared.arm_url
+    }
+
+    /// Role assignments as ARM holds them now.
+    pub fn role_assignments(&self) -> Vec<RoleAssignment> {
+        self.shared.arm.lock().unwrap().assignments.clone()
+    }
+
+    /// Adds a role assignment made by someone else.
+    pub fn add_role_assignment(&self, assignment: RoleAssignment) {
+        self.shared.arm.lock().unwrap().assignments.push(assignment);
+    }
+
+    /// Every ARM request received since the last call, oldest first.
+    pub fn take_arm_requests(&self) -> Vec<arm::ArmRequest> {
+        std::mem::take(&mut self.shared.arm.lock().unwrap().log)
+    }
+
     pub fn ca_path(&self) -> &Path {
         &self.ca_path
     }
 
     pub fn set_directory(&self, directory: DirectoryFile) {
-        *self.shared.directory.write().unwrap() = directory;
+        self.shared.set_directory(directory);
     }
 
     pub fn directory(&self) -> DirectoryFile {
@@ -203,10 +261,62 @@ impl Emulator {
 impl Drop for Emulator {
     fn drop(&mut self) {
         self.handle.shutdown();
+        self.arm_handle.shutdown();
     }
 }
 
+fn serve(
+    listener: std::net::TcpListener,
+    config: axum_server::tls_rustls::RustlsConfig,
+    app: Router,
+) -> std::io::Result<axum_server::Handle<SocketAddr>> {
+    let handle = axum_server::Handle::new();
+    let server = axum_server::from_tcp_rustls(listener, config)?.handle(handle.clone());
+    tokio::spawn(async move {
+        if let Err(e) = server.serve(app.into_make_service()).await {
+            eprintln!("azure emulator stopped: {e}");
+        }
+    });
+    Ok(handle)
+}
+
 impl Shared {
+    /// Replaces the directory; groups and users that were not in it before count
+    /// as created now (ARM sees them after the replication delay).
+    fn set_directory(&self, directory: DirectoryFile) {
+        let now = Instant::now();
+        let mut dir = self.directory.write().unwrap();
+        let known: HashSet<String> = dir
+            .groups
+            .iter()
+            .map(|g| g.object_id.to_ascii_lowercase())
+            .chain(dir.users.iter().map(|u| u.object_id.to_ascii_lowercase()))
+            .collect();
+        let mut arm = self.arm.lock().unwrap();
+        for id in directory
+            .groups
+            .iter()
+            .map(|g| g.object_id.to_ascii_lowercase())
+            .chain(directory.users.iter().map(|u| u.object_id.to_ascii_lowercase()))
+        {
+            if !known.contains(&id) {
+                arm.first_seen.insert(id, now);
+            }
+        }
+        *dir = directory;
+    }
+
+    /// Whether ARM's view of the directory has `principal_id` yet.
+    fn principal_replicated(&self, principal_id: &str) -> bool {
+        let id = principal_id.to_ascii_lowercase();
+        let dir = self.directory.read().unwrap();
+        let exists = dir.groups.iter().any(|g| g.object_id.eq_ignore_ascii_case(&id))
+            || dir.users.iter().any(|u| u.object_id.eq_ignore_ascii_case(&id));
+        let arm = self.arm.lock().unwrap();
+        let delay = arm.faults.replication_delay;
+        exists && arm.first_seen.get(&id).is_none_or(|seen| seen.elapsed() >= delay)
+    }
+
     fn set_faults(&self, f: &Faults) {
         let now = Instant::now();
         *self.faults.lock().unwrap() = ActiveFaults {
@@ -226,6 +336,17 @@ impl Shared {
             forbidden: f.forbidden,
             latency: Duration::from_millis(f.latency_ms),
         };
+        let retry_after_secs =
+            (!f.omit_retry_after).then_some(if f.retry_after_secs == 0 { 1 } else { f.retry_after_secs });
+        self.arm.lock().unwrap().faults = arm::ArmFaults {
+            throttle_until: (f.arm_throttle_for_secs > 0).then(|| now + Duration::from_secs(f.arm_throttle_for_secs)),
+            outage_until: (f.arm_outage_for_secs > 0).then(|| now + Duration::from_secs(f.arm_outage_for_secs)),
+            retry_after_secs,
+            forbidden: f.arm_forbidden,
+            principal_not_found_next: f.arm_principal_not_found_next,
+            replication_delay: Duration::from_secs(f.arm_replication_delay_secs),
+            page_size: f.arm_page_size,
+        };
     }
 
     fn stats(&self) -> Stats {
@@ -236,12 +357,24 @@ impl Shared {
             lookups: c.lookups.load(Ordering::Relaxed),
             throttled: c.throttled.load(Ordering::Relaxed),
             token_requests: c.token_requests.load(Ordering::Relaxed),
+            arm_requests: c.arm_requests.load(Ordering::Relaxed),
+            arm_writes: c.arm_writes.load(Ordering::Relaxed),
+            arm_throttled: c.arm_throttled.load(Ordering::Relaxed),
         }
     }
 
     fn reset_stats(&self) {
         let c = &self.counters;
-        for counter in [&c.graph_requests, &c.batch_requests, &c.lookups, &c.throttled, &c.token_requests] {
+        for counter in [
+            &c.graph_requests,
+            &c.batch_requests,
+            &c.lookups,
+            &c.throttled,
+            &c.token_requests,
+            &c.arm_requests,
+            &c.arm_writes,
+            &c.arm_throttled,
+        ] {
             counter.store(0, Ordering::Relaxed);
         }
     }
@@ -321,19 +454,37 @@ impl Shared {
     fn check_bearer(&self, headers: &HeaderMap) -> Option<GraphReply> {
         let token =
             headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-        match token {
+        match token.map(|t| self.tokens.lock().unwrap().get(t).copied()) {
             None => Some(GraphReply::error(401, "InvalidAuthenticationToken", "Access token is empty.")),
-            Some(t) if !self.tokens.lock().unwrap().contains(t) => {
+            Some(None) => {
                 Some(GraphReply::error(401, "InvalidAuthenticationToken", "Access token validation failure."))
             }
-            Some(_) => None,
+            Some(Some(Audience::Arm)) => Some(GraphReply::error(
+                401,
+                "InvalidAuthenticationToken",
+                "Access token validation failure. Invalid audience.",
+            )),
+            Some(Some(Audience::Graph)) => None,
         }
     }
 
-    fn issue_token(&self) -> String {
+    fn issue_token(&self, audience: Audience) -> String {
         let token = format!("emu.{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
-        self.tokens.lock().unwrap().insert(token.clone());
+        self.tokens.lock().unwrap().insert(token.clone(), audience);
         token
+    }
+
+    /// The audience a token scope (`<resource>/.default`) or a managed-identity
+    /// resource names, if it is one the emulator serves.
+    fn audience(&self, resource: &str) -> Option<Audience> {
+        let resource = resource.strip_suffix("/.default").unwrap_or(resource).trim_end_matches('/');
+        if resource == self.base_url {
+            Some(Audience::Graph)
+        } else if resource == self.arm_url {
+            Some(Audience::Arm)
+        } else {
+            None
+        }
     }
 
     /// Answers one GET on the Graph v1.0 tree; `path` is below /v1.0, `query` raw.
@@ -481,6 +632,9 @@ impl GraphReply {
 
 impl IntoResponse for GraphReply {
     fn into_response(self) -> Response {
+        if self.status == 204 {
+            return StatusCode::NO_CONTENT.into_response();
+        }
         let mut response =
             (StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), Json(self.body))
                 .into_response();
@@ -575,13 +729,30 @@ fn router(shared: Arc<Shared>) -> Router {
             }),
         )
         .route("/_emulator/directory", put(replace_directory))
+        .route(
+            "/_emulator/role-assignments",
+            get(|State(s): State<Arc<Shared>>| async move { Json(s.arm.lock().unwrap().assignments.clone()) }),
+        )
+        // The same for shell scripts: principal, role definition ID, name, scope; tab-separated.
+        .route(
+            "/_emulator/role-assignments.tsv",
+            get(|State(s): State<Arc<Shared>>| async move {
+                s.arm
+                    .lock()
+                    .unwrap()
+                    .assignments
+                    .iter()
+                    .map(|a| format!("{}\t{}\t{}\t{}\n", a.principal_id, a.role_definition_id, a.name, a.scope))
+                    .collect::<String>()
+            }),
+        )
         .with_state(shared)
 }
 
 async fn replace_directory(State(s): State<Arc<Shared>>, body: Bytes) -> Response {
     match DirectoryFile::parse(&String::from_utf8_lossy(&body)) {
         Ok(d) => {
-            *s.directory.write().unwrap() = d;
+            s.set_directory(d);
             StatusCode::NO_CONTENT.into_response()
         }
         Err(e) => (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
@@ -629,18 +800,20 @@ async fn token(
             ),
         );
     }
-    let expected_scope = format!("{}/.default", s.base_url);
-    if field("scope") != Some(expected_scope.as_str()) {
+    let audience = field("scope").filter(|scope| scope.ends_with("/.default")).and_then(|scope| s.audience(scope));
+    let Some(audience) = audience else {
         return token_error(
             StatusCode::BAD_REQUEST,
             "invalid_scope",
             70011,
             &format!(
-                "The provided value for scope {} is not valid; expected {expected_scope}.",
-                field("scope").unwrap_or("")
+                "The provided value for scope {} is not valid; expected {}/.default (Graph) or {}/.default (ARM).",
+                field("scope").unwrap_or(""),
+                s.base_url,
+                s.arm_url
             ),
         );
-    }
+    };
     match (field("client_secret"), field("client_assertion"), field("client_assertion_type")) {
         (Some(CLIENT_SECRET), None, _) => {}
         (Some(_), None, _) => {
@@ -664,7 +837,7 @@ async fn token(
             );
         }
     }
-    Json(json!({"token_type": "Bearer", "expires_in": 3599, "ext_expires_in": 3599, "access_token": s.issue_token()}))
+    Json(json!({"token_type": "Bearer", "expires_in": 3599, "ext_expires_in": 3599, "access_token": s.issue_token(audience)}))
         .into_response()
 }
 
@@ -682,15 +855,15 @@ async fn managed_identity_token(
             .into_response();
     }
     let resource = q.get("resource").cloned().unwrap_or_default();
-    if resource != s.base_url {
+    let Some(audience) = s.audience(&resource) else {
         return (
             StatusCode::BAD_REQUEST,
             Json(json!({"error": "invalid_resource", "error_description": format!("unknown resource '{resource}'")})),
         )
             .into_response();
-    }
+    };
     let expires_on = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs() + 3599;
-    Json(json!({"access_token": s.issue_token(), "expires_on": expires_on.to_string(), "resource": resource, "token_type": "Bearer"}))
+    Json(json!({"access_token": s.issue_token(audience), "expires_on": expires_on.to_string(), "resource": resource, "token_type": "Bearer"}))
         .into_response()
 }
 
@@ -766,13 +939,13 @@ fn tls_material() -> Result<TlsMaterial, rcgen::Error> {
     use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose};
     let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(DnType::CommonName, "graph-emulator CA");
+    ca_params.distinguished_name.push(DnType::CommonName, "azure-emulator CA");
     ca_params.key_usages =
         vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
     let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate()?)?;
     let key = KeyPair::generate()?;
     let mut params = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])?;
-    params.distinguished_name.push(DnType::CommonName, "graph-emulator");
+    params.distinguished_name.push(DnType::CommonName, "azure-emulator");
     let cert = params.signed_by(&key, &ca)?;
     Ok(TlsMaterial { ca_pem: ca.pem(), cert_pem: cert.pem(), key_pem: key.serialize_pem() })
 }
