@@ -6,8 +6,10 @@
 # emulator with the seed's groups and users, runs the operator against it through
 # the same Graph code path it uses against Azure (DIRECTORY=static uses the static
 # directory instead), applies the seed's two TeamAccess objects, waits for Ready
-# and prints the access matrix as the API server decides it. Then it cleans up;
-# KEEP=1 leaves everything running.
+# and prints the access matrix as the API server decides it, and the Azure role
+# assignments the operator made through the emulator's Azure Resource Manager
+# (each group's "Azure Kubernetes Service Cluster User Role" on the cluster).
+# Then it cleans up; KEEP=1 leaves everything running.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root="$PWD"
@@ -17,8 +19,10 @@ started=$SECONDS
 say() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 
 directory_kind="${DIRECTORY:-graph}"
-say "building the operator and the Graph emulator"
-cargo build --locked --quiet -p teamaccess-operator -p graph-emulator
+# The emulated AKS cluster whose "Azure Kubernetes Service Cluster User Role" the groups get.
+aks_cluster_id="/subscriptions/6f1e2d3c-4b5a-4987-8a6b-5c4d3e2f1a0b/resourceGroups/rg-contoso/providers/Microsoft.ContainerService/managedClusters/aks-contoso"
+say "building the operator and the Azure emulator (Entra ID, Graph, ARM)"
+cargo build --locked --quiet -p teamaccess-operator -p azure-emulator
 target_dir="$(cd "${CARGO_TARGET_DIR:-$root/target}" && pwd)"
 operator="$target_dir/debug/teamaccess-operator"
 
@@ -72,18 +76,19 @@ if [[ "$directory_kind" == static ]]; then
   operator_pid=$!
 else
   say "starting the Graph emulator with the seed's tenant ($seed/directory.yaml)"
-  emu="$state/graph-emulator"
-  "$target_dir/debug/graph-emulator" --directory-file "$seed/directory.yaml" --state-dir "$emu" \
-    >"$state/graph-emulator.log" 2>&1 &
+  emu="$state/azure-emulator"
+  "$target_dir/debug/azure-emulator" --directory-file "$seed/directory.yaml" --state-dir "$emu" \
+    >"$state/azure-emulator.log" 2>&1 &
   emulator_pid=$!
   for _ in $(seq 1 50); do [[ -s "$emu/url" ]] && break; sleep 0.1; done
-  [[ -s "$emu/url" ]] || { cat "$state/graph-emulator.log"; echo "the Graph emulator did not start" >&2; exit 1; }
-  echo "Entra ID and Graph at $(cat "$emu/url") (CA $emu/ca.crt)"
+  [[ -s "$emu/url" ]] || { cat "$state/azure-emulator.log"; echo "the Graph emulator did not start" >&2; exit 1; }
+  echo "Entra ID and Graph at $(cat "$emu/url"), Azure Resource Manager at $(cat "$emu/arm-url") (CA $emu/ca.crt)"
 
-  say "starting the operator (Microsoft Graph directory, client-secret credential)"
+  say "starting the operator (Microsoft Graph directory, client-secret credential, the AKS cluster's Cluster User Role)"
   AZURE_TENANT_ID="$(cat "$emu/tenant-id")" AZURE_CLIENT_ID="$(cat "$emu/client-id")" \
     "$operator" run --directory graph --credential secret --client-secret-file "$emu/client-secret" \
     --graph-endpoint "$(cat "$emu/url")" --authority-host "$(cat "$emu/url")" --ca-file "$emu/ca.crt" \
+    --aks-cluster-resource-id "$aks_cluster_id" --arm-endpoint "$(cat "$emu/arm-url")" \
     --resync 10m --metrics-addr 127.0.0.1:0 >"$state/operator.log" 2>&1 &
   operator_pid=$!
 fi
@@ -136,12 +141,34 @@ if ((failures)); then
 fi
 echo "the access matrix matches the seed: each team gets in to its own namespace only"
 
+if [[ "$directory_kind" != static ]]; then
+  say "Azure role assignments on the AKS cluster (the emulator's ARM), so members can fetch a kubeconfig"
+  assignments=$(curl -fsS --cacert "$emu/ca.crt" "$(cat "$emu/url")/_emulator/role-assignments.tsv")
+  role_id=4abbcc35-e782-43d8-92c5-2d3f1bd2253f
+  printf '%-38s %-8s %-38s %s\n' "PRINCIPAL (GROUP)" "TEAM" "ROLE DEFINITION" "ASSIGNMENT"
+  while IFS=$'\t' read -r principal role name _scope; do
+    team="?"
+    [[ "$principal" == "$appdev_id" ]] && team=appdev
+    [[ "$principal" == "$opssre_id" ]] && team=opssre
+    printf '%-38s %-8s %-38s %s\n' "$principal" "$team" "${role##*/}" "$name"
+  done <<<"$assignments"
+  echo "(role $role_id is the Azure Kubernetes Service Cluster User Role; scope $aks_cluster_id)"
+  for id in "$appdev_id" "$opssre_id"; do
+    held=$(grep -c "^$id"$'\t'".*/$role_id"$'\t' <<<"$assignments" || true)
+    if [[ "$held" != 1 ]]; then
+      echo "group $id holds the Cluster User Role $held times, not once" >&2
+      exit 1
+    fi
+  done
+  kubectl get teamaccess -o custom-columns='NAME:.metadata.name,CLUSTERUSERROLE:.status.conditions[?(@.type=="ClusterUserRole")].reason,ASSIGNMENT:.status.clusterUserRole.assignmentId'
+fi
+
 say "what it cost, from the operator's /metrics (127.0.0.1:$metrics_port)"
 exec 3<>"/dev/tcp/127.0.0.1/$metrics_port"
 printf 'GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n' >&3
 metrics=$(cat <&3)
 exec 3<&-
-grep -E '^teamaccess_(graph_requests_total|directory_cache_total|kube_requests_total)' <<<"$metrics" | sed 's/^/  /'
+grep -E '^teamaccess_(graph_requests_total|arm_requests_total|directory_cache_total|kube_requests_total)' <<<"$metrics" | sed 's/^/  /'
 if [[ "$directory_kind" != static ]]; then
   for counter in 'graph_requests_total\{status="200"\}' 'directory_cache_total\{result="miss"\}'; do
     if ! grep -qE "^teamaccess_${counter} [1-9]" <<<"$metrics"; then

@@ -29,7 +29,13 @@ directory:
   static:
     groups: [{objectId: 5f0a1d3e-8f8a-4c1e-9d55-0b0c2d7c1a01, displayName: appdev}]
     users: [{objectId: 0b9c7c52-1e6d-4a8a-9b4c-6a6f7b1f2e11, userPrincipalName: aksdev@contoso.com}]
-azure: {tenantId: 72f988bf-86f1-41af-91ab-2d7cd011db47, clientId: 3b1f8e5a-2c4d-4e6f-8a9b-0c1d2e3f4a5b, credential: workload, workloadIdentity: {enabled: true}}
+azure:
+  tenantId: 72f988bf-86f1-41af-91ab-2d7cd011db47
+  clientId: 3b1f8e5a-2c4d-4e6f-8a9b-0c1d2e3f4a5b
+  credential: workload
+  workloadIdentity: {enabled: true}
+  clusterResourceId: /subscriptions/6f1e2d3c-4b5a-4987-8a6b-5c4d3e2f1a0b/resourceGroups/rg/providers/Microsoft.ContainerService/managedClusters/aks
+  armEndpoint: "https://management.example"
 graph: {cloud: usgov, caConfigMap: graph-ca, endpoint: "https://graph.example", authorityHost: "https://login.example", cacheTtl: 1m}
 metrics: {serviceMonitor: {enabled: true, labels: {release: prometheus}}}
 networkPolicy: {enabled: true}
@@ -101,6 +107,11 @@ async fn the_chart_lints_and_every_rendered_object_is_accepted_by_the_api_server
     }
     assert!(everything.contains("azure.workload.identity/use: \"true\""));
     assert!(everything.contains("azure.workload.identity/client-id: 3b1f8e5a-2c4d-4e6f-8a9b-0c1d2e3f4a5b"));
+    assert!(
+        everything.contains("name: TEAMACCESS_AKS_CLUSTER_RESOURCE_ID"),
+        "azure.clusterResourceId reaches the operator"
+    );
+    assert!(everything.contains("name: TEAMACCESS_ARM_ENDPOINT"));
     dry_run_apply(&everything);
     delete_namespace(&admin, &ns).await;
 }
@@ -132,6 +143,7 @@ async fn values_schema_rejects_bad_values() {
         ("protectedNamespaces={ prod}", "/protectedNamespaces/0"),
         ("allowedClusterRoles={view,}", "/allowedClusterRoles/1"),
         ("admissionPolicy.enabled=maybe", "/admissionPolicy/enabled"),
+        ("azure.clusterResourceId=my-cluster", "/azure/clusterResourceId"),
     ] {
         let (ok, _, err) = run_tool("helm", &["template", "ta", CHART, "--set", set], None);
         assert!(!ok, "--set {set} must be rejected");
