@@ -177,6 +177,21 @@ impl Harness {
     }
 }
 
+/// A client-credentials token from the emulator's Entra ID for `resource`'s audience.
+async fn token(emulator: &Emulator, resource: &str) -> String {
+    let form = url::form_urlencoded::Serializer::new(String::new())
+        .append_pair("grant_type", "client_credentials")
+        .append_pair("client_id", CLIENT_ID)
+        .append_pair("client_secret", CLIENT_SECRET)
+        .append_pair("scope", &format!("{resource}/.default"))
+        .finish();
+    let url = format!("{}/{TENANT_ID}/oauth2/v2.0/token", emulator.url());
+    let request =
+        graph::http(emulator).post(url).header("content-type", "application/x-www-form-urlencoded").body(form);
+    let body: serde_json::Value = request.send().await.unwrap().json().await.unwrap();
+    body["access_token"].as_str().expect("a token").to_string()
+}
+
 fn writes(requests: &[ArmRequest]) -> Vec<&ArmRequest> {
     requests.iter().filter(|r| r.method != "GET").collect()
 }
@@ -416,23 +431,8 @@ async fn arm_and_graph_each_refuse_the_others_token() {
     let (directory, _) = tenant(1);
     let emulator = graph::emulator_of(directory).await;
     let http = graph::http(&emulator);
-    let token = |scope: String| {
-        let http = http.clone();
-        let url = format!("{}/{TENANT_ID}/oauth2/v2.0/token", emulator.url());
-        async move {
-            let form = url::form_urlencoded::Serializer::new(String::new())
-                .append_pair("grant_type", "client_credentials")
-                .append_pair("client_id", CLIENT_ID)
-                .append_pair("client_secret", CLIENT_SECRET)
-                .append_pair("scope", &scope)
-                .finish();
-            let request = http.post(url).header("content-type", "application/x-www-form-urlencoded").body(form);
-            let body: serde_json::Value = request.send().await.unwrap().json().await.unwrap();
-            body["access_token"].as_str().expect("a token").to_string()
-        }
-    };
-    let graph_token = token(format!("{}/.default", emulator.url())).await;
-    let arm_token = token(format!("{}/.default", emulator.arm_url())).await;
+    let graph_token = token(&emulator, emulator.url()).await;
+    let arm_token = token(&emulator, emulator.arm_url()).await;
     let list = format!(
         "{}{}/providers/Microsoft.Authorization/roleAssignments?api-version=2022-04-01",
         emulator.arm_url(),
@@ -487,4 +487,62 @@ async fn arm_requests_for_100_teams_over_20_groups_cold_and_idle() {
     for ns in namespaces {
         delete_namespace(&admin, &ns).await;
     }
+}
+
+#[tokio::test]
+async fn the_emulated_arm_answers_as_the_documented_service() {
+    let (directory, groups) = tenant(1);
+    let emulator = graph::emulator_of(directory.clone()).await;
+    let http = graph::http(&emulator);
+    let token = token(&emulator, emulator.arm_url()).await;
+    let assignments =
+        format!("{}{}/providers/Microsoft.Authorization/roleAssignments", emulator.arm_url(), cluster_id());
+    let put = |name: String, principal: String, with_type: bool| {
+        let (http, token, url) = (http.clone(), token.clone(), format!("{assignments}/{name}?api-version=2022-04-01"));
+        async move {
+            let mut properties = json!({"roleDefinitionId": role_definition_id(), "principalId": principal});
+            if with_type {
+                properties["principalType"] = json!("Group");
+            }
+            let answer =
+                http.put(url).bearer_auth(token).json(&json!({"properties": properties})).send().await.unwrap();
+            let status = answer.status().as_u16();
+            (status, answer.json::<serde_json::Value>().await.unwrap_or_default())
+        }
+    };
+
+    // A group created a moment ago is unknown to ARM unless principalType is given.
+    let mut newer = directory.clone();
+    let new_group = fresh_group();
+    newer.groups.push(GroupRecord {
+        object_id: new_group.clone(),
+        display_name: "just-created".into(),
+        mail_nickname: None,
+        security_enabled: true,
+    });
+    emulator.set_directory(newer);
+    emulator.set_faults(&Faults { arm_replication_delay_secs: 60, ..Default::default() });
+    let (status, body) = put(fresh_group(), new_group.clone(), false).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("PrincipalNotFound")), "{body}");
+    let name = fresh_group();
+    let (status, body) = put(name.clone(), new_group.clone(), true).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["properties"]["principalType"], "Group");
+
+    // The same name and properties again: idempotent. Other properties: refused.
+    assert_eq!(put(name.clone(), new_group.clone(), true).await.0, 201);
+    let (status, body) = put(name.clone(), groups[0].clone(), true).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("RoleAssignmentUpdateNotPermitted")));
+    // The same principal and role under another name: 409 naming the existing one.
+    let (status, body) = put(fresh_group(), new_group.clone(), true).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (409, Some("RoleAssignmentExists")));
+    assert!(body["error"]["message"].as_str().unwrap().contains(&name.replace('-', "")), "{body}");
+
+    // The api-version is required; DELETE answers 200 with the assignment, then 204.
+    let missing = http.get(&assignments).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(missing.status(), 400);
+    let delete = format!("{assignments}/{name}?api-version=2022-04-01");
+    let gone = http.delete(&delete).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(gone.status(), 200);
+    assert_eq!(http.delete(&delete).bearer_auth(&token).send().await.unwrap().status(), 204);
 }

@@ -130,7 +130,14 @@ impl ClusterUserRole {
                 tracing::info!(%group, ?existing, "the group already holds the Cluster User Role; not ours to manage");
                 match existing {
                     Some(name) => Assignment { id: self.id_for(&name), by_operator: false },
-                    None => return Err(ArmError::RoleAssignmentExists { existing: None, message }),
+                    // ARM did not name it: the list does.
+                    None => {
+                        self.refresh(&mut snapshot).await?;
+                        match snapshot.holders.get(&key) {
+                            Some(held) => held.clone(),
+                            None => return Err(ArmError::Rejected { message }),
+                        }
+                    }
                 }
             }
             Err(e) => return Err(e),
