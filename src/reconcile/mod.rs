@@ -96,6 +96,9 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
     // No backoff of its own: the controller backs off its trigger streams, as it
     // does for the watch it makes itself.
     let teamaccess_events = watcher(teamaccesses, watched)
+        // Nothing reads a TeamAccess's managedFields, and they are the bulk of a
+        // cached object (a field set per manager, status included).
+        .modify(|ta| ta.metadata.managed_fields = None)
         .reflect(writer)
         .inspect_ok(move |event| {
             if matches!(event, watcher::Event::InitDone) {

@@ -62,17 +62,24 @@ impl Batcher {
 }
 
 /// Collects lookups that arrive within the window of each other into one batch.
+/// While a burst lasts (the last batch was full), a pause of the watch a little
+/// longer than the window does not split a batch: the window is four times as
+/// long (at most `max_wait`). A lone lookup still goes after the short window.
 async fn gather(sender: Arc<Sender>, mut rx: mpsc::UnboundedReceiver<Pending>) {
+    let mut in_burst = false;
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         let deadline = tokio::time::Instant::now() + sender.settings.max_wait;
+        let window =
+            if in_burst { (sender.settings.window * 4).min(sender.settings.max_wait) } else { sender.settings.window };
         while batch.len() < MAX_BATCH {
-            let idle = tokio::time::Instant::now() + sender.settings.window;
+            let idle = tokio::time::Instant::now() + window;
             match tokio::time::timeout_at(idle.min(deadline), rx.recv()).await {
                 Ok(Some(p)) => batch.push(p),
                 Ok(None) | Err(_) => break,
             }
         }
+        in_burst = batch.len() == MAX_BATCH;
         tokio::spawn(sender.clone().answer(batch));
     }
 }
