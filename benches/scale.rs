@@ -7,7 +7,9 @@
 //!
 //! T and T0 are each taken BENCH_SAMPLES times (default 3) under the same
 //! conditions: a cold operator (new process, empty Graph cache) or a fresh set of
-//! objects, and no namespace of an earlier sample still terminating. The idle
+//! objects, and no namespace of an earlier sample still terminating. T and T0
+//! samples alternate (after the ideal client's concurrency sweep), since the
+//! API server slows as a run creates and deletes thousands of namespaces. The idle
 //! window (BENCH_IDLE_SECS, default 60) must hold two resyncs (BENCH_RESYNC,
 //! default 20s); the bench checks that they happened. With BENCH_REQUIRE_IDLE_ZERO=1
 //! (the smoke run) any write during the idle window fails it. Every wait has a
@@ -35,7 +37,7 @@ use std::{
 use azure_emulator::{CLIENT_ID, CLIENT_SECRET, Emulator, Faults, TENANT_ID};
 use futures::{StreamExt, stream};
 use k8s_openapi::api::{
-    core::v1::Namespace,
+    core::v1::{Namespace, ServiceAccount},
     rbac::v1::{Role, RoleBinding},
 };
 use kube::{
@@ -192,7 +194,7 @@ fn write_report(path: &Path, table: &str, settings: &Settings) {
             .unwrap_or_default()
     );
     let doc = format!(
-        "# Benchmarks\n\nCommand: `make bench` (scripts/bench.sh → `cargo bench --bench scale`).\nMachine: {machine}.\nControl plane: local etcd + kube-apiserver + kube-controller-manager v1.37.2 (tests/cluster), the admission policies installed. Graph: the emulator with 50 ms added latency per request. Operator: the release binary, default settings, static leader (no election).\n\n{table}\n\nColumns: figures given as `median ±half-spread (samples)` are repeated under the same conditions (one sample at N ≥ 5000). T = apply of N TeamAccess (each its own new namespace) to all Ready, each sample with a new operator process (cold Graph cache); T0 = the ideal client server-side-applying the same N Namespaces, Roles and RoleBindings directly, at its best concurrency from a sweep (in brackets); every sample starts once the namespaces of the previous one are gone. Graph = Graph HTTP requests for the cold resolution (token included). reads / writes / events per TA = the requests the operator itself sent during T (its `teamaccess_kube_requests_total`, counted in its own client: get and list / create, update, patch, delete / Events), per TeamAccess, from the median sample. RSS = the operator's peak resident memory over all samples; CPU = its CPU seconds during T; restart = a new process until every object is reconciled again, and everything it sent meanwhile (lists and probes + watches / writes); idle = {idle} s with N objects and --resync {resync} (the bench checks every object was resynced at least twice): operator CPU seconds, reads and writes, per 60 s; drift repair = a RoleBinding deleted by hand until the operator has made it again (from its watch event).\n",
+        "# Benchmarks\n\nCommand: `make bench` (scripts/bench.sh → `cargo bench --bench scale`).\nMachine: {machine}.\nControl plane: local etcd + kube-apiserver + kube-controller-manager v1.37.2 (tests/cluster), the admission policies installed. Graph: the emulator with 50 ms added latency per request. Operator: the release binary, default settings, static leader (no election).\n\n{table}\n\nColumns: figures given as `median ±half-spread (samples)` are repeated under the same conditions (one sample at N ≥ 5000). T = apply of N TeamAccess (each its own new namespace) to all Ready, each sample with a new operator process (cold Graph cache); T0 = the ideal client server-side-applying the same N Namespaces, Roles and RoleBindings directly, at its best concurrency from a sweep (in brackets), its samples alternating with T's; every sample starts once the namespaces of the previous one are gone. Graph = Graph HTTP requests (to /v1.0; the one token request to Entra ID is not counted) for the cold resolution. reads / writes / events per TA = the requests the operator itself sent during T (its `teamaccess_kube_requests_total`, counted in its own client: get and list / create, update, patch, delete / Events), per TeamAccess, from the median sample. RSS = the operator's peak resident memory over all samples; CPU = its CPU seconds during T; restart = a new process until every object is reconciled again, and everything it sent meanwhile (lists and probes + watches / writes); idle = {idle} s with N objects and --resync {resync} (the bench checks every object was resynced at least twice): operator CPU seconds, reads and writes, per 60 s; drift repair = a RoleBinding deleted by hand until the operator has made it again (from its watch event).\n",
         idle = settings.idle.as_secs(),
         resync = humantime::format_duration(settings.resync),
     );
@@ -364,6 +366,10 @@ async fn measure(client: &Client, kubeconfig: &Path, bin: &Path, n: usize, setti
     let (mut idle_cpu, mut idle) = (0.0, KubeRequests::default());
     // At N = 5000 a sample and its cleanup take minutes: one of each.
     let samples = if n >= 5000 { 1 } else { settings.samples };
+    // The API server slows as a run goes on (thousands of namespaces made and
+    // deleted): T and T0 samples alternate, so both see the same server.
+    let t0_concurrency = if settings.ideal { ideal_concurrency(client, n).await } else { 0 };
+    let mut t0 = Vec::new();
     for sample in 0..samples {
         let last = sample + 1 == samples;
         let prefix = format!("{id}-s{sample}-");
@@ -397,10 +403,13 @@ async fn measure(client: &Client, kubeconfig: &Path, bin: &Path, n: usize, setti
         } else {
             delete_all(client, &api, &selector, &prefix, n, operator).await;
         }
+        if settings.ideal {
+            let took = ideal_run(client, n, t0_concurrency).await;
+            eprintln!("T0 sample {}: {took:.2}s at concurrency {t0_concurrency}", sample + 1);
+            t0.push(took);
+        }
     }
-
-    let (t0, t0_concurrency) =
-        if settings.ideal { ideal_client(client, n, samples).await } else { (Samples(vec![f64::NAN]), 0) };
+    let t0 = if settings.ideal { Samples(t0) } else { Samples(vec![f64::NAN]) };
     // Bindings are measured up to N = 1000, where the target is set.
     let bind =
         if settings.bind && n <= 1000 { Some(measure_bind(client, kubeconfig, bin, &emulator, n).await) } else { None };
@@ -455,6 +464,23 @@ fn per_object(requests: KubeRequests, n: usize) -> KubeRequests {
 /// N namespaces made first, then N TeamAccess binding `edit` in them (timed, with
 /// the operator's requests counted), then the same N RoleBindings made by one
 /// client at concurrency 64 into N other existing namespaces (timed).
+/// Waits until the controller-manager has made the `default` ServiceAccount in
+/// each of the N new namespaces, so its writes are not in either timed run.
+async fn wait_service_accounts(client: &Client, prefix: &str, n: usize) {
+    let accounts = Api::<ServiceAccount>::all(client.clone());
+    wait_until(&format!("{n} default ServiceAccounts"), patience(n), Duration::from_millis(500), || async {
+        let list = accounts.list_metadata(&ListParams::default().fields("metadata.name=default")).await;
+        list.is_ok_and(|l| {
+            l.items
+                .iter()
+                .filter(|sa| sa.metadata.namespace.as_deref().is_some_and(|ns| ns.starts_with(prefix)))
+                .count()
+                == n
+        })
+    })
+    .await;
+}
+
 async fn measure_bind(client: &Client, kubeconfig: &Path, bin: &Path, emulator: &Emulator, n: usize) -> BindRow {
     let id = run_id();
     let namespaces = Api::<Namespace>::all(client.clone());
@@ -474,6 +500,7 @@ async fn measure_bind(client: &Client, kubeconfig: &Path, bin: &Path, emulator: 
     };
     let prefix = format!("{id}-b-");
     make_namespaces(prefix.clone()).await;
+    wait_service_accounts(client, &prefix, n).await;
     let selector = format!("{LABEL}={id}-b");
     let operator = start_operator(bin, kubeconfig, emulator, &selector, "10m");
     operator.wait_ready().await;
@@ -510,6 +537,7 @@ async fn measure_bind(client: &Client, kubeconfig: &Path, bin: &Path, emulator: 
     // One client, the same RoleBindings, into namespaces that exist.
     let prefix = format!("{id}-b0-");
     make_namespaces(prefix.clone()).await;
+    wait_service_accounts(client, &prefix, n).await;
     let started = Instant::now();
     stream::iter(0..n)
         .for_each_concurrent(64, |i| {
@@ -662,11 +690,9 @@ async fn delete_teamaccesses(api: &Api<TeamAccess>, selector: &str, prefix: &str
     .await;
 }
 
-/// The ideal client: the same objects the operator creates, applied directly.
-/// Its best concurrency is found by a sweep (one run each), then `samples` runs
-/// at that concurrency are timed; every run starts once the namespaces of the
-/// previous one are gone.
-async fn ideal_client(client: &Client, n: usize, samples: usize) -> (Samples, usize) {
+/// The ideal client's best concurrency for `n` objects, from a sweep (one run
+/// each, every run after the namespaces of the previous one are gone).
+async fn ideal_concurrency(client: &Client, n: usize) -> usize {
     let mut best = (f64::MAX, 0);
     for concurrency in [1, 2, 4, 8, 16, 32, 64] {
         if (n >= 1000 && concurrency < 4) || (n >= 5000 && concurrency < 32) {
@@ -678,13 +704,7 @@ async fn ideal_client(client: &Client, n: usize, samples: usize) -> (Samples, us
             best = (took, concurrency);
         }
     }
-    let mut t0 = Vec::new();
-    for sample in 0..samples {
-        let took = ideal_run(client, n, best.1).await;
-        eprintln!("T0 sample {}: {took:.2}s at concurrency {}", sample + 1, best.1);
-        t0.push(took);
-    }
-    (Samples(t0), best.1)
+    best.1
 }
 
 /// One timed run of the ideal client, then its cleanup.
