@@ -66,13 +66,15 @@ list_tests() {
 
 # Runs a step, remembering its failure; test output is also kept for the summary.
 step() {
-  local name="$1"
+  local name="$1" started=$SECONDS
   shift
   echo "==> $name"
   if ! "$@" 2>&1 | tee -a "$results"; then
     failed_steps+=("$name")
+    echo "==> $name failed after $((SECONDS - started))s"
     return 1
   fi
+  echo "==> $name took $((SECONDS - started))s"
 }
 
 list_tests --workspace --lib --bins
