@@ -17,7 +17,7 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    sync::Mutex,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -64,6 +64,8 @@ pub struct ClusterUserRole {
     /// assignment one of them asked for moments ago is not swept before that
     /// TeamAccess's status shows the group.
     wanted_lately: Mutex<HashMap<String, HashMap<String, Instant>>>,
+    /// Per group, held while its assignment is created.
+    creating: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl ClusterUserRole {
@@ -81,6 +83,7 @@ impl ClusterUserRole {
             refresh_every,
             snapshot: tokio::sync::Mutex::default(),
             wanted_lately: Mutex::default(),
+            creating: Mutex::default(),
         }
     }
 
@@ -110,11 +113,19 @@ impl ClusterUserRole {
             .entry(key.clone())
             .or_default()
             .insert(by.to_string(), Instant::now());
-        // Held across the create, so TeamAccess objects of one group that reconcile
-        // together make one request, and the list is never refreshed mid-create.
-        let mut snapshot = self.snapshot.lock().await;
-        self.refresh_if_due(&mut snapshot).await?;
-        if let Some(held) = snapshot.holders.get(&key) {
+        {
+            let mut snapshot = self.snapshot.lock().await;
+            self.refresh_if_due(&mut snapshot).await?;
+            if let Some(held) = snapshot.holders.get(&key) {
+                return Ok(held.clone());
+            }
+        }
+        // One create per group at a time (objects of one group reconciling
+        // together make one request), while other groups' creates go in parallel.
+        let group_lock =
+            self.creating.lock().unwrap_or_else(|e| e.into_inner()).entry(key.clone()).or_default().clone();
+        let _creating = group_lock.lock().await;
+        if let Some(held) = self.snapshot.lock().await.holders.get(&key) {
             return Ok(held.clone());
         }
         let name = self.name_for(group);
@@ -132,6 +143,7 @@ impl ClusterUserRole {
                     Some(name) => Assignment { id: self.id_for(&name), by_operator: false },
                     // ARM did not name it: the list does.
                     None => {
+                        let mut snapshot = self.snapshot.lock().await;
                         self.refresh(&mut snapshot).await?;
                         match snapshot.holders.get(&key) {
                             Some(held) => held.clone(),
@@ -143,7 +155,7 @@ impl ClusterUserRole {
             Err(e) => return Err(e),
         };
         tracing::info!(%group, id = %assignment.id, by_operator = assignment.by_operator, "group holds the Cluster User Role");
-        snapshot.holders.insert(key, assignment.clone());
+        self.snapshot.lock().await.holders.insert(key, assignment.clone());
         Ok(assignment)
     }
 
@@ -255,8 +267,6 @@ impl ClusterUserRole {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
 
     const CLUSTER: &str = "/subscriptions/6f1e2d3c-4b5a-4987-8a6b-5c4d3e2f1a0b/resourceGroups/rg/providers/Microsoft.ContainerService/managedClusters/aks";
