@@ -15,7 +15,7 @@ use azure_core::credentials::TokenCredential;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::rest;
+use super::rest::{self, BearerClient};
 use crate::{api::Reason, telemetry::metrics::Metrics};
 
 pub const API_VERSION: &str = "2022-04-01";
@@ -134,13 +134,10 @@ pub struct NewAssignment<'a> {
 }
 
 pub struct ArmClient {
-    http: reqwest::Client,
-    credential: Arc<dyn TokenCredential>,
+    /// With tokens of ARM's audience, never Graph's: `<endpoint>/.default`.
+    client: BearerClient,
     /// The ARM root, such as https://management.azure.com.
     endpoint: String,
-    /// ARM's audience, never Graph's: `<endpoint>/.default`.
-    token_scope: String,
-    timeout: Duration,
     metrics: Option<Arc<Metrics>>,
     /// No request goes out before this (after a 429 or 503).
     quiet_until: Mutex<Option<Instant>>,
@@ -175,11 +172,8 @@ impl ArmClient {
     ) -> Self {
         let root = endpoint.trim_end_matches('/').to_string();
         Self {
-            http,
-            credential,
-            token_scope: format!("{root}/.default"),
+            client: BearerClient::new(http, credential, &root, timeout),
             endpoint: root,
-            timeout,
             metrics,
             quiet_until: Mutex::new(None),
         }
@@ -276,11 +270,11 @@ impl ArmClient {
                 return Err(ArmError::Throttled { retry_after: Some(left) });
             }
         }
-        let token = self.credential.get_token(&[self.token_scope.as_str()], None).await.map_err(|e| {
-            ArmError::AuthenticationFailed { message: format!("no token for {}: {e}", self.token_scope) }
-        })?;
-        let mut request =
-            self.http.request(method.clone(), url).bearer_auth(token.token.secret()).timeout(self.timeout);
+        let mut request = self
+            .client
+            .request(method.clone(), url)
+            .await
+            .map_err(|message| ArmError::AuthenticationFailed { message })?;
         if let Some(body) = body {
             request = request.json(body);
         }

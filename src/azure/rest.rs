@@ -1,12 +1,42 @@
 //! What the Graph and ARM clients share about talking to an Azure REST service:
-//! reading an answer into status, Retry-After and JSON body, and deciding
-//! whether a link the service returned may receive our bearer token.
+//! a bearer token for the service's own audience on every request, reading an
+//! answer into status, Retry-After and JSON body, and deciding whether a link
+//! the service returned may receive that token.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
+use azure_core::credentials::TokenCredential;
 use serde_json::{Value, json};
 
 use crate::backoff::parse_retry_after;
+
+/// An HTTP client whose requests carry a token for one audience: `<root>/.default`
+/// of the service it was made for (Graph or ARM), never another's.
+pub struct BearerClient {
+    http: reqwest::Client,
+    credential: Arc<dyn TokenCredential>,
+    scope: String,
+    timeout: Duration,
+}
+
+impl BearerClient {
+    /// `root` is the service's root URL; `http` must be the client the credential
+    /// uses too (same trusted CAs).
+    pub fn new(http: reqwest::Client, credential: Arc<dyn TokenCredential>, root: &str, timeout: Duration) -> Self {
+        Self { http, credential, scope: format!("{}/.default", root.trim_end_matches('/')), timeout }
+    }
+
+    /// A request to `url` with a token (the credential caches it until it expires).
+    /// Err: why no token could be had, for the caller's error.
+    pub async fn request(&self, method: reqwest::Method, url: &str) -> Result<reqwest::RequestBuilder, String> {
+        let token = self
+            .credential
+            .get_token(&[self.scope.as_str()], None)
+            .await
+            .map_err(|e| format!("cannot get a token for {}: {e}", self.scope))?;
+        Ok(self.http.request(method, url).bearer_auth(token.token.secret()).timeout(self.timeout))
+    }
+}
 
 /// One HTTP answer of Graph or ARM.
 pub struct Reply {

@@ -71,13 +71,10 @@ impl Answer {
 pub type RequestFailure = (DirectoryError, Option<Duration>);
 
 pub struct Transport {
-    http: reqwest::Client,
-    credential: Arc<dyn TokenCredential>,
+    /// Tokens are per cloud: their audience follows the Graph endpoint.
+    client: rest::BearerClient,
     /// The v1.0 root, such as https://graph.microsoft.com/v1.0.
     base: String,
-    /// Tokens are per cloud: the scope follows the Graph endpoint.
-    scope: String,
-    timeout: Duration,
     metrics: Option<Arc<Metrics>>,
 }
 
@@ -91,7 +88,8 @@ impl Transport {
         metrics: Option<Arc<Metrics>>,
     ) -> Self {
         let root = endpoint.trim_end_matches('/');
-        Self { http, credential, base: format!("{root}/v1.0"), scope: format!("{root}/.default"), timeout, metrics }
+        let client = rest::BearerClient::new(http, credential, root, timeout);
+        Self { client, base: format!("{root}/v1.0"), metrics }
     }
 
     /// Sends one lookup as a plain GET, several as one `$batch`; returns an answer
@@ -126,22 +124,17 @@ impl Transport {
 
     /// GETs an absolute URL (a page link Graph returned, or a single lookup).
     pub async fn get(&self, url: &str) -> Result<Answer, DirectoryError> {
-        let token = self.token().await?;
-        let request = self.http.get(url).bearer_auth(token).timeout(self.timeout);
+        let request = self.request(reqwest::Method::GET, url).await?;
         self.counted(read(request.send().await).await)
     }
 
     async fn post(&self, url: &str, body: &Value) -> Result<Answer, DirectoryError> {
-        let token = self.token().await?;
-        let request = self.http.post(url).bearer_auth(token).json(body).timeout(self.timeout);
+        let request = self.request(reqwest::Method::POST, url).await?.json(body);
         self.counted(read(request.send().await).await)
     }
 
-    async fn token(&self) -> Result<String, DirectoryError> {
-        let token = self.credential.get_token(&[self.scope.as_str()], None).await.map_err(|e| {
-            DirectoryError::AuthenticationFailed { message: format!("cannot get a token for {}: {e}", self.scope) }
-        })?;
-        Ok(token.token.secret().to_string())
+    async fn request(&self, method: reqwest::Method, url: &str) -> Result<reqwest::RequestBuilder, DirectoryError> {
+        self.client.request(method, url).await.map_err(|message| DirectoryError::AuthenticationFailed { message })
     }
 
     fn counted(&self, answer: Result<Answer, DirectoryError>) -> Result<Answer, DirectoryError> {
