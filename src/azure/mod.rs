@@ -4,7 +4,8 @@
 //! Resource Manager.
 //!
 //! - `credential`: Workload Identity, client secret or managed identity, per cloud;
-//! - `rest`: reading answers and checking next-page links, for Graph and ARM alike;
+//! - `rest`: the bearer client (a token of the service's own audience on every
+//!   request), reading answers, checking next-page links; for Graph and ARM alike;
 //! - `cluster_id`: the AKS cluster resource ID (`--aks-cluster-resource-id`);
 //! - `arm`: the ARM client (token, role assignment list / create / delete, errors);
 //! - `cluster_user_role`: which groups hold the role, shared by every TeamAccess:
