@@ -15,7 +15,7 @@ use azure_core::credentials::TokenCredential;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::rest::{self, BearerClient};
+use super::rest::{self, BearerClient, Reply};
 use crate::{api::Reason, telemetry::metrics::Metrics};
 
 pub const API_VERSION: &str = "2022-04-01";
@@ -143,23 +143,6 @@ pub struct ArmClient {
     quiet_until: Mutex<Option<Instant>>,
 }
 
-struct Answer {
-    status: u16,
-    retry_after: Option<Duration>,
-    body: Value,
-}
-
-impl Answer {
-    fn code(&self) -> &str {
-        self.body["error"]["code"].as_str().unwrap_or("")
-    }
-
-    fn message(&self) -> String {
-        let message = self.body["error"]["message"].as_str().unwrap_or("");
-        format!("HTTP {} {}: {message}", self.status, self.code())
-    }
-}
-
 impl ArmClient {
     /// `endpoint` is the ARM root of the cloud (or `--arm-endpoint`); `http` must
     /// be the client the credential uses too (same trusted CAs).
@@ -243,9 +226,9 @@ impl ArmClient {
     }
 
     /// Maps a failed answer to the error a user can act on.
-    fn error(&self, answer: Answer, action: &'static str, verb: &'static str, scope: &str) -> ArmError {
-        let message = answer.message();
-        match (answer.status, answer.code()) {
+    fn error(&self, answer: Reply, action: &'static str, verb: &'static str, scope: &str) -> ArmError {
+        let message = answer.error_summary();
+        match (answer.status, answer.error_code()) {
             (403, _) => ArmError::AuthorizationFailed { action, verb, scope: scope.to_string(), message },
             (400, "PrincipalNotFound") => {
                 let principal =
@@ -263,7 +246,7 @@ impl ArmClient {
         }
     }
 
-    async fn send(&self, method: reqwest::Method, url: &str, body: Option<&Value>) -> Result<Answer, ArmError> {
+    async fn send(&self, method: reqwest::Method, url: &str, body: Option<&Value>) -> Result<Reply, ArmError> {
         if let Some(until) = *self.quiet_until.lock().unwrap_or_else(|e| e.into_inner()) {
             let left = until.saturating_duration_since(Instant::now());
             if !left.is_zero() {
@@ -291,13 +274,12 @@ impl ArmClient {
     }
 }
 
-async fn read(response: Result<reqwest::Response, reqwest::Error>) -> Result<Answer, ArmError> {
+async fn read(response: Result<reqwest::Response, reqwest::Error>) -> Result<Reply, ArmError> {
     let response = response.map_err(|e| ArmError::Unavailable {
         message: format!("cannot reach Azure Resource Manager: {e}"),
         retry_after: None,
     })?;
-    let rest::Reply { status, retry_after, body } = rest::read(response).await;
-    Ok(Answer { status, retry_after, body })
+    Ok(rest::read(response).await)
 }
 
 /// The first GUID in a message, written with or without dashes, as a GUID.

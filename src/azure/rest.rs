@@ -38,13 +38,27 @@ impl BearerClient {
     }
 }
 
-/// One HTTP answer of Graph or ARM.
+/// One HTTP answer of Graph or ARM (Graph also unpacks `$batch` items into these).
+#[derive(Clone, Debug)]
 pub struct Reply {
     pub status: u16,
     pub retry_after: Option<Duration>,
     /// The JSON body; an unreadable one becomes an error body of code
     /// `UnreadableResponse`, a 204 is null.
     pub body: Value,
+}
+
+impl Reply {
+    /// The `error.code` of the body both services use for errors ("" if none).
+    pub fn error_code(&self) -> &str {
+        self.body["error"]["code"].as_str().unwrap_or("")
+    }
+
+    /// `HTTP <status> <code>: <message>`, for an error a user reads.
+    pub fn error_summary(&self) -> String {
+        let message = self.body["error"]["message"].as_str().unwrap_or("");
+        format!("HTTP {} {}: {message}", self.status, self.error_code())
+    }
 }
 
 pub async fn read(response: reqwest::Response) -> Reply {

@@ -10,20 +10,10 @@ use serde_json::{Value, json};
 use crate::{azure::rest, backoff::parse_retry_after, directory::DirectoryError, telemetry::metrics::Metrics};
 
 /// One answer from Graph, for a request or a batch item.
-#[derive(Clone, Debug)]
-pub struct Answer {
-    pub status: u16,
-    pub retry_after: Option<Duration>,
-    pub body: Value,
-}
+pub type Answer = rest::Reply;
 
+/// What an answer means to the directory.
 impl Answer {
-    fn error_message(&self) -> String {
-        let code = self.body["error"]["code"].as_str().unwrap_or("");
-        let message = self.body["error"]["message"].as_str().unwrap_or("");
-        format!("HTTP {} {code}: {message}", self.status)
-    }
-
     /// Whether the service asks us to come back later (the whole request or an item).
     pub fn is_retryable(&self) -> bool {
         matches!(self.status, 429 | 503 | 504)
@@ -32,8 +22,7 @@ impl Answer {
     /// Whether this is Graph saying the object does not exist (its error body
     /// names a NotFound code), rather than a server that does not serve Graph there.
     fn is_graph_not_found(&self) -> bool {
-        self.status == 404
-            && self.body["error"]["code"].as_str().is_some_and(|c| c.to_ascii_lowercase().contains("notfound"))
+        self.status == 404 && self.error_code().to_ascii_lowercase().contains("notfound")
     }
 
     /// Maps a failed answer to a directory error: `not_found` for Graph's own 404,
@@ -46,21 +35,21 @@ impl Answer {
             404 => DirectoryError::Rejected {
                 message: format!(
                     "{}; the Graph endpoint answered 404 without a Graph error, so it is probably not the Graph root: check --graph-endpoint",
-                    self.error_message()
+                    self.error_summary()
                 ),
             },
-            401 => DirectoryError::AuthenticationFailed { message: self.error_message() },
-            403 => DirectoryError::PermissionDenied { message: self.error_message() },
+            401 => DirectoryError::AuthenticationFailed { message: self.error_summary() },
+            403 => DirectoryError::PermissionDenied { message: self.error_summary() },
             429 => DirectoryError::Throttled { retry_after: self.retry_after },
-            500..=599 => DirectoryError::Unavailable { message: self.error_message() },
-            _ => DirectoryError::Rejected { message: self.error_message() },
+            500..=599 => DirectoryError::Unavailable { message: self.error_summary() },
+            _ => DirectoryError::Rejected { message: self.error_summary() },
         }
     }
 
     /// The error of a failed request as a whole (not of a lookup): any 404 means
     /// the endpoint itself is wrong.
     pub fn into_request_error(self) -> DirectoryError {
-        let message = self.error_message();
+        let message = self.error_summary();
         self.into_error(|| DirectoryError::Rejected {
             message: format!("{message}; the Graph endpoint was not found: check --graph-endpoint"),
         })
@@ -179,8 +168,7 @@ fn unpack_batch(body: &Value, count: usize) -> Vec<Answer> {
 /// Reads a response; a connection failure or timeout is an outage.
 async fn read(response: Result<reqwest::Response, reqwest::Error>) -> Result<Answer, DirectoryError> {
     let response = response.map_err(|e| DirectoryError::Unavailable { message: format!("cannot reach Graph: {e}") })?;
-    let rest::Reply { status, retry_after, body } = rest::read(response).await;
-    Ok(Answer { status, retry_after, body })
+    Ok(rest::read(response).await)
 }
 
 #[cfg(test)]
