@@ -244,7 +244,7 @@ fn cluster_user_role(
     let endpoint = args.arm_endpoint.clone().unwrap_or_else(|| args.cloud.arm_endpoint().to_string());
     tracing::info!(arm = %endpoint, cluster = %cluster, "granting the groups the Azure Kubernetes Service Cluster User Role");
     let arm = ArmClient::new(http, credential, &endpoint, ARM_REQUEST_TIMEOUT, Some(metrics));
-    Arc::new(ClusterUserRole::new(arm, cluster.clone(), args.resync))
+    Arc::new(ClusterUserRole::new(arm, cluster, args.resync))
 }
 
 /// How long one ARM request may take.

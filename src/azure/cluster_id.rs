@@ -26,10 +26,6 @@ impl AksClusterId {
     pub fn subscription(&self) -> &str {
         &self.subscription
     }
-
-    pub fn name(&self) -> &str {
-        &self.name
-    }
 }
 
 impl fmt::Display for AksClusterId {
@@ -102,7 +98,7 @@ mod tests {
     fn a_cluster_id_parses_and_keeps_its_spelling() {
         let id: AksClusterId = ID.parse().unwrap();
         assert_eq!(id.scope(), ID);
-        assert_eq!(id.name(), "aks-prod");
+        assert_eq!(id.name, "aks-prod");
         let lower: AksClusterId = ID.to_ascii_lowercase().parse().unwrap();
         assert_eq!(lower.subscription(), id.subscription());
         assert_eq!(format!("{ID}/").parse::<AksClusterId>().unwrap(), id, "a trailing slash is fine");

@@ -55,7 +55,7 @@ struct Snapshot {
 
 pub struct ClusterUserRole {
     arm: ArmClient,
-    cluster: AksClusterId,
+    /// The cluster's resource ID: the scope of every assignment.
     scope: String,
     role_definition_id: String,
     refresh_every: Duration,
@@ -69,7 +69,7 @@ pub struct ClusterUserRole {
 }
 
 impl ClusterUserRole {
-    pub fn new(arm: ArmClient, cluster: AksClusterId, refresh_every: Duration) -> Self {
+    pub fn new(arm: ArmClient, cluster: &AksClusterId, refresh_every: Duration) -> Self {
         let scope = cluster.scope();
         let role_definition_id = format!(
             "/subscriptions/{}/providers/Microsoft.Authorization/roleDefinitions/{CLUSTER_USER_ROLE_ID}",
@@ -77,7 +77,6 @@ impl ClusterUserRole {
         );
         Self {
             arm,
-            cluster,
             scope,
             role_definition_id,
             refresh_every,
@@ -85,10 +84,6 @@ impl ClusterUserRole {
             wanted_lately: Mutex::default(),
             creating: Mutex::default(),
         }
-    }
-
-    pub fn cluster(&self) -> &AksClusterId {
-        &self.cluster
     }
 
     /// The name of the assignment this operator makes for `group`: the same in
@@ -294,7 +289,7 @@ mod tests {
             Duration::from_secs(1),
             None,
         );
-        ClusterUserRole::new(arm, CLUSTER.parse().unwrap(), Duration::from_secs(60))
+        ClusterUserRole::new(arm, &CLUSTER.parse().unwrap(), Duration::from_secs(60))
     }
 
     fn listed(name: &str, scope: &str, role_id: &str, principal: &str) -> RoleAssignment {
