@@ -11,7 +11,7 @@
 
 use std::{collections::HashSet, sync::Arc, time::Duration};
 
-use kube::{Api, ResourceExt, api::ListParams};
+use kube::ResourceExt;
 
 use super::{context::Context, error::Error};
 use crate::{
@@ -105,13 +105,7 @@ async fn wanted_groups(ctx: &Context) -> Result<Vec<(String, String)>, Error> {
     };
     match ctx.teamaccesses.get() {
         Some(store) if ctx.settings.selector.is_none() => Ok(wanted(&mut store.state().iter().map(|ta| ta.as_ref()))),
-        _ => {
-            let all = Api::<TeamAccess>::all(ctx.client.clone())
-                .list(&ListParams::default())
-                .await
-                .map_err(|e| Error::kube("list TeamAccess objects", e))?;
-            Ok(wanted(&mut all.items.iter()))
-        }
+        _ => Ok(wanted(&mut ctx.every_teamaccess().await?.iter())),
     }
 }
 

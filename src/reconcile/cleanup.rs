@@ -16,7 +16,7 @@ use k8s_openapi::{
 };
 use kube::{
     Api, Client, CustomResourceExt, ResourceExt,
-    api::{ListParams, Patch, PatchParams},
+    api::{Patch, PatchParams},
     runtime::events::EventType,
 };
 
@@ -191,11 +191,7 @@ async fn report_delayed(ta: &TeamAccess, ctx: &Context, delayed: &Error) {
 /// Whether another TeamAccess, not itself being deleted, grants access in the
 /// same namespace. Every TeamAccess counts, also those of other operators' shards.
 async fn used_by_another(ta: &TeamAccess, ctx: &Context) -> Result<bool, Error> {
-    let all = Api::<TeamAccess>::all(ctx.client.clone())
-        .list(&ListParams::default())
-        .await
-        .map_err(|e| Error::kube("list TeamAccess objects", e))?;
-    Ok(all.items.iter().any(|other| {
+    Ok(ctx.every_teamaccess().await?.iter().any(|other| {
         other.spec.namespace == ta.spec.namespace
             && other.metadata.uid != ta.metadata.uid
             && other.metadata.deletion_timestamp.is_none()

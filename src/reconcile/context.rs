@@ -10,7 +10,8 @@ use std::{
 };
 
 use kube::{
-    Client, ResourceExt,
+    Api, Client, ResourceExt,
+    api::ListParams,
     runtime::{
         events::{Recorder, Reporter},
         reflector::Store,
@@ -20,6 +21,7 @@ use kube::{
 use super::{
     brake::DeletionBrake,
     caches::{Caches, Feeds},
+    error::Error,
 };
 use crate::{
     api::{TeamAccess, TeamAccessStatus},
@@ -212,6 +214,16 @@ impl Context {
     pub fn forget(&self, name: &str) {
         self.clear_failures(name);
         self.written.lock().unwrap_or_else(|e| e.into_inner()).remove(name);
+    }
+
+    /// Every TeamAccess in the cluster, also those of other operators' shards
+    /// (--selector), read fresh from the API server.
+    pub async fn every_teamaccess(&self) -> Result<Vec<TeamAccess>, Error> {
+        Api::<TeamAccess>::all(self.client.clone())
+            .list(&ListParams::default())
+            .await
+            .map(|list| list.items)
+            .map_err(|e| Error::kube("list TeamAccess objects", e))
     }
 
     /// Consecutive failures of `name` so far.

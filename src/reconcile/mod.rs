@@ -132,43 +132,39 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
     // Ready once the cache of TeamAccess objects has synced; the gauge follows it.
     let store = controller.store();
     let _ = ctx.teamaccesses.set(store.clone());
-    // The Azure role assignments are swept once the cache knows which groups are wanted.
-    let sweeper = {
-        let (ctx, store) = (ctx.clone(), store.clone());
-        tokio::spawn(async move {
-            // Polled, like the watchdog's: the store wakes only its latest waiter.
-            loop {
-                match tokio::time::timeout(Duration::from_millis(200), store.wait_until_ready()).await {
-                    Ok(Ok(())) => break azure_role::sweep_forever(ctx).await,
-                    Ok(Err(_)) => break,
-                    Err(_) => {}
-                }
-            }
-        })
-    };
     let synced = Arc::new(AtomicBool::new(false));
-    let (metrics, health, synced_flag) = (ctx.metrics.clone(), ctx.health.clone(), synced.clone());
+    let (watched_ctx, synced_flag) = (ctx.clone(), synced.clone());
     let watchdog = tokio::spawn(async move {
         // The store wakes only its latest waiter (the controller's), so poll again
         // now and then rather than wait once.
-        loop {
+        let cache_synced = loop {
             match tokio::time::timeout(Duration::from_millis(200), store.wait_until_ready()).await {
                 Ok(Ok(())) => {
                     tracing::info!(objects = store.len(), "TeamAccess cache synced; ready");
                     synced_flag.store(true, Ordering::SeqCst);
-                    health.set_ready(true);
-                    break;
+                    watched_ctx.health.set_ready(true);
+                    break true;
                 }
                 Ok(Err(e)) => {
                     tracing::error!(error = %e, "the TeamAccess cache was dropped before it synced");
-                    break;
+                    break false;
                 }
                 Err(_) => {}
             }
-        }
-        loop {
-            metrics.managed.set(store.len() as i64);
-            tokio::time::sleep(Duration::from_secs(5)).await;
+        };
+        let managed_gauge = async {
+            loop {
+                watched_ctx.metrics.managed.set(store.len() as i64);
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        };
+        if cache_synced {
+            // The Azure role assignments are swept once the cache knows which
+            // groups are wanted (never from a cache that did not sync: it would
+            // want none).
+            futures::join!(managed_gauge, azure_role::sweep_forever(watched_ctx.clone()));
+        } else {
+            managed_gauge.await;
         }
     });
     controller = controller.reconcile_all_on(tokio_stream::wrappers::UnboundedReceiverStream::new(relists));
@@ -208,7 +204,6 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
         () = stopped_before_sync => {}
     }
     watchdog.abort();
-    sweeper.abort();
     tasks.iter().for_each(JoinHandle::abort);
     Ok(())
 }
