@@ -75,28 +75,23 @@ struct Harness {
 impl Harness {
     /// The operator binary on the emulator's Graph and ARM, resyncing every 2 s
     /// unless `extra` says otherwise.
-    async fn start(directory: DirectoryFile, extra: &[&str]) -> Self {
+    async fn start(directory: DirectoryFile, extra: &[String]) -> Self {
         let emulator = graph::emulator_of(directory).await;
         Self::start_on(emulator, extra).await
     }
 
-    async fn start_on(emulator: Emulator, extra: &[&str]) -> Self {
+    async fn start_on(emulator: Emulator, extra: &[String]) -> Self {
         let admin = admin_client().await;
         ensure_crd(&admin).await;
         let label = unique("arm");
         let selector = format!("{TEST_LABEL}={label}");
-        let mut args = process::graph_args(&emulator);
-        args.extend(["--selector", &selector, "--max-namespace-deletions", "0"].map(String::from));
-        if !extra.contains(&"--resync") {
+        let mut args: Vec<String> =
+            ["--selector", &selector, "--max-namespace-deletions", "0"].map(String::from).to_vec();
+        if !extra.iter().any(|a| a == "--resync") {
             args.extend(["--resync", "2s"].map(String::from));
         }
-        args.extend(extra.iter().map(|a| a.to_string()));
-        let op = OperatorProcess::start(
-            &kubeconfig_path(),
-            &args.iter().map(String::as_str).collect::<Vec<_>>(),
-            &support::process::GRAPH_ENV,
-            &std::env::temp_dir().join(&label),
-        );
+        args.extend(extra.iter().cloned());
+        let op = OperatorProcess::start_on_emulator(&emulator, &args, &label);
         op.wait_ready().await;
         Self { emulator, op, tas: Api::all(admin), label }
     }
@@ -201,7 +196,7 @@ async fn two_teams_of_a_group_share_its_assignment_which_goes_with_the_last_of_t
     let (directory, groups) = tenant(2);
     let emulator = graph::emulator_of(directory).await;
     let arm = Harness::arm_args(&emulator);
-    let h = Harness::start_on(emulator, &arm.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    let h = Harness::start_on(emulator, &arm).await;
     let (a1, a2, b) = (h.name("a1"), h.name("a2"), h.name("b"));
     let namespaces = [unique("arm-a1"), unique("arm-a2"), unique("arm-b")];
     h.apply(&a1, &groups[0], &namespaces[0], None).await;
@@ -268,7 +263,7 @@ async fn an_assignment_someone_else_made_satisfies_the_group_and_is_never_delete
     let mut args = Harness::arm_args(&emulator);
     // A long resync: the second one made below is not in the list the operator holds.
     args.extend(["--resync".into(), "5m".into()]);
-    let h = Harness::start_on(emulator, &args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    let h = Harness::start_on(emulator, &args).await;
     let (listed_ta, warm, unlisted_ta) = (h.name("listed"), h.name("warm"), h.name("unlisted"));
     let ns = unique("arm-other");
     h.apply(&listed_ta, &groups[0], &ns, None).await;
@@ -312,7 +307,7 @@ async fn azure_refusals_throttling_and_replication_keep_the_kubernetes_access_an
     let (directory, groups) = tenant(3);
     let emulator = graph::emulator_of(directory).await;
     let args = Harness::arm_args(&emulator);
-    let h = Harness::start_on(emulator, &args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    let h = Harness::start_on(emulator, &args).await;
     let admin = admin_client().await;
     let member_may_create_pods = |group: String, ns: String| {
         let admin = admin.clone();
@@ -373,7 +368,7 @@ async fn opting_out_removes_the_assignment_and_without_a_cluster_id_arm_is_never
     let (directory, groups) = tenant(1);
     let emulator = graph::emulator_of(directory.clone()).await;
     let args = Harness::arm_args(&emulator);
-    let h = Harness::start_on(emulator, &args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    let h = Harness::start_on(emulator, &args).await;
     let (name, ns) = (h.name("optout"), unique("arm-opt"));
     h.apply(&name, &groups[0], &ns, Some(false)).await;
     let ta = h.wait_condition(&name, "Ready", "True", "Reconciled").await;
@@ -456,7 +451,7 @@ async fn arm_requests_for_100_teams_over_20_groups_cold_and_idle() {
     emulator.set_faults(&Faults { arm_page_size: 8, ..Default::default() });
     let mut args = Harness::arm_args(&emulator);
     args.extend(["--resync".into(), "10s".into()]);
-    let h = Harness::start_on(emulator, &args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    let h = Harness::start_on(emulator, &args).await;
     let namespaces: Vec<String> = (0..10).map(|i| unique(&format!("arm-n{i}"))).collect();
     let names: Vec<String> = (0..100).map(|i| h.name(&format!("t{i}"))).collect();
     futures::future::join_all(

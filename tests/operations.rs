@@ -138,14 +138,7 @@ async fn the_binary_counts_its_graph_lookups_cache_and_api_requests_on_metrics()
     let emulator = graph::emulator(operator::SEED_DIRECTORY).await;
     let label = unique("metrics");
     let selector = format!("{TEST_LABEL}={label}");
-    let mut args = support::process::graph_args(&emulator);
-    args.extend(["--selector".to_string(), selector.clone()]);
-    let op = OperatorProcess::start(
-        &kubeconfig_path(),
-        &args.iter().map(String::as_str).collect::<Vec<_>>(),
-        &support::process::GRAPH_ENV,
-        &std::env::temp_dir().join(&label),
-    );
+    let op = OperatorProcess::start_on_emulator(&emulator, &["--selector".to_string(), selector.clone()], &label);
     op.wait_ready().await;
     let tas = Api::<TeamAccess>::all(admin.clone());
     let (dev, sre) = (unique("dev"), unique("sre"));

@@ -163,6 +163,16 @@ pub fn graph_args(emulator: &azure_emulator::Emulator) -> Vec<String> {
     .to_vec()
 }
 
+impl OperatorProcess {
+    /// Starts the operator on the emulator's Graph with its client-secret identity,
+    /// plus `extra` arguments; the log goes to a directory named after `label`.
+    pub fn start_on_emulator(emulator: &azure_emulator::Emulator, extra: &[String], label: &str) -> Self {
+        let args: Vec<String> = graph_args(emulator).into_iter().chain(extra.iter().cloned()).collect();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Self::start(&super::kubeconfig_path(), &args, &GRAPH_ENV, &std::env::temp_dir().join(label))
+    }
+}
+
 /// The environment that gives the operator the emulator's client-secret
 /// identity, as the chart's Secret and values would.
 pub const GRAPH_ENV: [(&str, &str); 3] = [

@@ -319,15 +319,15 @@ impl Shared {
 
     fn set_faults(&self, f: &Faults) {
         let now = Instant::now();
+        let for_secs = |secs: u64| (secs > 0).then(|| now + Duration::from_secs(secs));
+        // Graph and ARM send the same Retry-After (at least 1 s) unless told to omit it.
+        let retry_after_secs =
+            (!f.omit_retry_after).then_some(if f.retry_after_secs == 0 { 1 } else { f.retry_after_secs });
         *self.faults.lock().unwrap() = ActiveFaults {
             throttle_next: f.throttle_next,
-            throttle_until: (f.throttle_for_secs > 0).then(|| now + Duration::from_secs(f.throttle_for_secs)),
-            outage_until: (f.outage_for_secs > 0).then(|| now + Duration::from_secs(f.outage_for_secs)),
-            retry_after_secs: (!f.omit_retry_after).then_some(if f.retry_after_secs == 0 {
-                1
-            } else {
-                f.retry_after_secs
-            }),
+            throttle_until: for_secs(f.throttle_for_secs),
+            outage_until: for_secs(f.outage_for_secs),
+            retry_after_secs,
             per_item: f.per_item,
             fail_next: f.fail_next,
             fail_status: if f.fail_status == 0 { 500 } else { f.fail_status },
@@ -336,11 +336,9 @@ impl Shared {
             forbidden: f.forbidden,
             latency: Duration::from_millis(f.latency_ms),
         };
-        let retry_after_secs =
-            (!f.omit_retry_after).then_some(if f.retry_after_secs == 0 { 1 } else { f.retry_after_secs });
         self.arm.lock().unwrap().faults = arm::ArmFaults {
-            throttle_until: (f.arm_throttle_for_secs > 0).then(|| now + Duration::from_secs(f.arm_throttle_for_secs)),
-            outage_until: (f.arm_outage_for_secs > 0).then(|| now + Duration::from_secs(f.arm_outage_for_secs)),
+            throttle_until: for_secs(f.arm_throttle_for_secs),
+            outage_until: for_secs(f.arm_outage_for_secs),
             retry_after_secs,
             forbidden: f.arm_forbidden,
             principal_not_found_next: f.arm_principal_not_found_next,
