@@ -2,7 +2,7 @@
 # so the scripts can be read (and run) on their own.
 SHELL := /bin/bash
 
-.PHONY: help build test unit demo bench emulator cluster-up cluster-down cluster-bin generate crds check-generated fmt lint
+.PHONY: help build test unit demo bench emulator cluster-up cluster-down cluster-bin node-up node-down image generate crds check-generated fmt lint
 
 help:
 	@echo "make demo          the seed's scenario on a local control plane (KEEP=1 leaves it running)"
@@ -10,6 +10,9 @@ help:
 	@echo "make bench         N TeamAccess vs the ideal client; writes docs/benchmarks.md (BENCH_N=100,1000,5000)"
 	@echo "make cluster-up    start a local control plane; prints KUBECONFIG=<path> last"
 	@echo "make cluster-down  stop it (KUBECONFIG=<path> picks one, else the last started)"
+	@echo "make node-up       add a real node (kubelet, containerd) to that cluster; root, one per machine"
+	@echo "make node-down     remove the node and everything it changed on the machine"
+	@echo "make image         the Dockerfile's image as an OCI archive, without Docker (target/image/)"
 	@echo "make emulator      run the Entra ID / Graph emulator on its own; prints its URL and CA path"
 	@echo "make generate      regenerate the CRD copies and deploy/operator.yaml (alias: make crds)"
 
@@ -40,6 +43,15 @@ cluster-up:
 
 cluster-down:
 	@tests/cluster/cluster.sh down
+
+node-up:
+	@tests/cluster/cluster.sh node-up
+
+node-down:
+	@tests/cluster/cluster.sh node-down
+
+image:
+	scripts/image.sh
 
 # Regenerates the CRD copies and deploy/operator.yaml; `crds` is kept as an alias.
 generate crds:

@@ -4,8 +4,12 @@
 #   cluster.sh bin    build the upstream binaries if needed; print their directory
 #   cluster.sh up     start a cluster; the last line printed is KUBECONFIG=<path>
 #   cluster.sh down   stop the cluster KUBECONFIG names, else the last one started
+#   cluster.sh node-up    add a node to that cluster (root; one per machine; see cmd/localcluster/node.go)
+#   cluster.sh node-down  remove the node and everything it changed on the machine
+#   cluster.sh node-load ARCHIVE   import an image archive into the node's containerd
 #
-# The upstream binaries (etcd, kube-apiserver, kube-controller-manager, kubectl, helm) are
+# The upstream binaries (etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
+# kubelet, kubectl, helm) are
 # cached outside the work tree under a key made of go.mod and go.sum, so only a
 # change of pinned versions rebuilds them.
 set -euo pipefail
@@ -30,6 +34,8 @@ build_upstream() {
   (cd "$here" && go build -trimpath -ldflags="$ldflags" -o "$tmp/" \
       k8s.io/kubernetes/cmd/kube-apiserver \
       k8s.io/kubernetes/cmd/kube-controller-manager \
+      k8s.io/kubernetes/cmd/kube-scheduler \
+      k8s.io/kubernetes/cmd/kubelet \
       k8s.io/kubernetes/cmd/kubectl \
       helm.sh/helm/v3/cmd/helm \
     && go build -trimpath -ldflags='-s -w' -o "$tmp/etcd" go.etcd.io/etcd/server/v3) >&2
@@ -39,10 +45,27 @@ build_upstream() {
   echo "control plane built in $((SECONDS - started))s" >&2
 }
 
-# The launcher is our own small program; Go's build cache makes this quick.
+# Our own small programs (the launcher, the node's pause program and the OCI
+# archive writer); Go's build cache makes this quick. pause runs in a container
+# with no libc, so it is built static.
 build_launcher() {
   mkdir -p "$bin"
-  (cd "$here" && go build -o "$bin/localcluster" ./cmd/localcluster) >&2
+  (cd "$here" && go build -o "$bin/" ./cmd/localcluster ./cmd/ociarchive \
+    && CGO_ENABLED=0 go build -trimpath -ldflags='-s -w' -o "$bin/pause" ./cmd/pause) >&2
+}
+
+# The node's Debian packages: containerd (1.6) with runc, the CNI plugins
+# (bridge, host-local, loopback), iptables for the Service DNAT.
+node_packages=(containerd runc containernetworking-plugins iptables)
+install_node_packages() {
+  local missing=() p
+  for p in "${node_packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+  done
+  ((${#missing[@]})) || return 0
+  [[ $EUID -eq 0 ]] || { echo "a node needs root (and the packages ${missing[*]})" >&2; exit 1; }
+  echo "installing the node's packages: ${missing[*]}" >&2
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}") >&2
 }
 
 mkdir -p "$cache_root/cluster-bin"
@@ -50,5 +73,8 @@ case "${1:-}" in
   bin)  build_upstream; build_launcher; echo "$bin" ;;
   up)   build_upstream; build_launcher; exec "$bin/localcluster" up -bin "$bin" ;;
   down) build_launcher; exec "$bin/localcluster" down ;;
-  *)    echo "usage: $0 bin|up|down" >&2; exit 2 ;;
+  node-up)   build_upstream; build_launcher; install_node_packages; exec "$bin/localcluster" node-up -bin "$bin" ;;
+  node-down) build_launcher; exec "$bin/localcluster" node-down ;;
+  node-load) build_launcher; exec "$bin/localcluster" node-load "$2" ;;
+  *)    echo "usage: $0 bin|up|down|node-up|node-down|node-load ARCHIVE" >&2; exit 2 ;;
 esac

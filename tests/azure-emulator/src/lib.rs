@@ -181,19 +181,26 @@ impl Emulator {
     /// Starts on a free loopback port. The CA certificate is written to
     /// `<dir>/ca.crt`, for `--ca-file`.
     pub async fn start(directory: DirectoryFile, dir: &Path) -> std::io::Result<Self> {
+        Self::start_on(directory, dir, std::net::Ipv4Addr::LOCALHOST.into()).await
+    }
+
+    /// Starts on a free port of `address` (the local node's IP, so that pods reach
+    /// it); its certificate names that address, and its URLs use it.
+    pub async fn start_on(directory: DirectoryFile, dir: &Path, address: std::net::IpAddr) -> std::io::Result<Self> {
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         std::fs::create_dir_all(dir)?;
-        let tls = tls_material().map_err(std::io::Error::other)?;
+        let tls = tls_material(address).map_err(std::io::Error::other)?;
         let ca_path = dir.join("ca.crt");
         std::fs::write(&ca_path, &tls.ca_pem)?;
 
-        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let listener = std::net::TcpListener::bind((address, 0))?;
         listener.set_nonblocking(true)?;
-        let arm_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let arm_listener = std::net::TcpListener::bind((address, 0))?;
         arm_listener.set_nonblocking(true)?;
+        let origin = |l: &std::net::TcpListener| l.local_addr().map(|a| format!("https://{a}"));
         let shared = Arc::new(Shared {
-            base_url: format!("https://127.0.0.1:{}", listener.local_addr()?.port()),
-            arm_url: format!("https://127.0.0.1:{}", arm_listener.local_addr()?.port()),
+            base_url: origin(&listener)?,
+            arm_url: origin(&arm_listener)?,
             directory: RwLock::new(directory),
             faults: Mutex::default(),
             counters: Counters::default(),
@@ -932,8 +939,8 @@ struct TlsMaterial {
     key_pem: String,
 }
 
-/// A CA and a serving certificate for 127.0.0.1 and localhost signed by it.
-fn tls_material() -> Result<TlsMaterial, rcgen::Error> {
+/// A CA and a serving certificate for 127.0.0.1, localhost and `address` signed by it.
+fn tls_material(address: std::net::IpAddr) -> Result<TlsMaterial, rcgen::Error> {
     use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose};
     let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -942,7 +949,11 @@ fn tls_material() -> Result<TlsMaterial, rcgen::Error> {
         vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
     let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate()?)?;
     let key = KeyPair::generate()?;
-    let mut params = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])?;
+    let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+    if !address.is_loopback() {
+        names.push(address.to_string());
+    }
+    let mut params = CertificateParams::new(names)?;
     params.distinguished_name.push(DnType::CommonName, "azure-emulator");
     let cert = params.signed_by(&key, &ca)?;
     Ok(TlsMaterial { ca_pem: ca.pem(), cert_pem: cert.pem(), key_pem: key.serialize_pem() })

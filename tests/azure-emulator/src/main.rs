@@ -18,6 +18,9 @@ struct Args {
     /// Where to write the CA certificate and the URL file.
     #[arg(long, default_value = "/tmp/azure-emulator")]
     state_dir: PathBuf,
+    /// The address to listen on; the local node's IP lets its pods reach it.
+    #[arg(long, default_value = "127.0.0.1")]
+    listen_address: std::net::IpAddr,
 }
 
 #[tokio::main]
@@ -25,7 +28,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
     let text = std::fs::read_to_string(&args.directory_file)?;
     let directory = DirectoryFile::parse(&text)?;
-    let emulator = Emulator::start(directory, &args.state_dir).await?;
+    let emulator = Emulator::start_on(directory, &args.state_dir, args.listen_address).await?;
     // Files for scripts: what a client needs to reach and authenticate to it.
     for (name, value) in [
         ("tenant-id", TENANT_ID),

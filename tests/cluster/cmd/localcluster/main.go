@@ -4,6 +4,9 @@
 //
 //	localcluster up   -bin DIR [-root DIR]   start one; prints KUBECONFIG=<path> last
 //	localcluster down [-root DIR]            stop the one KUBECONFIG names, else the last started
+//	localcluster node-up -bin DIR            add a node to it (root; one per machine, see node.go)
+//	localcluster node-down                   remove the node and everything it changed
+//	localcluster node-load ARCHIVE           import an image archive into the node's containerd
 //
 // Every cluster has its own state directory and ports, so several can run at once.
 package main
@@ -51,6 +54,12 @@ func main() {
 		err = up(os.Args[2:])
 	case "down":
 		err = down(os.Args[2:])
+	case "node-up":
+		err = nodeUpCmd(os.Args[2:])
+	case "node-down":
+		err = nodeDownCmd(os.Args[2:])
+	case "node-load":
+		err = nodeLoadCmd(os.Args[2:])
 	default:
 		usage()
 	}
@@ -61,7 +70,7 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: localcluster up -bin DIR [-root DIR] | localcluster down [-root DIR]")
+	fmt.Fprintln(os.Stderr, "usage: localcluster up -bin DIR [-root DIR] | down [-root DIR] | node-up -bin DIR | node-down | node-load ARCHIVE")
 	os.Exit(2)
 }
 
@@ -168,6 +177,9 @@ func (l *launch) start() error {
 		"--service-account-key-file="+p.saPublicKey,
 		"--service-account-signing-key-file="+p.saSigningKey,
 		"--allow-privileged=true",
+		// For kubectl logs and exec once a node joins (cluster.sh node-up).
+		"--kubelet-client-certificate="+p.kubeletClientCert, "--kubelet-client-key="+p.kubeletClientKey,
+		"--kubelet-preferred-address-types=InternalIP,Hostname",
 		// The "kubernetes" Service would point at 127.0.0.1, which Endpoints reject.
 		"--endpoint-reconciler-type=none",
 		"--profiling=false",
@@ -182,22 +194,7 @@ func (l *launch) start() error {
 		return err
 	}
 
-	if err := l.spawn("kube-controller-manager",
-		"--kubeconfig="+kcmKubeconfig,
-		// clusterrole-aggregation fills the built-in admin, edit and view ClusterRoles.
-		"--controllers=namespace,garbagecollector,serviceaccount,serviceaccount-token,clusterrole-aggregation",
-		"--leader-elect=false",
-		// The namespace controller sends some forty requests per namespace it
-		// deletes; at the default 20 per second a test or benchmark deleting a
-		// thousand namespaces would wait half an hour for it.
-		"--kube-api-qps=400",
-		"--kube-api-burst=800",
-		"--concurrent-namespace-syncs=20",
-		"--secure-port=0", // no serving endpoint: avoids delegated authn/authz setup
-		"--use-service-account-credentials=true",
-		"--service-account-private-key-file="+p.saSigningKey,
-		"--root-ca-file="+p.caCert,
-	); err != nil {
+	if err := l.spawn("kube-controller-manager", kcmArgs(l.dir, baseControllers)...); err != nil {
 		return err
 	}
 	// The default ServiceAccount exists once the controllers run, and pods need it.
@@ -211,6 +208,31 @@ func (l *launch) start() error {
 	}
 	fmt.Fprintf(os.Stderr, "control plane ready at %s in %.1fs (state: %s)\n", l.server, time.Since(began).Seconds(), l.dir)
 	return nil
+}
+
+// baseControllers are the controllers a cluster without a node needs:
+// clusterrole-aggregation fills the built-in admin, edit and view ClusterRoles.
+const baseControllers = "namespace,garbagecollector,serviceaccount,serviceaccount-token,clusterrole-aggregation"
+
+// kcmArgs are the controller-manager's flags; node-up restarts it with the
+// controllers that pods need added (nodeControllers).
+func kcmArgs(dir, controllers string) []string {
+	p := pkiPaths(filepath.Join(dir, "pki"))
+	return []string{
+		"--kubeconfig=" + filepath.Join(dir, "controller-manager.kubeconfig"),
+		"--controllers=" + controllers,
+		"--leader-elect=false",
+		// The namespace controller sends some forty requests per namespace it
+		// deletes; at the default 20 per second a test or benchmark deleting a
+		// thousand namespaces would wait half an hour for it.
+		"--kube-api-qps=400",
+		"--kube-api-burst=800",
+		"--concurrent-namespace-syncs=20",
+		"--secure-port=0", // no serving endpoint: avoids delegated authn/authz setup
+		"--use-service-account-credentials=true",
+		"--service-account-private-key-file=" + p.saSigningKey,
+		"--root-ca-file=" + p.caCert,
+	}
 }
 
 func binaryName(component string) string { return component }
@@ -287,6 +309,15 @@ func down(args []string) error {
 		fmt.Fprintln(os.Stderr, "no local cluster to stop")
 		return nil
 	}
+	// A node joined to this cluster goes first: it lives in the cluster's directory.
+	if node, err := loadNodeState(); err == nil && node.ClusterDir == dir {
+		if err := requireRoot("removing the cluster's node"); err != nil {
+			return err
+		}
+		if err := node.down(); err != nil {
+			return err
+		}
+	}
 	b, err := os.ReadFile(filepath.Join(dir, stateFile))
 	if err == nil {
 		var st clusterState
@@ -331,24 +362,30 @@ func selectCluster(root string) (string, error) {
 }
 
 // stopProcesses sends SIGTERM in reverse start order and SIGKILL to what is left
-// after a grace period. A pid is only signalled while it still runs our binary,
-// so a recycled pid is never hit.
+// after a grace period.
 func stopProcesses(st *clusterState) {
 	for i := len(components) - 1; i >= 0; i-- {
 		c := components[i]
-		pid, ok := st.Pids[c]
-		if !ok || !runsBinary(pid, filepath.Join(st.BinDir, binaryName(c))) {
-			continue
+		if pid, ok := st.Pids[c]; ok {
+			stopPid(c, pid, filepath.Join(st.BinDir, binaryName(c)))
 		}
-		_ = syscall.Kill(pid, syscall.SIGTERM)
-		deadline := time.Now().Add(15 * time.Second)
-		for time.Now().Before(deadline) && runsBinary(pid, filepath.Join(st.BinDir, binaryName(c))) {
-			time.Sleep(100 * time.Millisecond)
-		}
-		if runsBinary(pid, filepath.Join(st.BinDir, binaryName(c))) {
-			fmt.Fprintf(os.Stderr, "%s (pid %d) ignored SIGTERM, sending SIGKILL\n", c, pid)
-			_ = syscall.Kill(pid, syscall.SIGKILL)
-		}
+	}
+}
+
+// stopPid stops one process. A pid is only signalled while it still runs the
+// binary it was started from, so a recycled pid is never hit.
+func stopPid(name string, pid int, binary string) {
+	if !runsBinary(pid, binary) {
+		return
+	}
+	_ = syscall.Kill(pid, syscall.SIGTERM)
+	deadline := time.Now().Add(15 * time.Second)
+	for time.Now().Before(deadline) && runsBinary(pid, binary) {
+		time.Sleep(100 * time.Millisecond)
+	}
+	if runsBinary(pid, binary) {
+		fmt.Fprintf(os.Stderr, "%s (pid %d) ignored SIGTERM, sending SIGKILL\n", name, pid)
+		_ = syscall.Kill(pid, syscall.SIGKILL)
 	}
 }
 

@@ -96,20 +96,58 @@ type pki struct {
 	servingCert, servingKey   string
 	adminCert, adminKey       string
 	kcmCert, kcmKey           string
+	kubeletClientCert         string // the API server's client certificate towards kubelets
+	kubeletClientKey          string
 	saSigningKey, saPublicKey string
+}
+
+// pkiPaths names the files writePKI writes into dir.
+func pkiPaths(dir string) *pki {
+	return &pki{
+		caCert: filepath.Join(dir, "ca.crt"), caKey: filepath.Join(dir, "ca.key"),
+		servingCert: filepath.Join(dir, "apiserver.crt"), servingKey: filepath.Join(dir, "apiserver.key"),
+		adminCert: filepath.Join(dir, "admin.crt"), adminKey: filepath.Join(dir, "admin.key"),
+		kcmCert: filepath.Join(dir, "controller-manager.crt"), kcmKey: filepath.Join(dir, "controller-manager.key"),
+		kubeletClientCert: filepath.Join(dir, "apiserver-kubelet-client.crt"), kubeletClientKey: filepath.Join(dir, "apiserver-kubelet-client.key"),
+		saSigningKey: filepath.Join(dir, "sa.key"), saPublicKey: filepath.Join(dir, "sa.pub"),
+	}
+}
+
+// loadCA reads the cluster's CA back, for the certificates a node needs.
+func loadCA(p *pki) (*certAuthority, error) {
+	certPEM, err := os.ReadFile(p.caCert)
+	if err != nil {
+		return nil, err
+	}
+	keyPEM, err := os.ReadFile(p.caKey)
+	if err != nil {
+		return nil, err
+	}
+	certBlock, _ := pem.Decode(certPEM)
+	keyBlock, _ := pem.Decode(keyPEM)
+	if certBlock == nil || keyBlock == nil {
+		return nil, fmt.Errorf("%s or %s holds no PEM block", p.caCert, p.caKey)
+	}
+	cert, err := x509.ParseCertificate(certBlock.Bytes)
+	if err != nil {
+		return nil, err
+	}
+	key, err := x509.ParsePKCS8PrivateKey(keyBlock.Bytes)
+	if err != nil {
+		return nil, err
+	}
+	signer, ok := key.(crypto.Signer)
+	if !ok {
+		return nil, fmt.Errorf("%s is not a signing key", p.caKey)
+	}
+	return &certAuthority{cert: cert, key: signer}, nil
 }
 
 func writePKI(dir string) (*pki, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
-	p := &pki{
-		caCert: filepath.Join(dir, "ca.crt"), caKey: filepath.Join(dir, "ca.key"),
-		servingCert: filepath.Join(dir, "apiserver.crt"), servingKey: filepath.Join(dir, "apiserver.key"),
-		adminCert: filepath.Join(dir, "admin.crt"), adminKey: filepath.Join(dir, "admin.key"),
-		kcmCert: filepath.Join(dir, "controller-manager.crt"), kcmKey: filepath.Join(dir, "controller-manager.key"),
-		saSigningKey: filepath.Join(dir, "sa.key"), saPublicKey: filepath.Join(dir, "sa.pub"),
-	}
+	p := pkiPaths(dir)
 	ca, caPEM, err := newCA("teamaccess-local-cluster-ca")
 	if err != nil {
 		return nil, err
@@ -134,6 +172,9 @@ func writePKI(dir string) (*pki, error) {
 			[]string{"localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc"}, x509.ExtKeyUsageServerAuth},
 		{p.adminCert, p.adminKey, "admin", []string{"system:masters"}, nil, nil, x509.ExtKeyUsageClientAuth},
 		{p.kcmCert, p.kcmKey, "system:kube-controller-manager", nil, nil, nil, x509.ExtKeyUsageClientAuth},
+		// kubectl logs and exec go through the API server to the kubelet, which
+		// authenticates this certificate and asks the API server whether it may.
+		{p.kubeletClientCert, p.kubeletClientKey, "kube-apiserver-kubelet-client", []string{"system:masters"}, nil, nil, x509.ExtKeyUsageClientAuth},
 	}
 	for _, l := range leaves {
 		c, k, err := ca.issue(l.cn, l.orgs, l.ips, l.dns, l.usage)
