@@ -5,8 +5,11 @@
 #   2. generated files (CRD copies, deploy/operator.yaml) match their sources
 #   3. a local control plane of its own, unless TEAMACCESS_TEST_KUBECONFIG names one
 #   4. the integration tests against that control plane
-#   5. the benchmark at N=10 as a smoke test (release build, a control plane of its own)
-#   6. cargo fmt --check and cargo clippy -D warnings
+#   5. the node tests (tests/node.rs): the image as the Dockerfile makes it, a real
+#      node added to that control plane (root), the chart's pods on it, one test at
+#      a time; then the node is removed and the machine must be as it was before
+#   6. the benchmark at N=10 as a smoke test (release build, a control plane of its own)
+#   7. cargo fmt --check and cargo clippy -D warnings
 #
 # A cluster it started is stopped on exit, also when a test fails. Every test
 # binary runs even when an earlier one fails (--no-fail-fast), and the tests each
@@ -19,10 +22,15 @@ cd "$(dirname "$0")/.."
 results="$(mktemp)"
 listed=0
 cluster_started=""
+node_started=""
 failed_steps=()
 
 finish() {
   local rc=$?
+  if [[ -n "$node_started" ]]; then
+    echo "==> removing the node"
+    KUBECONFIG="$node_started" tests/cluster/cluster.sh node-down || true
+  fi
   if [[ -n "$cluster_started" ]]; then
     echo "==> stopping the local control plane"
     KUBECONFIG="$cluster_started" tests/cluster/cluster.sh down || true
@@ -88,8 +96,33 @@ if [[ -z "${TEAMACCESS_TEST_KUBECONFIG:-}" ]]; then
   export TEAMACCESS_TEST_KUBECONFIG="$cluster_started"
 fi
 
-list_tests --test '*'
-step "integration tests" cargo test --locked --no-fail-fast --test '*' -- --test-threads="${TEAMACCESS_TEST_THREADS:-4}"
+# Every integration test binary but node.rs, which needs the node and runs alone.
+integration=()
+for file in tests/*.rs; do
+  name="$(basename "$file" .rs)"
+  [[ "$name" == node ]] || integration+=(--test "$name")
+done
+list_tests "${integration[@]}"
+step "integration tests" cargo test --locked --no-fail-fast "${integration[@]}" -- --test-threads="${TEAMACCESS_TEST_THREADS:-4}"
+
+# The node tests. Without root there is no node, and they fail saying so.
+if [[ $EUID -eq 0 ]]; then
+  machine_before="$(mktemp)"
+  tests/cluster/machine-state.sh > "$machine_before"
+  if step "image (scripts/image.sh)" scripts/image.sh \
+    && step "node-up" env KUBECONFIG="$TEAMACCESS_TEST_KUBECONFIG" tests/cluster/cluster.sh node-up; then
+    node_started="$TEAMACCESS_TEST_KUBECONFIG"
+    step "image into the node" tests/cluster/cluster.sh node-load target/image/teamaccess-operator.oci.tar
+  fi
+fi
+list_tests --test node
+step "node tests" cargo test --locked --no-fail-fast --test node -- --test-threads=1
+if [[ -n "$node_started" ]]; then
+  step "node-down" env KUBECONFIG="$node_started" tests/cluster/cluster.sh node-down && node_started=""
+  machine_after="$(mktemp)"
+  tests/cluster/machine-state.sh > "$machine_after"
+  step "node-down left the machine as it was" diff -u "$machine_before" "$machine_after"
+fi
 # The benchmark at a small N, as a smoke test (make bench gives the real figures).
 # Two samples of T and T0, a 2 s resync inside a 5 s idle window (two resyncs,
 # checked), and any write during that window fails it.

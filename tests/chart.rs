@@ -176,7 +176,18 @@ async fn the_operator_runs_the_seed_scenario_with_only_the_charts_rbac() {
     let release = unique("ta");
     let (ok, out, err) = run_tool(
         "helm",
-        &["install", &release, CHART, "--namespace", &ns, "--create-namespace", "--set", "directory.type=static"],
+        &[
+            "install",
+            &release,
+            CHART,
+            "--namespace",
+            &ns,
+            "--create-namespace",
+            "--set",
+            "directory.type=static",
+            "--set",
+            "crds.install=false",
+        ],
         None,
     );
     assert!(ok, "helm install:\n{out}\n{err}");
@@ -288,8 +299,21 @@ async fn the_operator_runs_the_seed_scenario_with_only_the_charts_rbac() {
     assert!(operator.is_running(), "a missing permission must not crash the operator: {}", operator.log_tail());
 
     // Put the rule back and clean up through the operator's finalizer.
-    let (ok, _, err) =
-        run_tool("helm", &["upgrade", &release, CHART, "--namespace", &ns, "--set", "directory.type=static"], None);
+    let (ok, _, err) = run_tool(
+        "helm",
+        &[
+            "upgrade",
+            &release,
+            CHART,
+            "--namespace",
+            &ns,
+            "--set",
+            "directory.type=static",
+            "--set",
+            "crds.install=false",
+        ],
+        None,
+    );
     assert!(ok, "{err}");
     for name in [&appdev, &opssre, &third, &editors] {
         let _ = tas.delete(name, &Default::default()).await;
