@@ -10,6 +10,11 @@
 # assignments the operator made through the emulator's Azure Resource Manager
 # (each group's "Azure Kubernetes Service Cluster User Role" on the cluster).
 # Then it cleans up; KEEP=1 leaves everything running.
+#
+# NODE=1 (root) runs the operator as users do: the image made as the Dockerfile
+# makes it (scripts/image.sh), installed with the Helm chart as a pod on a real
+# node added to the control plane (cluster.sh node-up), reaching the emulator at
+# the node's IP. Without it the operator runs as a process on this machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root="$PWD"
@@ -19,6 +24,11 @@ started=$SECONDS
 say() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 
 directory_kind="${DIRECTORY:-graph}"
+on_node="${NODE:-0}"
+if [[ "$on_node" == 1 ]]; then
+  [[ $EUID -eq 0 ]] || { echo "NODE=1 needs root: the node runs a kubelet and containerd" >&2; exit 1; }
+  [[ "$directory_kind" == graph ]] || { echo "NODE=1 runs the chart with the Graph directory; drop DIRECTORY=$directory_kind" >&2; exit 1; }
+fi
 # The emulated AKS cluster whose "Azure Kubernetes Service Cluster User Role" the groups get.
 aks_cluster_id="/subscriptions/6f1e2d3c-4b5a-4987-8a6b-5c4d3e2f1a0b/resourceGroups/rg-contoso/providers/Microsoft.ContainerService/managedClusters/aks-contoso"
 say "building the operator and the Azure emulator (Entra ID, Graph, ARM)"
@@ -37,6 +47,7 @@ export KUBECONFIG="${line#KUBECONFIG=}"
 state="$(dirname "$KUBECONFIG")"
 operator_pid=""
 emulator_pid=""
+release=""
 
 cleanup() {
   local rc=$?
@@ -44,6 +55,14 @@ cleanup() {
     return
   fi
   say "cleaning up"
+  if [[ -n "$release" ]]; then
+    # Delete while the operator's pod runs, so its finalizer removes what it created.
+    kubectl delete teamaccess appdev-dev opssre-sre --ignore-not-found --wait=true --timeout=60s || true
+    if [[ $rc -ne 0 ]]; then
+      kubectl -n teamaccess-system logs "deployment/$release" --tail=40 || true
+    fi
+    helm uninstall "$release" -n teamaccess-system --wait || true
+  fi
   if [[ -n "$operator_pid" ]] && kill -0 "$operator_pid" 2>/dev/null; then
     # Delete while the operator runs, so its finalizer removes what it created.
     kubectl delete teamaccess appdev-dev opssre-sre --ignore-not-found --wait=true --timeout=60s || true
@@ -53,7 +72,7 @@ cleanup() {
   if [[ -n "$emulator_pid" ]]; then
     kill "$emulator_pid" 2>/dev/null || true
   fi
-  tests/cluster/cluster.sh down || true
+  tests/cluster/cluster.sh down || true  # removes the node too
   if [[ $rc -ne 0 && -f "$state/operator.log" ]]; then
     echo "operator log (last lines):"
     tail -n 40 "$state/operator.log" || true
@@ -61,13 +80,45 @@ cleanup() {
 }
 trap cleanup EXIT
 
-say "installing the TeamAccess CRD"
-kubectl apply -f crds/teamaccess.yaml
-kubectl wait --for=condition=Established crd/teamaccesses.teamaccess.dev --timeout=30s
-say "installing the admission policy: a TeamAccess author grants only what they could grant directly"
-kubectl apply --server-side -f deploy/admission-policy.yaml
+if [[ "$on_node" == 1 ]]; then
+  say "adding a real node (kubelet, containerd, runc) to the control plane"
+  tests/cluster/cluster.sh node-up >/dev/null
+  kubectl get nodes -o wide
+  say "building the image as the Dockerfile does (static musl binary, CA certificates, uid 65532) and loading it into the node"
+  archive="$(scripts/image.sh | tail -n 1)"
+  tests/cluster/cluster.sh node-load "$archive"
+else
+  say "installing the TeamAccess CRD"
+  kubectl apply -f crds/teamaccess.yaml
+  kubectl wait --for=condition=Established crd/teamaccesses.teamaccess.dev --timeout=30s
+  say "installing the admission policy: a TeamAccess author grants only what they could grant directly"
+  kubectl apply --server-side -f deploy/admission-policy.yaml
+fi
 
-if [[ "$directory_kind" == static ]]; then
+if [[ "$on_node" == 1 ]]; then
+  node_ip="$(kubectl get node teamaccess-node -o jsonpath='{.status.addresses[?(@.type=="InternalIP")].address}')"
+  say "starting the Graph emulator on the node's IP $node_ip, so that pods reach it"
+  emu="$state/azure-emulator"
+  "$target_dir/debug/azure-emulator" --directory-file "$seed/directory.yaml" --state-dir "$emu" --listen-address "$node_ip" \
+    >"$state/azure-emulator.log" 2>&1 &
+  emulator_pid=$!
+  for _ in $(seq 1 50); do [[ -s "$emu/url" ]] && break; sleep 0.1; done
+  [[ -s "$emu/url" ]] || { cat "$state/azure-emulator.log"; echo "the Graph emulator did not start" >&2; exit 1; }
+  echo "Entra ID and Graph at $(cat "$emu/url"), Azure Resource Manager at $(cat "$emu/arm-url")"
+
+  say "helm install: the chart with its CRD and admission policy, the operator as a pod"
+  kubectl create namespace teamaccess-system
+  kubectl -n teamaccess-system create configmap graph-ca --from-file=ca.crt="$emu/ca.crt"
+  kubectl -n teamaccess-system create secret generic azure-client --from-file=client-secret="$emu/client-secret"
+  release=teamaccess-operator
+  helm install "$release" charts/teamaccess-operator -n teamaccess-system --wait --timeout 120s \
+    --set image.repository=localhost/teamaccess-operator --set image.tag=dev \
+    --set graph.endpoint="$(cat "$emu/url")" --set graph.authorityHost="$(cat "$emu/url")" --set graph.caConfigMap=graph-ca \
+    --set azure.tenantId="$(cat "$emu/tenant-id")" --set azure.clientId="$(cat "$emu/client-id")" \
+    --set azure.credential=secret --set azure.clientSecret.existingSecret=azure-client \
+    --set azure.clusterResourceId="$aks_cluster_id" --set azure.armEndpoint="$(cat "$emu/arm-url")" >/dev/null
+  kubectl -n teamaccess-system get pods -o wide
+elif [[ "$directory_kind" == static ]]; then
   say "starting the operator (static directory: $seed/directory.yaml)"
   cp "$seed/directory.yaml" "$state/directory.yaml"
   "$operator" run --directory static --directory-file "$state/directory.yaml" --resync 10m \
@@ -93,11 +144,13 @@ else
   operator_pid=$!
 fi
 
-for _ in $(seq 1 100); do grep -qs "starting the TeamAccess controller" "$state/operator.log" && break; sleep 0.1; done
-grep -q "starting the TeamAccess controller" "$state/operator.log" || { cat "$state/operator.log"; echo "the operator did not start" >&2; exit 1; }
-grep -E "using the|connected to" "$state/operator.log" | sed 's/^/  /'
-for _ in $(seq 1 50); do grep -qs "serving /metrics" "$state/operator.log" && break; sleep 0.1; done
-metrics_port=$(grep -o 'serving /metrics.*addr=[0-9.]*:[0-9]*' "$state/operator.log" | grep -o '[0-9]*$')
+if [[ "$on_node" != 1 ]]; then
+  for _ in $(seq 1 100); do grep -qs "starting the TeamAccess controller" "$state/operator.log" && break; sleep 0.1; done
+  grep -q "starting the TeamAccess controller" "$state/operator.log" || { cat "$state/operator.log"; echo "the operator did not start" >&2; exit 1; }
+  grep -E "using the|connected to" "$state/operator.log" | sed 's/^/  /'
+  for _ in $(seq 1 50); do grep -qs "serving /metrics" "$state/operator.log" && break; sleep 0.1; done
+  metrics_port=$(grep -o 'serving /metrics.*addr=[0-9.]*:[0-9]*' "$state/operator.log" | grep -o '[0-9]*$')
+fi
 
 say "applying the seed's two TeamAccess objects"
 applied_at=$(date +%s.%N)
@@ -163,11 +216,17 @@ if [[ "$directory_kind" != static ]]; then
   kubectl get teamaccess -o custom-columns='NAME:.metadata.name,CLUSTERUSERROLE:.status.conditions[?(@.type=="ClusterUserRole")].reason,ASSIGNMENT:.status.clusterUserRole.assignmentId'
 fi
 
-say "what it cost, from the operator's /metrics (127.0.0.1:$metrics_port)"
-exec 3<>"/dev/tcp/127.0.0.1/$metrics_port"
-printf 'GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n' >&3
-metrics=$(cat <&3)
-exec 3<&-
+if [[ "$on_node" == 1 ]]; then
+  pod="$(kubectl -n teamaccess-system get pods -l app.kubernetes.io/name=teamaccess-operator -o jsonpath='{.items[0].metadata.name}')"
+  say "what it cost, from the operator pod's /metrics ($pod, through the API server)"
+  metrics=$(kubectl get --raw "/api/v1/namespaces/teamaccess-system/pods/$pod:8080/proxy/metrics")
+else
+  say "what it cost, from the operator's /metrics (127.0.0.1:$metrics_port)"
+  exec 3<>"/dev/tcp/127.0.0.1/$metrics_port"
+  printf 'GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n' >&3
+  metrics=$(cat <&3)
+  exec 3<&-
+fi
 grep -E '^teamaccess_(graph_requests_total|arm_requests_total|directory_cache_total|kube_requests_total)' <<<"$metrics" | sed 's/^/  /'
 if [[ "$directory_kind" != static ]]; then
   for counter in 'graph_requests_total\{status="200"\}' 'directory_cache_total\{result="miss"\}'; do
@@ -205,8 +264,8 @@ if [[ "${KEEP:-}" == 1 ]]; then
   export KUBECONFIG=$KUBECONFIG
   kubectl get teamaccess
   kubectl auth can-i create pods -n dev --as aksdev@contoso.com --as-group $appdev_id
-  operator: pid $operator_pid, log $state/operator.log
-  stop it:  kill $operator_pid ${emulator_pid}; KUBECONFIG=$KUBECONFIG make cluster-down
+  operator: ${release:+the pod of Helm release $release in teamaccess-system}${operator_pid:+pid $operator_pid, log $state/operator.log}
+  stop it:  kill ${operator_pid} ${emulator_pid}; KUBECONFIG=$KUBECONFIG make cluster-down
 EOF
 fi
 echo "demo finished in $((SECONDS - started))s"
