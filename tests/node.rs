@@ -647,3 +647,75 @@ patches:
     wait_namespace_gone(&admin, ns, Duration::from_secs(60)).await;
     let _ = std::fs::remove_dir_all(&overlay);
 }
+
+/// The archive scripts/image.sh made: its layer holds exactly what the Dockerfile's
+/// final stage copies (the binary, the CA certificates, passwd and group for
+/// 65532), and its configuration is the final stage's USER, ENTRYPOINT, CMD, EXPOSE.
+#[tokio::test]
+async fn node_the_image_is_the_dockerfiles_final_stage_and_nothing_else() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let archive = root.join("target/image/teamaccess-operator.oci.tar");
+    assert!(archive.exists(), "no {}: scripts/test.sh builds it with scripts/image.sh", archive.display());
+    let unpacked = std::env::temp_dir().join(unique("oci"));
+    std::fs::create_dir_all(&unpacked).unwrap();
+    let (ok, out) = host("tar", &["-xf", archive.to_str().unwrap(), "-C", unpacked.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    let read_json =
+        |path: PathBuf| -> serde_json::Value { serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap() };
+    let blob = |digest: &serde_json::Value| {
+        unpacked.join("blobs/sha256").join(digest.as_str().unwrap().trim_start_matches("sha256:"))
+    };
+    let index = read_json(unpacked.join("index.json"));
+    let manifest = read_json(blob(&index["manifests"][0]["digest"]));
+    let config = read_json(blob(&manifest["config"]["digest"]));
+    let layers = manifest["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 1, "one layer");
+
+    let (ok, listing) = host("tar", &["-tvf", blob(&layers[0]["digest"]).to_str().unwrap()]);
+    assert!(ok, "{listing}");
+    let files: Vec<&str> =
+        listing.lines().filter_map(|l| l.split_whitespace().last()).filter(|f| !f.ends_with('/')).collect();
+    assert_eq!(
+        files,
+        ["etc/group", "etc/passwd", "etc/ssl/certs/ca-certificates.crt", "usr/local/bin/teamaccess-operator"],
+        "{listing}"
+    );
+    for line in listing.lines() {
+        assert!(line.contains("0/0"), "owned by root, not by the user it runs as: {line}");
+    }
+    let layer_dir = unpacked.join("rootfs");
+    std::fs::create_dir_all(&layer_dir).unwrap();
+    let (ok, out) =
+        host("tar", &["-xf", blob(&layers[0]["digest"]).to_str().unwrap(), "-C", layer_dir.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    let passwd = std::fs::read_to_string(layer_dir.join("etc/passwd")).unwrap();
+    assert_eq!(passwd.trim(), "nonroot:x:65532:65532:nonroot:/nonexistent:/sbin/nologin");
+    let (ok, version) = host(layer_dir.join("usr/local/bin/teamaccess-operator").to_str().unwrap(), &["--version"]);
+    assert!(ok && version.starts_with("teamaccess-operator "), "the static binary runs: {version}");
+    let (_, kind) = host("file", &[layer_dir.join("usr/local/bin/teamaccess-operator").to_str().unwrap()]);
+    assert!(kind.is_empty() || kind.contains("statically linked") || kind.contains("static-pie"), "{kind}");
+
+    // The Dockerfile's final stage, read here independently of ociarchive.
+    let dockerfile = std::fs::read_to_string(root.join("Dockerfile")).unwrap();
+    let final_stage = &dockerfile[dockerfile.rfind("\nFROM ").unwrap()..];
+    assert!(final_stage.starts_with("\nFROM scratch"), "{final_stage}");
+    let instruction = |keyword: &str| {
+        final_stage
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{keyword} ")))
+            .unwrap_or_else(|| panic!("no {keyword}"))
+    };
+    let runtime = &config["config"];
+    assert_eq!(runtime["User"], instruction("USER"));
+    assert_eq!(runtime["Entrypoint"], serde_json::from_str::<serde_json::Value>(instruction("ENTRYPOINT")).unwrap());
+    assert_eq!(runtime["Cmd"], serde_json::from_str::<serde_json::Value>(instruction("CMD")).unwrap());
+    assert_eq!(runtime["ExposedPorts"], serde_json::json!({format!("{}/tcp", instruction("EXPOSE")): {}}));
+    assert_eq!(config["architecture"], "amd64");
+    let copies: Vec<&str> = final_stage.lines().filter(|l| l.starts_with("COPY ") || l.starts_with("RUN ")).collect();
+    assert_eq!(copies, ["COPY --from=build /rootfs /"], "the final stage adds only image-rootfs.sh's root filesystem");
+    assert!(
+        dockerfile
+            .contains("scripts/image-rootfs.sh target/x86_64-unknown-linux-musl/release/teamaccess-operator /rootfs")
+    );
+    let _ = std::fs::remove_dir_all(&unpacked);
+}
