@@ -719,3 +719,23 @@ async fn node_the_image_is_the_dockerfiles_final_stage_and_nothing_else() {
     );
     let _ = std::fs::remove_dir_all(&unpacked);
 }
+
+/// One node per machine: a second node-up refuses and says why, and the first
+/// node keeps running.
+#[tokio::test]
+async fn node_a_second_node_on_the_machine_is_refused() {
+    let admin = admin_client().await;
+    require_node(&admin).await;
+    let out = std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/cluster/cluster.sh"))
+        .arg("node-up")
+        .env("KUBECONFIG", kubeconfig_path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a second node-up must fail");
+    assert!(
+        stderr.contains("a node already runs on this machine") && stderr.contains("one node per machine"),
+        "{stderr}"
+    );
+    require_node(&admin).await;
+}
