@@ -278,7 +278,8 @@ async fn drift_is_repaired_a_deleted_binding_returns_and_an_added_verb_goes() {
         if rules == default_rules(&["get".into(), "list".into()]) { Ok(()) } else { Err(format!("{rules:?}")) }
     })
     .await;
-    assert!(!allowed(&op.client, AKSDEV, &[APPDEV], "delete", "", "pods", &ns).await);
+    // RBAC sees the repaired Role through an informer, a moment after the write.
+    wait_allowed(&op.client, AKSDEV, &[APPDEV], "delete", "", "pods", &ns, false).await;
 
     op.delete(&name).await;
     op.wait_deleted(&name, SHORT).await;
