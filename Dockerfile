@@ -1,29 +1,31 @@
 # syntax=docker/dockerfile:1
-# A static, non-root image of teamaccess-operator.
+# A static, non-root image of teamaccess-operator, for linux/amd64 and linux/arm64:
 #
-# The build stage makes the same release binary `cargo build --release` makes for
-# the tests, statically linked against musl so the final stage needs no libc.
-# The final stage is scripts/image-rootfs.sh's root filesystem and nothing else;
-# scripts/image.sh packs the same root filesystem, with the USER, ENTRYPOINT, CMD
-# and EXPOSE below, into an OCI archive without a Docker engine (the tests run it).
+#   docker buildx build --platform linux/amd64,linux/arm64 .
+#
+# The build stage runs on the build platform and cross-compiles for each target
+# platform (scripts/static-binary.sh: musl, zig as C compiler and linker), so no
+# stage runs under emulation. The final stage is scripts/image-rootfs.sh's root
+# filesystem and nothing else; scripts/image.sh packs the same root filesystem,
+# with the USER, ENTRYPOINT, CMD and EXPOSE below, into an OCI archive without a
+# Docker engine (the tests run it).
 
-FROM rust:1.95-bookworm AS build
-RUN apt-get update && apt-get install -y --no-install-recommends musl-tools cmake clang ca-certificates \
-    && rm -rf /var/lib/apt/lists/* \
-    && rustup target add x86_64-unknown-linux-musl
+FROM --platform=$BUILDPLATFORM rust:1.95-bookworm AS build
+RUN apt-get update && apt-get install -y --no-install-recommends python3-venv ca-certificates \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
+COPY scripts/static-binary.sh scripts/image-rootfs.sh scripts/
+ARG TARGETARCH
 # Dependencies first, so a source change does not rebuild them.
 COPY Cargo.toml Cargo.lock ./
 COPY tests/azure-emulator/Cargo.toml tests/azure-emulator/Cargo.toml
 RUN mkdir -p src tests/azure-emulator/src \
     && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
     && echo 'fn main() {}' > tests/azure-emulator/src/main.rs && touch tests/azure-emulator/src/lib.rs \
-    && cargo build --locked --release --target x86_64-unknown-linux-musl -p teamaccess-operator || true
+    && (scripts/static-binary.sh "$TARGETARCH" || true)
 COPY src src
-COPY scripts/image-rootfs.sh scripts/image-rootfs.sh
 RUN touch src/main.rs src/lib.rs \
-    && cargo build --locked --release --target x86_64-unknown-linux-musl -p teamaccess-operator \
-    && scripts/image-rootfs.sh target/x86_64-unknown-linux-musl/release/teamaccess-operator /rootfs
+    && scripts/image-rootfs.sh "$(scripts/static-binary.sh "$TARGETARCH")" /rootfs
 
 FROM scratch
 COPY --from=build /rootfs /

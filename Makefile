@@ -12,7 +12,7 @@ help:
 	@echo "make cluster-down  stop it (KUBECONFIG=<path> picks one, else the last started)"
 	@echo "make node-up       add a real node (kubelet, containerd) to that cluster; root, one per machine"
 	@echo "make node-down     remove the node and everything it changed on the machine"
-	@echo "make image         the Dockerfile's image as an OCI archive, without Docker (target/image/)"
+	@echo "make image         the Dockerfile's image as an OCI archive, without Docker (target/image/; ARCH=arm64)"
 	@echo "make emulator      run the Entra ID / Graph emulator on its own; prints its URL and CA path"
 	@echo "make generate      regenerate the CRD copies and deploy/operator.yaml (alias: make crds)"
 

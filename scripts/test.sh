@@ -5,11 +5,12 @@
 #   2. generated files (CRD copies, deploy/operator.yaml) match their sources
 #   3. a local control plane of its own, unless TEAMACCESS_TEST_KUBECONFIG names one
 #   4. the integration tests against that control plane
-#   5. the node tests (tests/node.rs): the image as the Dockerfile makes it, a real
-#      node added to that control plane (root), the chart's pods on it, one test at
-#      a time; then the node is removed and the machine must be as it was before
+#   5. the node tests (tests/node.rs): the images as the Dockerfile makes them (amd64,
+#      and arm64 cross-compiled and run under qemu-user), a real node added to that
+#      control plane (root), the chart's pods on it, one test at a time; then the node
+#      is removed and the machine must be as it was before
 #   6. the benchmark at N=10 as a smoke test (release build, a control plane of its own)
-#   7. cargo fmt --check and cargo clippy -D warnings
+#   7. cargo fmt --check, cargo clippy -D warnings, actionlint on .github/workflows
 #
 # A cluster it started is stopped on exit, also when a test fails. Every test
 # binary runs even when an earlier one fails (--no-fail-fast), and the tests each
@@ -109,10 +110,15 @@ step "integration tests" cargo test --locked --no-fail-fast "${integration[@]}" 
 if [[ $EUID -eq 0 ]]; then
   machine_before="$(mktemp)"
   tests/cluster/machine-state.sh > "$machine_before"
-  if step "image (scripts/image.sh)" scripts/image.sh \
+  step "arm64 image (ARCH=arm64 scripts/image.sh)" env ARCH=arm64 scripts/image.sh
+  if ! command -v qemu-aarch64-static >/dev/null; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends qemu-user-static) \
+      || echo "could not install qemu-user-static; the arm64 test will say so" >&2
+  fi
+  if step "amd64 image (scripts/image.sh)" scripts/image.sh \
     && step "node-up" env KUBECONFIG="$TEAMACCESS_TEST_KUBECONFIG" tests/cluster/cluster.sh node-up; then
     node_started="$TEAMACCESS_TEST_KUBECONFIG"
-    step "image into the node" tests/cluster/cluster.sh node-load target/image/teamaccess-operator.oci.tar
+    step "image into the node" tests/cluster/cluster.sh node-load target/image/teamaccess-operator-amd64.oci.tar
   fi
 fi
 list_tests --test node
@@ -130,3 +136,4 @@ step "benchmark smoke test" env BENCH_N=10 BENCH_SAMPLES=2 BENCH_RESYNC=2s BENCH
   BENCH_REQUIRE_IDLE_ZERO=1 BENCH_OUT="$(mktemp -d)/benchmarks.md" scripts/bench.sh
 step "cargo fmt --check" cargo fmt --all -- --check
 step "cargo clippy" cargo clippy --locked --workspace --all-targets -- -D warnings
+step "actionlint" scripts/lint-workflows.sh

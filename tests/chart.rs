@@ -326,3 +326,32 @@ async fn the_operator_runs_the_seed_scenario_with_only_the_charts_rbac() {
     let _ = run_tool("helm", &["uninstall", &release, "--namespace", &ns], None);
     delete_namespace(&admin, &ns).await;
 }
+
+/// The chart's version and appVersion are the crate's, and its default image is
+/// the one the release workflow publishes for that version.
+#[test]
+fn the_chart_version_app_version_and_default_image_follow_the_crate() {
+    let crate_version = env!("CARGO_PKG_VERSION");
+    let chart =
+        std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(CHART).join("Chart.yaml")).unwrap();
+    let field = |name: &str| {
+        chart
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}:")))
+            .map(|v| v.trim().trim_matches('"').to_string())
+            .unwrap_or_else(|| panic!("Chart.yaml has no {name}"))
+    };
+    assert_eq!(field("version"), crate_version, "Chart.yaml version follows Cargo.toml");
+    assert_eq!(field("appVersion"), crate_version, "Chart.yaml appVersion follows Cargo.toml");
+    let (ok, rendered, err) = run_tool("helm", &["template", "ta", CHART], None);
+    assert!(ok, "{err}");
+    assert!(
+        rendered.contains(&format!("image: \"ghcr.io/teamaccess-operator/teamaccess-operator:{crate_version}\"")),
+        "the default image is the release's: {rendered}"
+    );
+    let release =
+        std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".github/workflows/release.yml"))
+            .unwrap();
+    assert!(release.contains("IMAGE: ghcr.io/${{ needs.version.outputs.owner }}/teamaccess-operator"), "{release}");
+    assert!(release.contains("tags: ${{ env.IMAGE }}:${{ needs.version.outputs.version }}"), "{release}");
+}

@@ -648,55 +648,93 @@ patches:
     let _ = std::fs::remove_dir_all(&overlay);
 }
 
-/// The archive scripts/image.sh made: its layer holds exactly what the Dockerfile's
-/// final stage copies (the binary, the CA certificates, passwd and group for
-/// 65532), and its configuration is the final stage's USER, ENTRYPOINT, CMD, EXPOSE.
+/// An image archive scripts/image.sh made, unpacked: its configuration, the
+/// listing of its one layer, and the layer's files.
+struct UnpackedImage {
+    config: serde_json::Value,
+    listing: String,
+    rootfs: PathBuf,
+    dir: PathBuf,
+}
+
+impl UnpackedImage {
+    fn of(arch: &str) -> Self {
+        let archive =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("target/image/teamaccess-operator-{arch}.oci.tar"));
+        assert!(
+            archive.exists(),
+            "no {}: scripts/test.sh builds it with ARCH={arch} scripts/image.sh",
+            archive.display()
+        );
+        let dir = std::env::temp_dir().join(unique("oci"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (ok, out) = host("tar", &["-xf", archive.to_str().unwrap(), "-C", dir.to_str().unwrap()]);
+        assert!(ok, "{out}");
+        let read_json =
+            |path: PathBuf| -> serde_json::Value { serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap() };
+        let blob = |digest: &serde_json::Value| {
+            dir.join("blobs/sha256").join(digest.as_str().unwrap().trim_start_matches("sha256:"))
+        };
+        let index = read_json(dir.join("index.json"));
+        let manifest = read_json(blob(&index["manifests"][0]["digest"]));
+        let config = read_json(blob(&manifest["config"]["digest"]));
+        let layers = manifest["layers"].as_array().unwrap();
+        assert_eq!(layers.len(), 1, "one layer");
+        let layer = blob(&layers[0]["digest"]);
+        let (ok, listing) = host("tar", &["-tvf", layer.to_str().unwrap()]);
+        assert!(ok, "{listing}");
+        let rootfs = dir.join("rootfs");
+        std::fs::create_dir_all(&rootfs).unwrap();
+        let (ok, out) = host("tar", &["-xf", layer.to_str().unwrap(), "-C", rootfs.to_str().unwrap()]);
+        assert!(ok, "{out}");
+        Self { config, listing, rootfs, dir }
+    }
+
+    fn binary(&self) -> PathBuf {
+        self.rootfs.join("usr/local/bin/teamaccess-operator")
+    }
+
+    /// The ELF header's machine field: 0x3e x86-64, 0xb7 AArch64.
+    fn binary_machine(&self) -> u16 {
+        let header = std::fs::read(self.binary()).unwrap();
+        assert_eq!(&header[..4], b"\x7fELF");
+        u16::from_le_bytes([header[18], header[19]])
+    }
+}
+
+impl Drop for UnpackedImage {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The amd64 archive: its layer holds exactly what the Dockerfile's final stage
+/// copies (the binary, the CA certificates, passwd and group for 65532), and its
+/// configuration is the final stage's USER, ENTRYPOINT, CMD and EXPOSE.
 #[tokio::test]
 async fn node_the_image_is_the_dockerfiles_final_stage_and_nothing_else() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let archive = root.join("target/image/teamaccess-operator.oci.tar");
-    assert!(archive.exists(), "no {}: scripts/test.sh builds it with scripts/image.sh", archive.display());
-    let unpacked = std::env::temp_dir().join(unique("oci"));
-    std::fs::create_dir_all(&unpacked).unwrap();
-    let (ok, out) = host("tar", &["-xf", archive.to_str().unwrap(), "-C", unpacked.to_str().unwrap()]);
-    assert!(ok, "{out}");
-    let read_json =
-        |path: PathBuf| -> serde_json::Value { serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap() };
-    let blob = |digest: &serde_json::Value| {
-        unpacked.join("blobs/sha256").join(digest.as_str().unwrap().trim_start_matches("sha256:"))
-    };
-    let index = read_json(unpacked.join("index.json"));
-    let manifest = read_json(blob(&index["manifests"][0]["digest"]));
-    let config = read_json(blob(&manifest["config"]["digest"]));
-    let layers = manifest["layers"].as_array().unwrap();
-    assert_eq!(layers.len(), 1, "one layer");
-
-    let (ok, listing) = host("tar", &["-tvf", blob(&layers[0]["digest"]).to_str().unwrap()]);
-    assert!(ok, "{listing}");
+    let image = UnpackedImage::of("amd64");
     let files: Vec<&str> =
-        listing.lines().filter_map(|l| l.split_whitespace().last()).filter(|f| !f.ends_with('/')).collect();
+        image.listing.lines().filter_map(|l| l.split_whitespace().last()).filter(|f| !f.ends_with('/')).collect();
     assert_eq!(
         files,
         ["etc/group", "etc/passwd", "etc/ssl/certs/ca-certificates.crt", "usr/local/bin/teamaccess-operator"],
-        "{listing}"
+        "{}",
+        image.listing
     );
-    for line in listing.lines() {
+    for line in image.listing.lines() {
         assert!(line.contains("0/0"), "owned by root, not by the user it runs as: {line}");
     }
-    let layer_dir = unpacked.join("rootfs");
-    std::fs::create_dir_all(&layer_dir).unwrap();
-    let (ok, out) =
-        host("tar", &["-xf", blob(&layers[0]["digest"]).to_str().unwrap(), "-C", layer_dir.to_str().unwrap()]);
-    assert!(ok, "{out}");
-    let passwd = std::fs::read_to_string(layer_dir.join("etc/passwd")).unwrap();
+    let passwd = std::fs::read_to_string(image.rootfs.join("etc/passwd")).unwrap();
     assert_eq!(passwd.trim(), "nonroot:x:65532:65532:nonroot:/nonexistent:/sbin/nologin");
-    let (ok, version) = host(layer_dir.join("usr/local/bin/teamaccess-operator").to_str().unwrap(), &["--version"]);
+    let (ok, version) = host(image.binary().to_str().unwrap(), &["--version"]);
     assert!(ok && version.starts_with("teamaccess-operator "), "the static binary runs: {version}");
-    let (_, kind) = host("file", &[layer_dir.join("usr/local/bin/teamaccess-operator").to_str().unwrap()]);
+    assert_eq!(image.binary_machine(), 0x3e, "an x86-64 binary");
+    let (_, kind) = host("file", &[image.binary().to_str().unwrap()]);
     assert!(kind.is_empty() || kind.contains("statically linked") || kind.contains("static-pie"), "{kind}");
 
     // The Dockerfile's final stage, read here independently of ociarchive.
-    let dockerfile = std::fs::read_to_string(root.join("Dockerfile")).unwrap();
+    let dockerfile = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("Dockerfile")).unwrap();
     let final_stage = &dockerfile[dockerfile.rfind("\nFROM ").unwrap()..];
     assert!(final_stage.starts_with("\nFROM scratch"), "{final_stage}");
     let instruction = |keyword: &str| {
@@ -705,19 +743,56 @@ async fn node_the_image_is_the_dockerfiles_final_stage_and_nothing_else() {
             .find_map(|l| l.strip_prefix(&format!("{keyword} ")))
             .unwrap_or_else(|| panic!("no {keyword}"))
     };
-    let runtime = &config["config"];
+    let runtime = &image.config["config"];
     assert_eq!(runtime["User"], instruction("USER"));
     assert_eq!(runtime["Entrypoint"], serde_json::from_str::<serde_json::Value>(instruction("ENTRYPOINT")).unwrap());
     assert_eq!(runtime["Cmd"], serde_json::from_str::<serde_json::Value>(instruction("CMD")).unwrap());
     assert_eq!(runtime["ExposedPorts"], serde_json::json!({format!("{}/tcp", instruction("EXPOSE")): {}}));
-    assert_eq!(config["architecture"], "amd64");
-    let copies: Vec<&str> = final_stage.lines().filter(|l| l.starts_with("COPY ") || l.starts_with("RUN ")).collect();
-    assert_eq!(copies, ["COPY --from=build /rootfs /"], "the final stage adds only image-rootfs.sh's root filesystem");
+    assert_eq!(image.config["architecture"], "amd64");
+    let adds: Vec<&str> = final_stage.lines().filter(|l| l.starts_with("COPY ") || l.starts_with("RUN ")).collect();
+    assert_eq!(adds, ["COPY --from=build /rootfs /"], "the final stage adds only image-rootfs.sh's root filesystem");
+    // The build stage makes that root filesystem with the scripts image.sh runs.
     assert!(
-        dockerfile
-            .contains("scripts/image-rootfs.sh target/x86_64-unknown-linux-musl/release/teamaccess-operator /rootfs")
+        dockerfile.contains(r#"scripts/image-rootfs.sh "$(scripts/static-binary.sh "$TARGETARCH")" /rootfs"#),
+        "{dockerfile}"
     );
-    let _ = std::fs::remove_dir_all(&unpacked);
+    assert!(dockerfile.contains("FROM --platform=$BUILDPLATFORM "), "the build stage never runs emulated");
+}
+
+/// The arm64 image, cross-compiled here as the Dockerfile's build stage does it:
+/// an AArch64 binary that, run under qemu-user, prints what the amd64 one prints.
+#[tokio::test]
+async fn node_the_arm64_image_runs_under_qemu_and_says_what_the_amd64_one_says() {
+    let (amd64, arm64) = (UnpackedImage::of("amd64"), UnpackedImage::of("arm64"));
+    assert_eq!(arm64.config["architecture"], "arm64");
+    assert_eq!(arm64.config["config"], amd64.config["config"], "the same runtime configuration");
+    assert_eq!(arm64.binary_machine(), 0xb7, "an AArch64 binary");
+    let files = |image: &UnpackedImage| {
+        image.listing.lines().filter_map(|l| l.split_whitespace().last().map(str::to_string)).collect::<Vec<_>>()
+    };
+    assert_eq!(files(&arm64), files(&amd64), "the same files");
+    assert!(
+        which("qemu-aarch64-static"),
+        "qemu-aarch64-static is missing: scripts/test.sh installs Debian's qemu-user-static as root"
+    );
+    for args in [&["--version"][..], &["crd"][..]] {
+        let (ok, native) = host(amd64.binary().to_str().unwrap(), args);
+        assert!(ok, "{native}");
+        let (ok, emulated) = host("qemu-aarch64-static", &[&[arm64.binary().to_str().unwrap()][..], args].concat());
+        assert!(ok, "{emulated}");
+        assert_eq!(emulated, native, "teamaccess-operator {args:?} under qemu-aarch64");
+    }
+    let (_, crd) = host(amd64.binary().to_str().unwrap(), &["crd"]);
+    assert!(crd.contains("kind: CustomResourceDefinition") && crd.contains("teamaccesses.teamaccess.dev"), "{crd}");
+    eprintln!(
+        "static binaries: amd64 {} bytes, arm64 {} bytes",
+        std::fs::metadata(amd64.binary()).unwrap().len(),
+        std::fs::metadata(arm64.binary()).unwrap().len()
+    );
+}
+
+fn which(program: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
 }
 
 /// One node per machine: a second node-up refuses and says why, and the first
