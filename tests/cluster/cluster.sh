@@ -55,13 +55,14 @@ build_launcher() {
 }
 
 # The node's Debian packages: containerd (1.6) with runc, the CNI plugins
-# (bridge, host-local, loopback), iptables for the Service DNAT.
-node_packages=(containerd runc containernetworking-plugins iptables)
+# (bridge, host-local, loopback), iptables for the Service DNAT. What is there
+# already counts, whichever package brought it (Docker's containerd.io, say).
 install_node_packages() {
-  local missing=() p
-  for p in "${node_packages[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
-  done
+  local missing=()
+  command -v containerd >/dev/null && command -v ctr >/dev/null || missing+=(containerd)
+  command -v runc >/dev/null || missing+=(runc)
+  [[ -x /usr/lib/cni/bridge && -x /usr/lib/cni/host-local && -x /usr/lib/cni/loopback ]] || missing+=(containernetworking-plugins)
+  command -v iptables >/dev/null && command -v ip6tables >/dev/null || missing+=(iptables)
   ((${#missing[@]})) || return 0
   [[ $EUID -eq 0 ]] || { echo "a node needs root (and the packages ${missing[*]})" >&2; exit 1; }
   echo "installing the node's packages: ${missing[*]}" >&2

@@ -56,6 +56,9 @@ const (
 	nodeControllers = "deployment,replicaset,root-ca-cert-publisher,nodelifecycle,endpointslice,podgc"
 )
 
+// shimSocketDir is where containerd's runc shims listen, whatever its root.
+const shimSocketDir = "/run/containerd/s"
+
 // nodeStateDir is machine-wide: it is how a second node-up finds the first.
 var nodeStateDir = "/run/teamaccess-node"
 
@@ -69,14 +72,15 @@ type nodeState struct {
 	Pids       map[string]int    `json:"pids"`
 	Binaries   map[string]string `json:"binaries"`
 	// Machine-wide changes, each undone by nodeDown.
-	AddressAdded     bool     `json:"addressAdded"`
-	RoutesAdded      []string `json:"routesAdded"`
-	BridgeAdded      bool     `json:"bridgeAdded"`
-	ChainAdded       bool     `json:"chainAdded"`
-	ChainsBefore     []string `json:"chainsBefore"` // every iptables chain before the kubelet made its own
-	CreatedDirs      []string `json:"createdDirs"`  // machine paths that did not exist before
-	NetnsBefore      []string `json:"netnsBefore"`
-	ControllersAdded bool     `json:"controllersAdded"`
+	AddressAdded      bool     `json:"addressAdded"`
+	RoutesAdded       []string `json:"routesAdded"`
+	BridgeAdded       bool     `json:"bridgeAdded"`
+	ChainAdded        bool     `json:"chainAdded"`
+	ChainsBefore      []string `json:"chainsBefore"` // every iptables chain before the kubelet made its own
+	CreatedDirs       []string `json:"createdDirs"`  // machine paths that did not exist before
+	NetnsBefore       []string `json:"netnsBefore"`
+	ShimSocketsBefore []string `json:"shimSocketsBefore"` // /run/containerd/s, when another containerd owns it
+	ControllersAdded  bool     `json:"controllersAdded"`
 }
 
 func (s *nodeState) save() error {
@@ -246,6 +250,7 @@ func (s *nodeState) up() error {
 		}
 	}
 	s.NetnsBefore, _ = listDir(netnsDir())
+	s.ShimSocketsBefore, _ = listDir(shimSocketDir)
 	if err := s.save(); err != nil {
 		return err
 	}
@@ -630,6 +635,11 @@ func (s *nodeState) down() error {
 	killProcessesMentioning(s.containerdSocket())
 	s.stop("containerd")
 	note(unmountUnder(s.NodeDir))
+	// containerd 1.6 puts its shims' sockets here whatever its state directory;
+	// a killed shim leaves its socket behind.
+	for _, socket := range newEntries(shimSocketDir, s.ShimSocketsBefore) {
+		note(os.Remove(socket))
+	}
 	for _, ns := range newEntries(netnsDir(), s.NetnsBefore) {
 		note(unmountUnder(ns))
 		_ = os.Remove(ns)
