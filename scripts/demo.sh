@@ -95,16 +95,22 @@ else
   kubectl apply --server-side -f deploy/admission-policy.yaml
 fi
 
-if [[ "$on_node" == 1 ]]; then
-  node_ip="$(kubectl get node teamaccess-node -o jsonpath='{.status.addresses[?(@.type=="InternalIP")].address}')"
-  say "starting the Graph emulator on the node's IP $node_ip, so that pods reach it"
-  emu="$state/azure-emulator"
-  "$target_dir/debug/azure-emulator" --directory-file "$seed/directory.yaml" --state-dir "$emu" --listen-address "$node_ip" \
+# Starts the emulator with the seed's tenant on the given address; its files
+# (URLs, CA, tenant and client) land in $emu.
+emu="$state/azure-emulator"
+start_emulator() {
+  "$target_dir/debug/azure-emulator" --directory-file "$seed/directory.yaml" --state-dir "$emu" --listen-address "$1" \
     >"$state/azure-emulator.log" 2>&1 &
   emulator_pid=$!
   for _ in $(seq 1 50); do [[ -s "$emu/url" ]] && break; sleep 0.1; done
   [[ -s "$emu/url" ]] || { cat "$state/azure-emulator.log"; echo "the Graph emulator did not start" >&2; exit 1; }
-  echo "Entra ID and Graph at $(cat "$emu/url"), Azure Resource Manager at $(cat "$emu/arm-url")"
+  echo "Entra ID and Graph at $(cat "$emu/url"), Azure Resource Manager at $(cat "$emu/arm-url") (CA $emu/ca.crt)"
+}
+
+if [[ "$on_node" == 1 ]]; then
+  node_ip="$(kubectl get node teamaccess-node -o jsonpath='{.status.addresses[?(@.type=="InternalIP")].address}')"
+  say "starting the Graph emulator on the node's IP $node_ip, so that pods reach it"
+  start_emulator "$node_ip"
 
   say "helm install: the chart with its CRD and admission policy, the operator as a pod"
   kubectl create namespace teamaccess-system
@@ -127,13 +133,7 @@ elif [[ "$directory_kind" == static ]]; then
   operator_pid=$!
 else
   say "starting the Graph emulator with the seed's tenant ($seed/directory.yaml)"
-  emu="$state/azure-emulator"
-  "$target_dir/debug/azure-emulator" --directory-file "$seed/directory.yaml" --state-dir "$emu" \
-    >"$state/azure-emulator.log" 2>&1 &
-  emulator_pid=$!
-  for _ in $(seq 1 50); do [[ -s "$emu/url" ]] && break; sleep 0.1; done
-  [[ -s "$emu/url" ]] || { cat "$state/azure-emulator.log"; echo "the Graph emulator did not start" >&2; exit 1; }
-  echo "Entra ID and Graph at $(cat "$emu/url"), Azure Resource Manager at $(cat "$emu/arm-url") (CA $emu/ca.crt)"
+  start_emulator 127.0.0.1
 
   say "starting the operator (Microsoft Graph directory, client-secret credential, the AKS cluster's Cluster User Role)"
   AZURE_TENANT_ID="$(cat "$emu/tenant-id")" AZURE_CLIENT_ID="$(cat "$emu/client-id")" \
