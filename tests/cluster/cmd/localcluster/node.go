@@ -199,7 +199,7 @@ func nodeLoadCmd(args []string) error {
 	if err != nil {
 		return fmt.Errorf("no node runs on this machine (make node-up): %w", err)
 	}
-	return run("ctr", "--address", st.containerdSocket(), "-n", "k8s.io", "images", "import", "--no-unpack=false", args[0])
+	return run("ctr", "--address", st.containerdSocket(), "-n", "k8s.io", "images", "import", args[0])
 }
 
 func (s *nodeState) running() bool {
