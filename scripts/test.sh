@@ -108,6 +108,9 @@ step "integration tests" cargo test --locked --no-fail-fast "${integration[@]}" 
 
 # The node tests. Without root there is no node, and they fail saying so.
 if [[ $EUID -eq 0 ]]; then
+  # The packages first: the comparison is of what the node changes, and installing
+  # iptables, say, brings its default chains into view.
+  tests/cluster/cluster.sh node-packages || failed_steps+=("node packages")
   machine_before="$(mktemp)"
   tests/cluster/machine-state.sh > "$machine_before"
   step "arm64 image (ARCH=arm64 scripts/image.sh)" env ARCH=arm64 scripts/image.sh

@@ -7,6 +7,7 @@
 #   cluster.sh node-up    add a node to that cluster (root; one per machine; see cmd/localcluster/node.go)
 #   cluster.sh node-down  remove the node and everything it changed on the machine
 #   cluster.sh node-load ARCHIVE   import an image archive into the node's containerd
+#   cluster.sh node-packages       only install the node's Debian packages (node-up does it too)
 #
 # The upstream binaries (etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
 # kubelet, kubectl, helm) are
@@ -74,8 +75,9 @@ case "${1:-}" in
   bin)  build_upstream; build_launcher; echo "$bin" ;;
   up)   build_upstream; build_launcher; exec "$bin/localcluster" up -bin "$bin" ;;
   down) build_launcher; exec "$bin/localcluster" down ;;
+  node-packages) install_node_packages ;;
   node-up)   build_upstream; build_launcher; install_node_packages; exec "$bin/localcluster" node-up -bin "$bin" ;;
   node-down) build_launcher; exec "$bin/localcluster" node-down ;;
   node-load) build_launcher; exec "$bin/localcluster" node-load "$2" ;;
-  *)    echo "usage: $0 bin|up|down|node-up|node-down|node-load ARCHIVE" >&2; exit 2 ;;
+  *)    echo "usage: $0 bin|up|down|node-up|node-down|node-load ARCHIVE|node-packages" >&2; exit 2 ;;
 esac
