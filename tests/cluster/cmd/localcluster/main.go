@@ -237,22 +237,29 @@ func kcmArgs(dir, controllers string) []string {
 
 func binaryName(component string) string { return component }
 
-func (l *launch) spawn(component string, args ...string) error {
-	logPath := filepath.Join(l.dir, component+".log")
+// startDetached starts binary in dir with its output in logPath, in a session of
+// its own: it outlives this launcher and ignores the terminal's Ctrl-C.
+func startDetached(component, binary, dir, logPath string, args ...string) (*exec.Cmd, error) {
 	logFile, err := os.Create(logPath)
+	if err != nil {
+		return nil, err
+	}
+	defer logFile.Close()
+	cmd := exec.Command(binary, args...)
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	cmd.Dir = dir
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("starting %s: %w", component, err)
+	}
+	return cmd, nil
+}
+
+func (l *launch) spawn(component string, args ...string) error {
+	cmd, err := startDetached(component, filepath.Join(l.binDir, binaryName(component)), l.dir, l.logPath(component), args...)
 	if err != nil {
 		return err
 	}
-	cmd := exec.Command(filepath.Join(l.binDir, binaryName(component)), args...)
-	cmd.Stdout, cmd.Stderr = logFile, logFile
-	cmd.Dir = l.dir
-	// Own session: the components outlive this launcher and ignore the terminal's Ctrl-C.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if err := cmd.Start(); err != nil {
-		logFile.Close()
-		return fmt.Errorf("starting %s: %w", component, err)
-	}
-	logFile.Close()
 	l.pids[component] = cmd.Process.Pid
 	if err := l.writeState(""); err != nil {
 		return err
@@ -292,6 +299,20 @@ func (l *launch) writeState(kubeconfig string) error {
 	return os.WriteFile(filepath.Join(l.dir, stateFile), b, 0o644)
 }
 
+// readClusterState reads the state file of the cluster in dir.
+func readClusterState(dir string) (*clusterState, error) {
+	path := filepath.Join(dir, stateFile)
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var st clusterState
+	if err := json.Unmarshal(b, &st); err != nil {
+		return nil, fmt.Errorf("reading %s: %w", path, err)
+	}
+	return &st, nil
+}
+
 func (l *launch) stopAll() {
 	stopProcesses(&clusterState{BinDir: l.binDir, Pids: l.pids})
 }
@@ -318,13 +339,12 @@ func down(args []string) error {
 			return err
 		}
 	}
-	b, err := os.ReadFile(filepath.Join(dir, stateFile))
-	if err == nil {
-		var st clusterState
-		if err := json.Unmarshal(b, &st); err != nil {
-			return fmt.Errorf("reading %s: %w", filepath.Join(dir, stateFile), err)
-		}
-		stopProcesses(&st)
+	st, err := readClusterState(dir)
+	switch {
+	case err == nil:
+		stopProcesses(st)
+	case !errors.Is(err, os.ErrNotExist):
+		return err
 	}
 	if err := os.RemoveAll(dir); err != nil {
 		return err

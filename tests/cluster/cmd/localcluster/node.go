@@ -29,6 +29,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -217,12 +218,8 @@ func (s *nodeState) containerdSocket() string {
 func (s *nodeState) logPath(c string) string { return filepath.Join(s.NodeDir, c+".log") }
 
 func (s *nodeState) up() error {
-	var cluster clusterState
-	b, err := os.ReadFile(filepath.Join(s.ClusterDir, stateFile))
+	cluster, err := readClusterState(s.ClusterDir)
 	if err != nil {
-		return err
-	}
-	if err := json.Unmarshal(b, &cluster); err != nil {
 		return err
 	}
 	if s.BinDir == "" {
@@ -488,12 +485,8 @@ func (s *nodeState) loadPauseImage() error {
 }
 
 func (s *nodeState) restartControllerManager(controllers string) error {
-	b, err := os.ReadFile(filepath.Join(s.ClusterDir, stateFile))
+	cluster, err := readClusterState(s.ClusterDir)
 	if err != nil {
-		return err
-	}
-	var cluster clusterState
-	if err := json.Unmarshal(b, &cluster); err != nil {
 		return err
 	}
 	kcm := "kube-controller-manager"
@@ -580,17 +573,9 @@ func (s *nodeState) waitNodeReady(p *pki, server string, started time.Time) erro
 }
 
 func (s *nodeState) spawn(component, binary string, args ...string) error {
-	logFile, err := os.Create(s.logPath(component))
+	cmd, err := startDetached(component, binary, s.NodeDir, s.logPath(component), args...)
 	if err != nil {
 		return err
-	}
-	defer logFile.Close()
-	cmd := exec.Command(binary, args...)
-	cmd.Stdout, cmd.Stderr = logFile, logFile
-	cmd.Dir = s.NodeDir
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("starting %s: %w", component, err)
 	}
 	s.Pids[component] = cmd.Process.Pid
 	s.Binaries[component] = binary
@@ -692,15 +677,11 @@ func (s *nodeState) down() error {
 }
 
 func (s *nodeState) deleteNodeObject() error {
-	b, err := os.ReadFile(filepath.Join(s.ClusterDir, stateFile))
+	cluster, err := readClusterState(s.ClusterDir)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil // the cluster is gone already
 	}
 	if err != nil {
-		return err
-	}
-	var cluster clusterState
-	if err := json.Unmarshal(b, &cluster); err != nil {
 		return err
 	}
 	admin, err := adminClient(pkiPaths(filepath.Join(s.ClusterDir, "pki")))
@@ -731,47 +712,63 @@ func (s *nodeState) stop(component string) {
 	delete(s.Pids, component)
 }
 
-// cgroupRoots are the mounted cgroup hierarchies (v1: one per controller set;
-// v2: the single unified one).
-func cgroupRoots() []string {
+// mount is one line of /proc/self/mountinfo: where, and which file system type.
+type mount struct{ point, fsType string }
+
+func mounts() []mount {
 	b, err := os.ReadFile("/proc/self/mountinfo")
 	if err != nil {
 		return nil
 	}
-	var roots []string
+	var all []mount
 	for _, line := range strings.Split(string(b), "\n") {
+		// ID parent major:minor root mount-point options [optional...] - type source ...
 		fields := strings.Fields(line)
-		sep := -1
-		for i, f := range fields {
-			if f == "-" {
-				sep = i
-				break
-			}
-		}
-		if sep < 0 || sep+1 >= len(fields) {
+		sep := slices.Index(fields, "-")
+		if len(fields) < 5 || sep < 0 || sep+1 >= len(fields) {
 			continue
 		}
-		if fsType := fields[sep+1]; fsType == "cgroup" || fsType == "cgroup2" {
-			roots = append(roots, fields[4])
+		all = append(all, mount{point: unescapeMount(fields[4]), fsType: fields[sep+1]})
+	}
+	return all
+}
+
+// cgroupRoots are the mounted cgroup hierarchies (v1: one per controller set;
+// v2: the single unified one).
+func cgroupRoots() []string {
+	var roots []string
+	for _, m := range mounts() {
+		if m.fsType == "cgroup" || m.fsType == "cgroup2" {
+			roots = append(roots, m.point)
 		}
 	}
 	return roots
 }
 
-func killCgroupProcesses(name string) {
+// cgroupTree lists the cgroup called name and everything below it, in every
+// hierarchy, deepest first.
+func cgroupTree(name string) []string {
+	var dirs []string
 	for _, root := range cgroupRoots() {
 		_ = filepath.WalkDir(filepath.Join(root, name), func(p string, d os.DirEntry, err error) error {
-			if err != nil || d.IsDir() || d.Name() != "cgroup.procs" {
-				return nil
-			}
-			b, _ := os.ReadFile(p)
-			for _, f := range strings.Fields(string(b)) {
-				if pid, err := strconv.Atoi(f); err == nil {
-					_ = syscall.Kill(pid, syscall.SIGKILL)
-				}
+			if err == nil && d.IsDir() {
+				dirs = append(dirs, p)
 			}
 			return nil
 		})
+	}
+	sort.Sort(sort.Reverse(sort.StringSlice(dirs)))
+	return dirs
+}
+
+func killCgroupProcesses(name string) {
+	for _, dir := range cgroupTree(name) {
+		b, _ := os.ReadFile(filepath.Join(dir, "cgroup.procs"))
+		for _, f := range strings.Fields(string(b)) {
+			if pid, err := strconv.Atoi(f); err == nil {
+				_ = syscall.Kill(pid, syscall.SIGKILL)
+			}
+		}
 	}
 	time.Sleep(500 * time.Millisecond)
 }
@@ -780,27 +777,17 @@ func killCgroupProcesses(name string) {
 // a cgroup is removed with rmdir once its processes are gone.
 func removeCgroups(name string) error {
 	var problems []string
-	for _, root := range cgroupRoots() {
-		var dirs []string
-		_ = filepath.WalkDir(filepath.Join(root, name), func(p string, d os.DirEntry, err error) error {
-			if err == nil && d.IsDir() {
-				dirs = append(dirs, p)
+	for _, d := range cgroupTree(name) {
+		var err error
+		for attempt := 0; attempt < 20; attempt++ {
+			if err = syscall.Rmdir(d); err == nil || errors.Is(err, syscall.ENOENT) {
+				err = nil
+				break
 			}
-			return nil
-		})
-		sort.Sort(sort.Reverse(sort.StringSlice(dirs)))
-		for _, d := range dirs {
-			var err error
-			for attempt := 0; attempt < 20; attempt++ {
-				if err = syscall.Rmdir(d); err == nil || errors.Is(err, syscall.ENOENT) {
-					err = nil
-					break
-				}
-				time.Sleep(100 * time.Millisecond)
-			}
-			if err != nil {
-				problems = append(problems, fmt.Sprintf("cgroup %s: %v", d, err))
-			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		if err != nil {
+			problems = append(problems, fmt.Sprintf("cgroup %s: %v", d, err))
 		}
 	}
 	if len(problems) > 0 {
@@ -846,19 +833,10 @@ func unmountUnder(dir string) error {
 }
 
 func mountPointsUnder(dir string) []string {
-	b, err := os.ReadFile("/proc/self/mountinfo")
-	if err != nil {
-		return nil
-	}
 	var points []string
-	for _, line := range strings.Split(string(b), "\n") {
-		fields := strings.Fields(line)
-		if len(fields) < 5 {
-			continue
-		}
-		m := unescapeMount(fields[4])
-		if m == dir || strings.HasPrefix(m, dir+"/") {
-			points = append(points, m)
+	for _, m := range mounts() {
+		if m.point == dir || strings.HasPrefix(m.point, dir+"/") {
+			points = append(points, m.point)
 		}
 	}
 	sort.Sort(sort.Reverse(sort.StringSlice(points)))
