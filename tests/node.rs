@@ -133,6 +133,47 @@ selector: "{selector}"
     path
 }
 
+/// A Helm release of a chart in a namespace of its own, installed and available:
+/// the emulator on the node's IP as its Graph, its operator restricted to the
+/// TeamAccess objects labelled `label`.
+struct Release {
+    name: String,
+    ns: String,
+    label: String,
+    values: PathBuf,
+    emulator: Emulator,
+}
+
+impl Release {
+    async fn install(admin: &Client, node_ip: IpAddr, prefix: &str, chart: &str, extra_values: &str) -> Self {
+        let ns = create_namespace(admin, &format!("node-{prefix}")).await;
+        let emulator = emulator_for_pods(admin, node_ip, &ns).await;
+        let label = unique(prefix);
+        let values = values(&emulator, &format!("{TEST_LABEL}={label}"), extra_values);
+        let name = unique("ta");
+        helm(&["install", &name, chart, "-n", &ns, "-f", values.to_str().unwrap(), "--wait", "--timeout", "120s"]);
+        Self { name, ns, label, values, emulator }
+    }
+
+    fn selector(&self) -> String {
+        format!("{TEST_LABEL}={}", self.label)
+    }
+
+    fn deployment(&self) -> String {
+        format!("deployment/{}-teamaccess-operator", self.name)
+    }
+
+    fn values(&self) -> &str {
+        self.values.to_str().unwrap()
+    }
+
+    /// helm uninstall, then the namespace.
+    async fn remove(&self, admin: &Client) {
+        helm(&["uninstall", &self.name, "-n", &self.ns, "--wait"]);
+        delete_namespace(admin, &self.ns).await;
+    }
+}
+
 /// The seed's two teams (appdev → dev, opssre → sre), labelled for `selector`.
 async fn apply_seed_teams(tas: &Api<TeamAccess>, label: &str) -> [(String, String); 2] {
     let teams = [(format!("{label}-appdev"), unique("dev")), (format!("{label}-opssre"), unique("sre"))];
@@ -260,26 +301,22 @@ async fn node_the_chart_runs_a_hardened_pod_that_grants_the_seeds_access() {
     let admin = admin_client().await;
     let node_ip = require_node(&admin).await;
     ensure_crd(&admin).await;
-    let ns = create_namespace(&admin, "node-chart").await;
-    let emulator = emulator_for_pods(&admin, node_ip, &ns).await;
-    let label = unique("pod");
-    let values = values(&emulator, &format!("{TEST_LABEL}={label}"), "crds: {install: false}");
-    let release = unique("ta");
     let started = Instant::now();
-    helm(&["install", &release, CHART, "-n", &ns, "-f", values.to_str().unwrap(), "--wait", "--timeout", "120s"]);
+    let release = Release::install(&admin, node_ip, "chart", CHART, "crds: {install: false}").await;
     eprintln!("helm install to an available Deployment: {:.1}s", started.elapsed().as_secs_f64());
+    let (ns, label) = (&release.ns, &release.label);
 
     let tas = Api::<TeamAccess>::all(admin.clone());
-    let [(appdev, dev), (opssre, sre)] = apply_seed_teams(&tas, &label).await;
+    let [(appdev, dev), (opssre, sre)] = apply_seed_teams(&tas, label).await;
     wait_teamaccess_ready(&tas, &appdev, Duration::from_secs(60)).await;
     wait_teamaccess_ready(&tas, &opssre, Duration::from_secs(60)).await;
     eprintln!("helm install to both TeamAccess Ready: {:.1}s", started.elapsed().as_secs_f64());
     assert_seed_access(&admin, &dev, &sre).await;
-    assert!(emulator.stats().graph_requests > 0, "the pod asked the emulator's Graph");
+    assert!(release.emulator.stats().graph_requests > 0, "the pod asked the emulator's Graph");
 
     // The container's process, as the kernel sees it: uid and gid 65532, no
     // capability at all, no privilege escalation, seccomp on, a read-only root.
-    let pod = operator_pods(&admin, &ns).await.pop().expect("the operator's pod");
+    let pod = operator_pods(&admin, ns).await.pop().expect("the operator's pod");
     let pid = container_pid(&pod);
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let field = |name: &str| {
@@ -319,12 +356,12 @@ async fn node_the_chart_runs_a_hardened_pod_that_grants_the_seeds_access() {
         if succeeded("Readiness") && succeeded("Liveness") { Ok(()) } else { Err("not yet".to_string()) }
     })
     .await;
-    let restarts = operator_pods(&admin, &ns).await[0].status.as_ref().unwrap().container_statuses.as_ref().unwrap()[0]
+    let restarts = operator_pods(&admin, ns).await[0].status.as_ref().unwrap().container_statuses.as_ref().unwrap()[0]
         .restart_count;
     assert_eq!(restarts, 0, "the liveness probe never failed");
 
     // kubectl logs (through the API server to the kubelet) shows JSON lines.
-    let logs = kubectl(&["-n", &ns, "logs", &pod_name]);
+    let logs = kubectl(&["-n", ns, "logs", &pod_name]);
     assert!(logs.lines().count() >= 3, "{logs}");
     for line in logs.lines() {
         let entry: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
@@ -333,8 +370,7 @@ async fn node_the_chart_runs_a_hardened_pod_that_grants_the_seeds_access() {
     assert!(logs.contains("became the leader"), "{logs}");
 
     delete_teams(&tas, &[&appdev, &opssre]).await;
-    helm(&["uninstall", &release, "-n", &ns, "--wait"]);
-    delete_namespace(&admin, &ns).await;
+    release.remove(&admin).await;
 }
 
 /// The Lease's holder, without the identity's random suffix: the pod name.
@@ -351,23 +387,21 @@ async fn node_a_rollout_restart_of_two_replicas_loses_no_reconcile_and_hands_the
     let admin = admin_client().await;
     let node_ip = require_node(&admin).await;
     ensure_crd(&admin).await;
-    let ns = create_namespace(&admin, "node-rollout").await;
-    let emulator = emulator_for_pods(&admin, node_ip, &ns).await;
-    let label = unique("roll");
-    let values = values(
-        &emulator,
-        &format!("{TEST_LABEL}={label}"),
+    let release = Release::install(
+        &admin,
+        node_ip,
+        "rollout",
+        CHART,
         "crds: {install: false}\nreplicaCount: 2\nmaxNamespaceDeletions: 0",
-    );
-    let release = unique("ta");
-    let deployment = format!("deployment/{release}-teamaccess-operator");
-    helm(&["install", &release, CHART, "-n", &ns, "-f", values.to_str().unwrap(), "--wait", "--timeout", "120s"]);
-    let leases = Api::<Lease>::namespaced(admin.clone(), &ns);
+    )
+    .await;
+    let (ns, label, deployment) = (release.ns.as_str(), release.label.as_str(), release.deployment());
+    let leases = Api::<Lease>::namespaced(admin.clone(), ns);
     let (leader, _) = wait_for(Duration::from_secs(30), "a leader", || async {
         lease_holder(&leases).await.ok_or("no holder yet".to_string())
     })
     .await;
-    let leader_pod = operator_pods(&admin, &ns)
+    let leader_pod = operator_pods(&admin, ns)
         .await
         .into_iter()
         .find(|p| leader.starts_with(p.metadata.name.as_deref().unwrap()))
@@ -376,7 +410,7 @@ async fn node_a_rollout_restart_of_two_replicas_loses_no_reconcile_and_hands_the
     // Follow the old leader's log to its end: it must say it released the Lease.
     let log_path = std::env::temp_dir().join(format!("{}.log", unique("old-leader")));
     let mut follow = std::process::Command::new(cluster_tool("kubectl"))
-        .args(["-n", &ns, "logs", "-f", &leader_pod])
+        .args(["-n", ns, "logs", "-f", &leader_pod])
         .env("KUBECONFIG", kubeconfig_path())
         .stdout(std::fs::File::create(&log_path).unwrap())
         .stderr(std::process::Stdio::null())
@@ -385,19 +419,19 @@ async fn node_a_rollout_restart_of_two_replicas_loses_no_reconcile_and_hands_the
 
     // TeamAccess objects keep coming while the pods are replaced.
     let tas = Api::<TeamAccess>::all(admin.clone());
-    kubectl(&["-n", &ns, "rollout", "restart", &deployment]);
+    kubectl(&["-n", ns, "rollout", "restart", &deployment]);
     let mut names = Vec::new();
     let mut namespaces = Vec::new();
     for i in 0..12 {
         let (name, namespace) = (format!("{label}-{i}"), unique("roll"));
-        let manifest = team_manifest(&name, &label, if i % 2 == 0 { "appdev" } else { "opssre" }, &namespace, &["get"]);
+        let manifest = team_manifest(&name, label, if i % 2 == 0 { "appdev" } else { "opssre" }, &namespace, &["get"]);
         tas.patch(&name, &PatchParams::apply("node-test"), &Patch::Apply(manifest)).await.unwrap();
         names.push(name);
         namespaces.push(namespace);
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    kubectl(&["-n", &ns, "rollout", "status", &deployment, "--timeout=180s"]);
-    wait_all_ready(&tas, &format!("{TEST_LABEL}={label}"), names.len(), Duration::from_secs(90)).await;
+    kubectl(&["-n", ns, "rollout", "status", &deployment, "--timeout=180s"]);
+    wait_all_ready(&tas, &release.selector(), names.len(), Duration::from_secs(90)).await;
     for (i, namespace) in namespaces.iter().enumerate() {
         let (user, group) = if i % 2 == 0 { (AKSDEV, APPDEV) } else { (AKSSRE, OPSSRE) };
         wait_allowed(&admin, user, &[group], "get", "", "pods", namespace, true).await;
@@ -410,7 +444,7 @@ async fn node_a_rollout_restart_of_two_replicas_loses_no_reconcile_and_hands_the
     assert!(log.contains("released the leader Lease"), "the old leader's log:\n{log}");
     let (holder, acquired) = lease_holder(&leases).await.expect("a leader after the rollout");
     assert!(!holder.starts_with(&leader_pod), "a new pod leads");
-    let new_pods = operator_pods(&admin, &ns).await;
+    let new_pods = operator_pods(&admin, ns).await;
     for pod in &new_pods {
         let restarts = pod.status.as_ref().unwrap().container_statuses.as_ref().unwrap()[0].restart_count;
         assert_eq!(restarts, 0, "no pod lost the Lease to a second leader and restarted");
@@ -430,17 +464,7 @@ async fn node_a_rollout_restart_of_two_replicas_loses_no_reconcile_and_hands_the
 
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
     delete_teams(&tas, &refs).await;
-    helm(&["uninstall", &release, "-n", &ns, "--wait"]);
-    delete_namespace(&admin, &ns).await;
-}
-
-/// A ConfigMap of "team data" in each namespace, which no uninstall may touch.
-async fn put_team_data(admin: &Client, namespaces: &[&str]) {
-    for ns in namespaces {
-        let data: ConfigMap =
-            serde_json::from_value(serde_json::json!({"metadata": {"name": "team-data"}, "data": {"k": "v"}})).unwrap();
-        Api::<ConfigMap>::namespaced(admin.clone(), ns).create(&PostParams::default(), &data).await.unwrap();
-    }
+    release.remove(&admin).await;
 }
 
 fn crd_has_cluster_user_role() -> bool {
@@ -465,33 +489,20 @@ async fn node_helm_upgrade_from_the_previous_chart_updates_the_crd_and_uninstall
     kubectl_stdin(&["replace", "-f", "-"], &previous_crd);
     assert!(!crd_has_cluster_user_role(), "the previous CRD lacks spec.clusterUserRole");
 
-    let ns = create_namespace(&admin, "node-upgrade").await;
-    let emulator = emulator_for_pods(&admin, node_ip, &ns).await;
-    let label = unique("upg");
-    let values = values(&emulator, &format!("{TEST_LABEL}={label}"), "");
-    let release = unique("ta");
-    helm(&[
-        "install",
-        &release,
-        PREVIOUS_CHART,
-        "-n",
-        &ns,
-        "-f",
-        values.to_str().unwrap(),
-        "--wait",
-        "--timeout",
-        "120s",
-    ]);
+    let release = Release::install(&admin, node_ip, "upgrade", PREVIOUS_CHART, "").await;
+    let (ns, label, selector) = (release.ns.as_str(), release.label.as_str(), release.selector());
     let tas = Api::<TeamAccess>::all(admin.clone());
-    let [(appdev, dev), (opssre, sre)] = apply_seed_teams(&tas, &label).await;
-    wait_all_ready(&tas, &format!("{TEST_LABEL}={label}"), 2, Duration::from_secs(60)).await;
-    put_team_data(&admin, &[&dev, &sre]).await;
+    let [(appdev, dev), (opssre, sre)] = apply_seed_teams(&tas, label).await;
+    wait_all_ready(&tas, &selector, 2, Duration::from_secs(60)).await;
+    for namespace in [&dev, &sre] {
+        write_team_data(&admin, namespace).await;
+    }
 
     // Watch Ready through the upgrade: it must never turn False.
     let not_ready = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let watcher = {
         let (tas, not_ready) = (tas.clone(), not_ready.clone());
-        let selector = format!("{TEST_LABEL}={label}");
+        let selector = selector.clone();
         tokio::spawn(async move {
             loop {
                 if let Ok(list) = tas.list(&ListParams::default().labels(&selector)).await {
@@ -510,18 +521,18 @@ async fn node_helm_upgrade_from_the_previous_chart_updates_the_crd_and_uninstall
     // existing CRD only when told to (README, "Upgrading from 0.1").
     let (ok, _, err) = run_tool(
         "helm",
-        &["upgrade", &release, CHART, "-n", &ns, "-f", values.to_str().unwrap(), "--wait", "--timeout", "120s"],
+        &["upgrade", &release.name, CHART, "-n", ns, "-f", release.values(), "--wait", "--timeout", "120s"],
         None,
     );
     assert!(!ok && err.contains("invalid ownership metadata"), "without --take-ownership Helm refuses: {err}");
     helm(&[
         "upgrade",
-        &release,
+        &release.name,
         CHART,
         "-n",
-        &ns,
+        ns,
         "-f",
-        values.to_str().unwrap(),
+        release.values(),
         "--take-ownership",
         "--wait",
         "--timeout",
@@ -532,7 +543,7 @@ async fn node_helm_upgrade_from_the_previous_chart_updates_the_crd_and_uninstall
     assert!(annotations.contains("\"helm.sh/resource-policy\":\"keep\""), "{annotations}");
     // The new operator pod takes over; both objects stay Ready and the access holds.
     tokio::time::sleep(Duration::from_secs(5)).await;
-    wait_all_ready(&tas, &format!("{TEST_LABEL}={label}"), 2, Duration::from_secs(60)).await;
+    wait_all_ready(&tas, &selector, 2, Duration::from_secs(60)).await;
     watcher.abort();
     assert_eq!(*not_ready.lock().unwrap(), Vec::<String>::new(), "no TeamAccess left Ready during the upgrade");
     assert_seed_access(&admin, &dev, &sre).await;
@@ -541,14 +552,13 @@ async fn node_helm_upgrade_from_the_previous_chart_updates_the_crd_and_uninstall
 
     // helm uninstall: the operator goes; the CRD, the objects, the namespaces and
     // their data stay, and so does the access they grant.
-    helm(&["uninstall", &release, "-n", &ns, "--wait"]);
-    assert!(operator_pods(&admin, &ns).await.is_empty(), "the operator's pod is gone");
+    helm(&["uninstall", &release.name, "-n", ns, "--wait"]);
+    assert!(operator_pods(&admin, ns).await.is_empty(), "the operator's pod is gone");
     assert!(crd_has_cluster_user_role(), "the CRD stays");
-    let left = tas.list(&ListParams::default().labels(&format!("{TEST_LABEL}={label}"))).await.unwrap();
+    let left = tas.list(&ListParams::default().labels(&selector)).await.unwrap();
     assert_eq!(left.items.len(), 2, "both TeamAccess objects stay");
     for namespace in [&dev, &sre] {
-        let data = Api::<ConfigMap>::namespaced(admin.clone(), namespace).get_opt("team-data").await.unwrap();
-        assert!(data.is_some(), "{namespace} keeps its data");
+        assert_team_data_kept(&admin, namespace).await;
     }
     assert_seed_access(&admin, &dev, &sre).await;
 
@@ -559,7 +569,7 @@ async fn node_helm_upgrade_from_the_previous_chart_updates_the_crd_and_uninstall
             .unwrap();
         let _ = tas.delete(name, &Default::default()).await;
     }
-    for namespace in [&ns, &dev, &sre] {
+    for namespace in [ns, &dev, &sre] {
         delete_namespace(&admin, namespace).await;
     }
 }

@@ -8,15 +8,11 @@ mod support;
 use std::time::Duration;
 
 use k8s_openapi::{
-    api::{
-        core::v1::{ConfigMap, Namespace},
-        rbac::v1::RoleBinding,
-    },
-    apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+    api::rbac::v1::RoleBinding, apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
 };
 use kube::{
     Api, Client,
-    api::{DeleteParams, ObjectMeta, Patch, PatchParams, PostParams},
+    api::{DeleteParams, Patch, PatchParams},
 };
 use support::{operator::TEST_LABEL, own_cluster::OwnCluster, process::OperatorProcess, *};
 use teamaccess_operator::api::TeamAccess;
@@ -51,12 +47,7 @@ async fn two_teams_with_data(client: &Client, label: &str) -> Vec<String> {
         .await
         .unwrap();
         wait_teamaccess_ready(&tas, &name, Duration::from_secs(60)).await;
-        let data = ConfigMap {
-            metadata: ObjectMeta { name: Some("team-data".into()), ..Default::default() },
-            data: Some([("important".to_string(), "yes".to_string())].into()),
-            ..Default::default()
-        };
-        Api::<ConfigMap>::namespaced(client.clone(), &ns).create(&PostParams::default(), &data).await.unwrap();
+        write_team_data(client, &ns).await;
         namespaces.push(ns);
     }
     namespaces
@@ -65,11 +56,7 @@ async fn two_teams_with_data(client: &Client, label: &str) -> Vec<String> {
 /// Every namespace is there, not terminating, with its data; the bindings are gone.
 async fn assert_teams_data_kept(client: &Client, label: &str, namespaces: &[String]) {
     for ns in namespaces {
-        let live = Api::<Namespace>::all(client.clone()).get_opt(ns).await.unwrap();
-        let live = live.unwrap_or_else(|| panic!("namespace {ns} was deleted"));
-        assert!(live.metadata.deletion_timestamp.is_none(), "namespace {ns} is being deleted");
-        let data = Api::<ConfigMap>::namespaced(client.clone(), ns).get_opt("team-data").await.unwrap();
-        assert_eq!(data.and_then(|cm| cm.data).unwrap_or_default().get("important").map(String::as_str), Some("yes"));
+        assert_team_data_kept(client, ns).await;
         let bindings = Api::<RoleBinding>::namespaced(client.clone(), ns).list(&Default::default()).await.unwrap();
         assert!(
             !bindings.items.iter().any(|rb| rb.metadata.name.as_deref().is_some_and(|n| n.contains(label))),
@@ -127,8 +114,7 @@ async fn helm_uninstall_keeps_the_crd_the_teamaccess_objects_and_every_namespace
     let left = tas.list(&kube::api::ListParams::default().labels(&format!("{TEST_LABEL}={label}"))).await.unwrap();
     assert_eq!(left.items.len(), 2);
     for ns in &namespaces {
-        let data = Api::<ConfigMap>::namespaced(client.clone(), ns).get_opt("team-data").await.unwrap();
-        assert!(data.is_some(), "the data in {ns} survives helm uninstall");
+        assert_team_data_kept(&client, ns).await;
     }
 }
 

@@ -142,6 +142,29 @@ pub async fn wait_namespace_gone(client: &Client, name: &str, timeout: Duration)
     .await
 }
 
+/// Writes a ConfigMap of "team data" into `namespace`: what no uninstall may touch.
+pub async fn write_team_data(client: &Client, namespace: &str) {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    let data: ConfigMap =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "team-data"}, "data": {"important": "yes"}}))
+            .unwrap();
+    Api::<ConfigMap>::namespaced(client.clone(), namespace).create(&PostParams::default(), &data).await.unwrap();
+}
+
+/// `namespace` is there, not being deleted, and still holds its team data.
+pub async fn assert_team_data_kept(client: &Client, namespace: &str) {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    let live = Api::<Namespace>::all(client.clone()).get_opt(namespace).await.unwrap();
+    let live = live.unwrap_or_else(|| panic!("namespace {namespace} was deleted"));
+    assert!(live.metadata.deletion_timestamp.is_none(), "namespace {namespace} is being deleted");
+    let data = Api::<ConfigMap>::namespaced(client.clone(), namespace).get_opt("team-data").await.unwrap();
+    assert_eq!(
+        data.and_then(|cm| cm.data).unwrap_or_default().get("important").map(String::as_str),
+        Some("yes"),
+        "{namespace} keeps its data"
+    );
+}
+
 /// The HTTP status of an API error, or 0 for other errors.
 pub fn api_status<T>(result: &Result<T, kube::Error>) -> u16 {
     match result {
