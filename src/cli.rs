@@ -149,6 +149,18 @@ pub struct RunArgs {
     #[arg(long, env = "TEAMACCESS_NAMESPACE_DELETION_WINDOW", default_value = "1m", value_parser = humantime::parse_duration)]
     pub namespace_deletion_window: Duration,
 
+    /// The Lease that keeps the brake's window of namespace deletions, so that a
+    /// restart, a failover or a second shard cannot deletion-brake afresh: every
+    /// operator naming the same Lease shares one allowance.
+    #[arg(long, env = "TEAMACCESS_DELETION_BRAKE_LEASE", default_value = Settings::DEFAULT_DELETION_BRAKE_LEASE)]
+    pub deletion_brake_lease: String,
+
+    /// Namespace of --deletion-brake-lease; defaults to the operator's namespace
+    /// (else "default"). Shards in different namespaces share one allowance when
+    /// they name the same one.
+    #[arg(long, env = "TEAMACCESS_DELETION_BRAKE_NAMESPACE")]
+    pub deletion_brake_namespace: Option<String>,
+
     /// The namespace the operator runs in (protected). Read from the service account
     /// when running in a pod.
     #[arg(long, env = "TEAMACCESS_OPERATOR_NAMESPACE")]
@@ -294,6 +306,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         selector: args.selector.clone(),
         max_namespace_deletions: args.max_namespace_deletions,
         namespace_deletion_window: args.namespace_deletion_window,
+        deletion_brake_lease: (
+            args.deletion_brake_namespace.clone().or_else(|| own_namespace.clone()).unwrap_or_else(|| "default".into()),
+            args.deletion_brake_lease.clone(),
+        ),
     };
     tracing::info!(
         directory = ?args.directory,

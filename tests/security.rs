@@ -11,7 +11,7 @@ use std::{collections::BTreeSet, time::Duration};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
-use support::{operator::*, *};
+use support::{authors::*, operator::*, *};
 use teamaccess_operator::{
     api::{AccessRule, TeamAccess},
     reconcile::default_set::{CORE_RESOURCES, EXCLUDED_CORE_RESOURCES},
@@ -19,67 +19,6 @@ use teamaccess_operator::{
 
 const SHORT: Duration = Duration::from_secs(30);
 const CHART: &str = "charts/teamaccess-operator";
-
-/// Applies RBAC objects (JSON or YAML) as the cluster admin.
-fn admin_apply(manifest: &str) {
-    let (ok, out, err) =
-        run_tool("kubectl", &["apply", "--server-side", "--force-conflicts", "-f", "-"], Some(manifest));
-    assert!(ok, "kubectl apply:\n{out}\n{err}");
-}
-
-/// A new user whose only right is to write TeamAccess objects.
-fn author_who_may_only_write_teamaccesses() -> String {
-    let user = format!("{}@contoso.com", unique("author"));
-    admin_apply(
-        &json!({"apiVersion": "v1", "kind": "List", "items": [
-            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
-             "metadata": {"name": "teamaccess-tests-author"},
-             "rules": [{"apiGroups": ["teamaccess.dev"], "resources": ["teamaccesses"],
-                        "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]}]},
-            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-             "metadata": {"name": user.replace('@', "-at-")},
-             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "teamaccess-tests-author"},
-             "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}]}
-        ]})
-        .to_string(),
-    );
-    user
-}
-
-/// A TeamAccess manifest for kubectl, with the test operator's label when given.
-fn manifest(name: &str, namespace: &str, label: Option<&str>, grant: serde_json::Value) -> String {
-    let mut spec = json!({"group": {"displayName": "appdev"}, "namespace": namespace});
-    spec.as_object_mut().unwrap().extend(grant.as_object().unwrap().clone());
-    let labels = label.map_or(json!({}), |l| json!({TEST_LABEL: l}));
-    json!({"apiVersion": "teamaccess.dev/v1alpha1", "kind": "TeamAccess",
-           "metadata": {"name": name, "labels": labels}, "spec": spec})
-    .to_string()
-}
-
-/// `kubectl apply` as `user`: Ok, or Err with what kubectl printed.
-fn apply_as(user: &str, manifest: &str) -> Result<(), String> {
-    let (ok, out, err) = run_tool("kubectl", &["apply", "--as", user, "-f", "-"], Some(manifest));
-    if ok { Ok(()) } else { Err(format!("{err}{out}")) }
-}
-
-/// Asserts a refusal by the admission policy whose message names `missing`.
-fn assert_refused(result: Result<(), String>, missing: &str) {
-    let message = result.expect_err("the admission policy must refuse this grant");
-    assert!(message.contains("denied request"), "refused by the admission policy: {message}");
-    assert!(message.contains(missing), "the refusal names {missing:?}: {message}");
-}
-
-/// The policy is loaded by the API server a moment after it is written: wait
-/// until a grant nobody may make is refused.
-async fn wait_policy_enforced(author: &str) {
-    let probe = manifest(&unique("probe"), "kube-system", None, json!({"clusterRole": "cluster-admin"}));
-    wait_for(SHORT, "the admission policy to be enforced", || async {
-        let (ok, out, err) =
-            run_tool("kubectl", &["apply", "--dry-run=server", "--as", author, "-f", "-"], Some(&probe));
-        if !ok && err.contains("denied request") { Ok(()) } else { Err(format!("{ok} {out} {err}")) }
-    })
-    .await;
-}
 
 async fn setup() -> (Client, String) {
     let admin = admin_client().await;
@@ -175,14 +114,17 @@ async fn bind_on_one_cluster_role_in_one_namespace_allows_that_grant_and_no_othe
     apply_as(&author, &manifest(&viewers, &team_a, None, json!({"clusterRole": "edit"})))
         .expect("the lead may move the team to edit, which they may bind");
 
-    // Writes that leave the spec as it is grant nothing new and are not checked:
-    // labels, and the finalizer the operator adds, on the admin's grant of admin.
+    // Writes that leave the spec as it is grant nothing new and are not checked
+    // as grants: the finalizer the operator adds, on the admin's grant of admin.
+    // A label change may move the object to another operator's --selector, so it
+    // needs the rights of deleting it (tests/attacks.rs has the rest).
     let admins = unique("admins");
     admin_apply(&manifest(&admins, &team_a, None, json!({"clusterRole": "admin"})));
-    let mut relabelled: serde_json::Value =
+    let original: serde_json::Value =
         serde_json::from_str(&manifest(&admins, &team_a, None, json!({"clusterRole": "admin"}))).unwrap();
+    let mut relabelled = original.clone();
     relabelled["metadata"]["labels"] = json!({"owner": "lead"});
-    apply_as(&author, &relabelled.to_string()).expect("a label change is admitted");
+    assert_refused(apply_as(&author, &relabelled.to_string()), &format!("you cannot delete namespaces/{team_a}"));
     let finalizer = json!({"metadata": {"finalizers": ["teamaccess.dev/cleanup"]}}).to_string();
     let (ok, _, err) = run_tool(
         "kubectl",
@@ -191,7 +133,7 @@ async fn bind_on_one_cluster_role_in_one_namespace_allows_that_grant_and_no_othe
     );
     assert!(ok, "a finalizer write is admitted: {err}");
     // ...while any change of its spec is checked in full.
-    let mut retained = relabelled.clone();
+    let mut retained = original.clone();
     retained["spec"]["deletionPolicy"] = json!("Retain");
     assert_refused(
         apply_as(&author, &retained.to_string()),
@@ -459,8 +401,8 @@ async fn every_rendering_of_the_policy_is_accepted_and_turning_it_off_warns() {
     );
     assert!(ok, "{err}");
     let (ok, out, err) = run_tool("kubectl", &["apply", "--server-side", "-f", "-"], Some(&rendered));
-    assert!(ok && out.matches("serverside-applied").count() == 4, "{out}\n{err}");
-    for policy in ["authors", "removers"] {
+    assert!(ok && out.matches("serverside-applied").count() == 6, "{out}\n{err}");
+    for policy in ["authors", "removers", "integrity"] {
         let name = format!("{release}-teamaccess-operator-{policy}");
         let (ok, _, err) =
             run_tool("kubectl", &["delete", "validatingadmissionpolicybinding,validatingadmissionpolicy", &name], None);

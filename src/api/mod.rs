@@ -67,8 +67,8 @@ pub struct TeamAccessSpec {
     /// workload uses (pods and their subresources, services, configmaps, secrets,
     /// serviceaccounts, persistentvolumeclaims, events, ...), all resources of apps
     /// and extensions, and batch jobs and cronjobs. The Namespace object itself,
-    /// its ResourceQuotas and LimitRanges are not in the set (quotas and limit
-    /// ranges are readable). Use "*" for all verbs.
+    /// its ResourceQuotas, LimitRanges and Endpoints are not in the set (they are
+    /// readable). Use "*" for all verbs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self.all(v, v in ['*', 'get', 'list', 'watch', 'create', 'update', 'patch', 'delete', 'deletecollection'])").message("spec.verbs may hold only get, list, watch, create, update, patch, delete, deletecollection or *"))]
     #[x_kube(validation = Rule::new("size(self) > 0").message("spec.verbs must not be empty: list at least one verb, or use spec.rules or spec.clusterRole"))]
@@ -230,9 +230,48 @@ pub struct TeamAccessStatus {
     /// AKS cluster (with --aks-cluster-resource-id, unless spec.clusterUserRole is false).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster_user_role: Option<ClusterUserRoleStatus>,
+    /// The Role and RoleBinding this operator made for the TeamAccess, by uid.
+    /// A child is ours because we made it, not because of the labels or owner
+    /// references it carries now (whoever may edit it may strip those): cleanup
+    /// removes exactly these. Only the operator writes status (the integrity
+    /// admission policy).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    pub children: Vec<ChildRecord>,
+    /// The deletionPolicy in force when the operator last applied the spec. On
+    /// deletion the namespace is deleted only when this and spec.deletionPolicy
+    /// both say Delete, so a change made while the object is terminating (or one
+    /// not yet applied) can never turn a Retain into a deletion.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletion_policy: Option<DeletionPolicy>,
     /// Ready, GroupResolved, ClusterUserRole, and kstatus' Reconciling and Stalled.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+}
+
+/// A namespaced object the operator created for a TeamAccess.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ChildRecord {
+    /// Role or RoleBinding.
+    pub kind: String,
+    pub name: String,
+    /// The uid the API server gave it when the operator created it.
+    pub uid: String,
+}
+
+impl TeamAccessStatus {
+    /// Whether the operator recorded the object with `uid` as one it made.
+    pub fn made(&self, uid: Option<&str>) -> bool {
+        uid.is_some_and(|uid| self.children.iter().any(|c| c.uid == uid))
+    }
+}
+
+impl TeamAccess {
+    /// The uids of the children the operator recorded as its own.
+    pub fn recorded_children(&self) -> Vec<String> {
+        self.status.iter().flat_map(|s| s.children.iter().map(|c| c.uid.clone())).collect()
+    }
 }
 
 /// The Azure role assignment that lets the group's members fetch a kubeconfig.
@@ -244,6 +283,15 @@ pub struct ClusterUserRoleStatus {
     /// True when this operator made it (and removes it when no TeamAccess of the
     /// group wants it); false when someone else did (never removed).
     pub created_by_operator: bool,
+}
+
+impl DeletionPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Delete => "Delete",
+            Self::Retain => "Retain",
+        }
+    }
 }
 
 impl TeamAccessSpec {

@@ -22,8 +22,9 @@ use super::{
     caches::Caches,
     context::FIELD_MANAGER,
     error::Error,
-    write::{delete_owned, server_side_apply},
+    write::{Ours, delete_owned, server_side_apply},
 };
+use crate::api::ChildRecord;
 
 /// What is in place after a successful apply.
 #[derive(Clone, Debug, PartialEq)]
@@ -31,6 +32,9 @@ pub struct Applied {
     /// The Role we keep, or None when a ClusterRole is bound.
     pub role: Option<String>,
     pub role_binding: String,
+    /// The Role and RoleBinding in place, with their uids: status records them,
+    /// so they stay ours whatever is done to their labels and owner references.
+    pub children: Vec<ChildRecord>,
     /// The namespace was created by this apply.
     pub namespace_created: bool,
 }
@@ -48,9 +52,10 @@ pub async fn apply(desired: Desired, client: &Client, caches: &Caches) -> Result
         Err(error) => return Err(ApplyFailed { error, namespace_created: false }),
     };
     match apply_rbac(&desired, client, caches).await {
-        Ok(()) => Ok(Applied {
+        Ok(children) => Ok(Applied {
             role: desired.role.as_ref().and_then(|r| r.metadata.name.clone()),
             role_binding: desired.role_binding.name_any(),
+            children,
             namespace_created,
         }),
         Err(error) => Err(ApplyFailed { error, namespace_created }),
@@ -93,17 +98,19 @@ pub enum Write {
     /// Our binding names another role; roleRef is immutable, so it is deleted and
     /// made again.
     Replace,
-    /// Not ours (no controller reference to this TeamAccess): never modified or
-    /// deleted. Holds who manages it, for the message.
+    /// Not ours (no controller reference to this TeamAccess, and not one we
+    /// recorded making): never modified or deleted. Holds who manages it, for
+    /// the message.
     Conflict {
         managers: String,
     },
 }
 
-pub fn role_action(live: Option<&Role>, desired: &Role) -> Write {
+/// `recorded`: the uids of the children status says we made.
+pub fn role_action(live: Option<&Role>, desired: &Role, recorded: &[String]) -> Write {
     match live {
         None => Write::Create,
-        Some(have) if !controlled_alike(&have.metadata, &desired.metadata) => {
+        Some(have) if !ours(&have.metadata, &desired.metadata, recorded) => {
             Write::Conflict { managers: managers(&have.metadata) }
         }
         Some(have) if have.rules == desired.rules && carries(&have.metadata, &desired.metadata) => Write::Skip,
@@ -111,10 +118,10 @@ pub fn role_action(live: Option<&Role>, desired: &Role) -> Write {
     }
 }
 
-pub fn binding_action(live: Option<&RoleBinding>, desired: &RoleBinding) -> Write {
+pub fn binding_action(live: Option<&RoleBinding>, desired: &RoleBinding, recorded: &[String]) -> Write {
     match live {
         None => Write::Create,
-        Some(have) if !controlled_alike(&have.metadata, &desired.metadata) => {
+        Some(have) if !ours(&have.metadata, &desired.metadata, recorded) => {
             Write::Conflict { managers: managers(&have.metadata) }
         }
         Some(have) if have.role_ref != desired.role_ref => Write::Replace,
@@ -123,12 +130,15 @@ pub fn binding_action(live: Option<&RoleBinding>, desired: &RoleBinding) -> Writ
     }
 }
 
-/// Whether `have` is controlled by the same owner (uid) as `want` says ours are.
-fn controlled_alike(have: &ObjectMeta, want: &ObjectMeta) -> bool {
+/// Whether `have` is ours: controlled by the same owner (uid) as `want` says
+/// ours are, or made by us (its uid recorded), whatever its references say now.
+/// A recorded child whose owner reference was stripped is applied back.
+fn ours(have: &ObjectMeta, want: &ObjectMeta, recorded: &[String]) -> bool {
     let controller = |m: &ObjectMeta| {
         m.owner_references.iter().flatten().find(|r| r.controller == Some(true)).map(|r| r.uid.clone())
     };
-    controller(want).is_some() && controller(have) == controller(want)
+    let controlled_alike = controller(want).is_some() && controller(have) == controller(want);
+    controlled_alike || have.uid.as_ref().is_some_and(|uid| recorded.contains(uid))
 }
 
 /// Who manages an object, for a message: its controller and its field managers.
@@ -185,14 +195,18 @@ async fn ensure_namespace(desired: &Desired, client: &Client, caches: &Caches) -
 /// The Role (or the ClusterRole check), the RoleBinding, then the removal of the
 /// bindings and the Role the TeamAccess no longer names, in that order so access
 /// never lapses and never points at a missing Role in between.
-async fn apply_rbac(desired: &Desired, client: &Client, caches: &Caches) -> Result<(), Error> {
+async fn apply_rbac(desired: &Desired, client: &Client, caches: &Caches) -> Result<Vec<ChildRecord>, Error> {
     let namespace = desired.namespace.name_any();
     let roles = Api::<Role>::namespaced(client.clone(), &namespace);
     let bindings = Api::<RoleBinding>::namespaced(client.clone(), &namespace);
-    let owner_uid = desired.owner_uid.as_deref();
+    let recorded = &desired.recorded;
+    let ours = Ours { owner: &desired.owner, uid: desired.owner_uid.as_deref(), recorded };
+    let mut children = Vec::with_capacity(2);
 
     if let Some(role) = &desired.role {
-        write_child(&roles, caches.role(&namespace, &role.name_any()), role, role_action).await?;
+        let (_, uid) =
+            write_child(&roles, caches.role(&namespace, &role.name_any()), role, recorded, role_action).await?;
+        children.extend(record::<Role>(role.name_any(), uid));
     }
     if let Some(cluster_role) = &desired.cluster_role
         && !caches.cluster_role_exists(client, cluster_role).await?
@@ -201,79 +215,88 @@ async fn apply_rbac(desired: &Desired, client: &Client, caches: &Caches) -> Resu
     }
     let binding = &desired.role_binding;
     let name = binding.name_any();
-    if write_child(&bindings, caches.binding(&namespace, &name), binding, binding_action).await? == Write::Replace {
-        delete_owned(&bindings, &name, &desired.owner, owner_uid).await?;
-        create(&bindings, binding).await?;
+    let (action, mut uid) =
+        write_child(&bindings, caches.binding(&namespace, &name), binding, recorded, binding_action).await?;
+    if action == Write::Replace {
+        delete_owned(&bindings, &name, ours).await?;
+        uid = create(&bindings, binding).await?.uid();
     }
+    children.extend(record::<RoleBinding>(name, uid));
 
     // Make before break: the old binding goes only now that the new one exists.
     // The caches say whether there is anything to remove; the delete itself reads
     // the object first, so only ours is ever deleted.
     for stale in &desired.stale_bindings {
         if caches.binding(&namespace, stale).is_some() {
-            delete_owned(&bindings, stale, &desired.owner, owner_uid).await?;
+            delete_owned(&bindings, stale, ours).await?;
         }
     }
     if desired.remove_role && caches.role(&namespace, &desired.role_name).is_some() {
-        delete_owned(&roles, &desired.role_name, &desired.owner, owner_uid).await?;
+        delete_owned(&roles, &desired.role_name, ours).await?;
     }
-    Ok(())
+    Ok(children)
+}
+
+/// The record of a child we keep, when the API server gave it a uid.
+fn record<K: Resource<DynamicType = ()>>(name: String, uid: Option<String>) -> Option<ChildRecord> {
+    uid.map(|uid| ChildRecord { kind: K::kind(&()).to_string(), name, uid })
 }
 
 /// Does what `decide` says about a Role or RoleBinding, given the cached one:
 /// create, apply, or refuse a conflict. A create that meets 409 reads the object
 /// from the API server and decides again (it was made in between, or it is one
-/// without our label, which the cache never holds). Returns `Replace` for the caller.
+/// without our label, which the cache never holds). Returns `Replace` for the
+/// caller, and the uid of the object in place.
 async fn write_child<K>(
     api: &Api<K>,
     cached: Option<K>,
     desired: &K,
-    decide: fn(Option<&K>, &K) -> Write,
-) -> Result<Write, Error>
+    recorded: &[String],
+    decide: fn(Option<&K>, &K, &[String]) -> Write,
+) -> Result<(Write, Option<String>), Error>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Serialize + Debug,
 {
     let (kind, namespace, name) =
         (K::kind(&()).to_string(), desired.namespace().unwrap_or_default(), desired.name_any());
-    let mut action = decide(cached.as_ref(), desired);
+    let mut action = decide(cached.as_ref(), desired, recorded);
+    let mut live = cached;
     if action == Write::Create {
         match create(api, desired).await {
-            Ok(()) => return Ok(Write::Create),
+            Ok(created) => return Ok((Write::Create, created.uid())),
             Err(Error::Kube { source: kube::Error::Api(s), .. }) if s.is_already_exists() => {
-                let live =
+                live =
                     api.get_opt(&name).await.map_err(|e| Error::kube(format!("read {kind} {namespace}/{name}"), e))?;
-                action = decide(live.as_ref(), desired);
+                action = decide(live.as_ref(), desired, recorded);
             }
             Err(e) => return Err(e),
         }
     }
+    let uid = live.as_ref().and_then(|l| l.uid());
     match action {
         Write::Conflict { managers } => Err(Error::ChildConflict { kind, namespace, name, managers }),
         Write::Apply => {
-            server_side_apply(api, &name, desired)
+            let applied = server_side_apply(api, &name, desired)
                 .await
                 .map_err(|e| Error::kube(format!("apply {kind} {namespace}/{name}"), e))?;
-            Ok(Write::Apply)
+            Ok((Write::Apply, applied.uid()))
         }
         // A second create after 409 would only meet 409 again; the next reconcile decides.
         Write::Create => Err(Error::kube(
             format!("create {kind} {namespace}/{name}"),
             kube::Error::Api(Box::new(kube::core::Status::failure("created and deleted again meanwhile", "Conflict"))),
         )),
-        other => Ok(other),
+        other => Ok((other, uid)),
     }
 }
 
-async fn create<K>(api: &Api<K>, desired: &K) -> Result<(), Error>
+async fn create<K>(api: &Api<K>, desired: &K) -> Result<K, Error>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Serialize + Debug,
 {
     let (kind, namespace, name) =
         (K::kind(&()).to_string(), desired.namespace().unwrap_or_default(), desired.name_any());
-    api.create(&create_params(), desired)
-        .await
-        .map(|_| ())
-        .map_err(|e| Error::kube(format!("create {kind} {namespace}/{name}"), e))
+    api.create(&create_params(), desired).await.map_err(|e| Error::kube(format!("create {kind} {namespace}/{name}"), e))
 }
 
 fn create_params() -> PostParams {
@@ -382,18 +405,18 @@ mod tests {
     #[test]
     fn a_role_is_written_only_when_missing_or_different() {
         let desired = build::build_role(&team()).unwrap();
-        assert_eq!(role_action(None, &desired), Write::Create);
-        assert_eq!(role_action(Some(&desired), &desired), Write::Skip);
+        assert_eq!(role_action(None, &desired, &[]), Write::Create);
+        assert_eq!(role_action(Some(&desired), &desired, &[]), Write::Skip);
         let mut widened = desired.clone();
         widened.rules.get_or_insert_default().push(PolicyRule {
             verbs: vec!["*".into()],
             resources: Some(vec!["secrets".into()]),
             ..Default::default()
         });
-        assert_eq!(role_action(Some(&widened), &desired), Write::Apply, "hand-added rules are removed");
+        assert_eq!(role_action(Some(&widened), &desired, &[]), Write::Apply, "hand-added rules are removed");
         let mut labels_gone = desired.clone();
         labels_gone.metadata.labels = None;
-        assert_eq!(role_action(Some(&labels_gone), &desired), Write::Apply, "our own, drifted");
+        assert_eq!(role_action(Some(&labels_gone), &desired, &[]), Write::Apply, "our own, drifted");
     }
 
     #[test]
@@ -403,40 +426,42 @@ mod tests {
         theirs.metadata.owner_references = None;
         theirs.metadata.managed_fields =
             Some(vec![ManagedFieldsEntry { manager: Some("ops-tool".into()), ..Default::default() }]);
-        assert_eq!(role_action(Some(&theirs), &desired), Write::Conflict { managers: "ops-tool".into() });
+        assert_eq!(role_action(Some(&theirs), &desired, &[]), Write::Conflict { managers: "ops-tool".into() });
 
         // Controlled by another TeamAccess of the same name (deleted and re-created: a new uid).
         let mut other_uid = desired.clone();
         other_uid.metadata.owner_references.as_mut().unwrap()[0].uid = "another-uid".into();
-        let Write::Conflict { managers } = role_action(Some(&other_uid), &desired) else { panic!("expected Conflict") };
+        let Write::Conflict { managers } = role_action(Some(&other_uid), &desired, &[]) else {
+            panic!("expected Conflict")
+        };
         assert!(managers.contains("TeamAccess appdev-dev"), "{managers}");
 
         let binding = build::build_role_binding(&team(), "5f0a1d3e-8f8a-4c1e-9d55-0b0c2d7c1a01", &[]);
         let mut foreign = binding.clone();
         foreign.metadata.owner_references = None;
-        assert!(matches!(binding_action(Some(&foreign), &binding), Write::Conflict { .. }));
-        assert_eq!(binding_action(None, &binding), Write::Create);
+        assert!(matches!(binding_action(Some(&foreign), &binding, &[]), Write::Conflict { .. }));
+        assert_eq!(binding_action(None, &binding, &[]), Write::Create);
     }
 
     #[test]
     fn a_binding_is_replaced_when_its_role_changes_and_applied_when_its_subjects_drift() {
         let ta = team();
         let desired = build::build_role_binding(&ta, "5f0a1d3e-8f8a-4c1e-9d55-0b0c2d7c1a01", &[]);
-        assert_eq!(binding_action(None, &desired), Write::Create);
-        assert_eq!(binding_action(Some(&desired), &desired), Write::Skip);
+        assert_eq!(binding_action(None, &desired, &[]), Write::Create);
+        assert_eq!(binding_action(Some(&desired), &desired, &[]), Write::Skip);
         let mut other_role = desired.clone();
         other_role.role_ref = RoleRef {
             api_group: Some("rbac.authorization.k8s.io".into()),
             kind: "ClusterRole".into(),
             name: "edit".into(),
         };
-        assert_eq!(binding_action(Some(&other_role), &desired), Write::Replace);
+        assert_eq!(binding_action(Some(&other_role), &desired, &[]), Write::Replace);
         let mut extra = desired.clone();
         extra.subjects.get_or_insert_default().push(Subject {
             kind: "User".into(),
             name: "intruder".into(),
             ..Default::default()
         });
-        assert_eq!(binding_action(Some(&extra), &desired), Write::Apply);
+        assert_eq!(binding_action(Some(&extra), &desired, &[]), Write::Apply);
     }
 }

@@ -13,7 +13,7 @@ use k8s_openapi::{
 use kube::{Resource, ResourceExt};
 
 use super::{default_set::default_rules, resolve::Resolved};
-use crate::api::TeamAccess;
+use crate::api::{DeletionPolicy, TeamAccess};
 
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY: &str = "teamaccess-operator";
@@ -24,6 +24,9 @@ pub const OWNER_ANNOTATION: &str = "teamaccess.dev/owner";
 /// On a namespace: the TeamAccess that created it. Its absence on a namespace without
 /// our label means the namespace existed before and is never deleted by us.
 pub const CREATED_BY_ANNOTATION: &str = "teamaccess.dev/created-by";
+/// On a namespace we created: its creator's deletionPolicy. A shared namespace's
+/// fate is its creator's to decide, also when another TeamAccess is the last to go.
+pub const DELETION_POLICY_ANNOTATION: &str = "teamaccess.dev/deletion-policy";
 
 const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
 
@@ -34,6 +37,9 @@ pub struct Desired {
     /// carrying that uid are ever deleted.
     pub owner: String,
     pub owner_uid: Option<String>,
+    /// The uids of the children status records as made by us: ours even when
+    /// their owner reference or label was stripped.
+    pub recorded: Vec<String>,
     /// The namespace as the operator would create it; one that exists and was
     /// not created by this TeamAccess is used as it is.
     pub namespace: Namespace,
@@ -68,6 +74,7 @@ pub fn build(resolved: &Resolved) -> Desired {
         stale_bindings,
         owner: ta.name_any(),
         owner_uid: ta.metadata.uid.clone(),
+        recorded: ta.recorded_children(),
         namespace: build_namespace(ta),
         remove_role: role.is_none() && ta.status.as_ref().is_some_and(|s| s.role.is_some()),
         role,
@@ -168,6 +175,7 @@ pub fn build_namespace(ta: &TeamAccess) -> Namespace {
     labels.insert(MANAGED_BY_LABEL.into(), MANAGED_BY.into());
     let mut annotations = extra.annotations;
     annotations.insert(CREATED_BY_ANNOTATION.into(), ta.name_any());
+    annotations.insert(DELETION_POLICY_ANNOTATION.into(), ta.spec.deletion_policy.as_str().into());
     Namespace {
         metadata: ObjectMeta {
             name: Some(ta.spec.namespace.clone()),
@@ -187,6 +195,16 @@ pub fn is_managed(meta: &ObjectMeta) -> bool {
 /// The TeamAccess that created a managed namespace.
 pub fn created_by(meta: &ObjectMeta) -> Option<&str> {
     meta.annotations.as_ref().and_then(|a| a.get(CREATED_BY_ANNOTATION)).map(String::as_str)
+}
+
+/// The deletionPolicy the creator of a managed namespace recorded on it; None
+/// when it recorded none (made by an older operator) or it is not a policy.
+pub fn creators_policy(meta: &ObjectMeta) -> Option<DeletionPolicy> {
+    match meta.annotations.as_ref().and_then(|a| a.get(DELETION_POLICY_ANNOTATION)).map(String::as_str) {
+        Some("Delete") => Some(DeletionPolicy::Delete),
+        Some("Retain") => Some(DeletionPolicy::Retain),
+        _ => None,
+    }
 }
 
 #[cfg(test)]

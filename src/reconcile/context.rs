@@ -104,6 +104,9 @@ pub struct Settings {
     /// At most this many namespaces deleted per `namespace_deletion_window`; 0: no limit.
     pub max_namespace_deletions: u32,
     pub namespace_deletion_window: Duration,
+    /// The Lease (namespace, name) that keeps the brake's window: one allowance
+    /// for every replica and shard that names it, kept across restarts.
+    pub deletion_brake_lease: (String, String),
 }
 
 impl Settings {
@@ -111,6 +114,8 @@ impl Settings {
     pub const DEFAULT_CONCURRENCY: u16 = 64;
     /// The default of `--max-namespace-deletions` (per `--namespace-deletion-window`, 1 minute).
     pub const DEFAULT_MAX_NAMESPACE_DELETIONS: u32 = 5;
+    /// The default of `--deletion-brake-lease`.
+    pub const DEFAULT_DELETION_BRAKE_LEASE: &str = "teamaccess-namespace-deletions";
 }
 
 pub struct Context {
@@ -122,7 +127,7 @@ pub struct Context {
     /// Turned ready once the controller's cache has synced.
     pub health: Arc<Health>,
     /// The brake on mass namespace deletion, shared by every cleanup.
-    pub brake: Mutex<DeletionBrake>,
+    pub brake: DeletionBrake,
     /// Watched caches of the children and namespaces, read instead of the API server.
     pub caches: Caches,
     /// The Azure Cluster User Role of the groups, when --aks-cluster-resource-id is set.
@@ -146,14 +151,21 @@ struct Written {
 impl Context {
     pub fn new(client: Client, directory: Arc<dyn Directory>, settings: Settings, instance: Option<String>) -> Self {
         let reporter = Reporter { controller: FIELD_MANAGER.into(), instance };
-        let brake = DeletionBrake::new(settings.max_namespace_deletions, settings.namespace_deletion_window);
+        let (brake_namespace, brake_lease) = &settings.deletion_brake_lease;
+        let brake = DeletionBrake::new(
+            client.clone(),
+            brake_namespace,
+            brake_lease,
+            settings.max_namespace_deletions,
+            settings.namespace_deletion_window,
+        );
         let (caches, feeds) = Caches::new();
         Self {
             caches,
             cluster_user_role: None,
             teamaccesses: OnceLock::new(),
             feeds: Mutex::new(Some(feeds)),
-            brake: Mutex::new(brake),
+            brake,
             recorder: Recorder::new(client.clone(), reporter),
             client,
             directory,

@@ -6,17 +6,18 @@
 //! Namespace object X itself, so `resources: ["*"]` in the core group would let a
 //! team delete or relabel its own namespace (turning off Pod Security, say), and
 //! rewrite the ResourceQuota and LimitRange its admin set. Listing the resources
-//! leaves those out while the rest of the seed's access matrix holds. A test
+//! leaves those out while the rest of the seed's access matrix holds. Endpoints
+//! are readable only: written by hand, one sends a Service's traffic anywhere
+//! (CVE-2021-25740), which is why built-in edit and admin dropped them. A test
 //! compares this list with the API server's discovery, so a core resource added
 //! by a later Kubernetes release is noticed and decided on, never granted silently.
 
 use k8s_openapi::api::rbac::v1::PolicyRule;
 
 /// Namespaced core resources a team gets every verb of `spec.verbs` on.
-pub const CORE_RESOURCES: [&str; 23] = [
+pub const CORE_RESOURCES: [&str; 22] = [
     "bindings",
     "configmaps",
-    "endpoints",
     "events",
     "persistentvolumeclaims",
     "pods",
@@ -40,7 +41,12 @@ pub const CORE_RESOURCES: [&str; 23] = [
 ];
 
 /// Namespaced core resources left out of the default set, and why.
-pub const EXCLUDED_CORE_RESOURCES: [(&str, &str); 7] = [
+pub const EXCLUDED_CORE_RESOURCES: [(&str, &str); 8] = [
+    (
+        "endpoints",
+        "written by the endpoints controller; a hand-written one sends a Service's traffic anywhere \
+         (CVE-2021-25740, left out of built-in edit and admin since 1.22); the team may read them",
+    ),
     ("resourcequotas", "the admin's limits on the namespace; the team may read them"),
     ("resourcequotas/status", "written by the quota controller"),
     ("limitranges", "the admin's limits on the namespace; the team may read them"),
@@ -50,8 +56,9 @@ pub const EXCLUDED_CORE_RESOURCES: [(&str, &str); 7] = [
     ("replicationcontrollers/status", "written by the replication controller"),
 ];
 
-/// The limits the admin put on the namespace: readable by a team with a read verb.
-const NAMESPACE_LIMITS: [&str; 2] = ["resourcequotas", "limitranges"];
+/// Readable by a team with a read verb, never writable: the limits the admin put
+/// on the namespace, and the Endpoints the endpoints controller writes.
+const READ_ONLY: [&str; 3] = ["resourcequotas", "limitranges", "endpoints"];
 const READ_VERBS: [&str; 3] = ["get", "list", "watch"];
 
 /// The rules of the Role for `spec.verbs`.
@@ -73,7 +80,7 @@ pub fn default_rules(verbs: &[String]) -> Vec<PolicyRule> {
         verbs.iter().filter(|v| READ_VERBS.contains(&v.as_str())).cloned().collect()
     };
     if !reads.is_empty() {
-        rules.push(rule(&[""], &NAMESPACE_LIMITS, reads));
+        rules.push(rule(&[""], &READ_ONLY, reads));
     }
     rules
 }
@@ -96,9 +103,17 @@ mod tests {
                 assert!(!resources.contains(&"*".to_string()), "core group never gets *: {rule:?}");
             }
         }
-        // Quotas and limit ranges are read-only, whatever the verbs.
+        // Quotas, limit ranges and Endpoints are read-only, whatever the verbs.
         let limits = rules.iter().find(|r| r.resources.as_deref().unwrap().contains(&"resourcequotas".into())).unwrap();
         assert_eq!(limits.verbs, ["get", "list", "watch"]);
+        assert!(limits.resources.as_deref().unwrap().contains(&"endpoints".into()));
+        let writable = |resource: &str| {
+            rules
+                .iter()
+                .any(|r| r.resources.as_deref().unwrap().contains(&resource.into()) && r.verbs.contains(&"*".into()))
+        };
+        assert!(!writable("endpoints"), "CVE-2021-25740: the team never writes Endpoints");
+        assert!(!rules.iter().any(|r| r.api_groups.as_deref().unwrap().contains(&"discovery.k8s.io".into())));
         for (excluded, _) in EXCLUDED_CORE_RESOURCES {
             assert!(!CORE_RESOURCES.contains(&excluded), "{excluded} is both granted and excluded");
         }

@@ -301,7 +301,7 @@ async fn pipeline<'a>(ta: &'a TeamAccess, ctx: &Context) -> status::Outcome<'a> 
         // take the access back (never the namespace), when there is any.
         Err(error) => {
             let removal = if cleanup::has_access(ta, &ctx.caches) {
-                cleanup::remove_access(ta, &ctx.client).await
+                cleanup::remove_access(ta, &ctx.client).await.map(|_| ())
             } else {
                 Ok(())
             };

@@ -154,10 +154,10 @@ pub fn compute(outcome: &Outcome, now: &Time) -> (TeamAccessStatus, Vec<Note>) {
         GroupState::Found(report) => Some(report.pin.clone()),
         GroupState::Failed { kept, .. } => kept.clone(),
     };
-    let (role, role_binding) = match &outcome.applied {
-        Some(applied) => (applied.role.clone(), Some(applied.role_binding.clone())),
-        None if outcome.access_removed => (None, None),
-        None => (previous.role.clone(), previous.role_binding.clone()),
+    let (role, role_binding, children) = match &outcome.applied {
+        Some(applied) => (applied.role.clone(), Some(applied.role_binding.clone()), applied.children.clone()),
+        None if outcome.access_removed => (None, None, Vec::new()),
+        None => (previous.role.clone(), previous.role_binding.clone(), previous.children.clone()),
     };
     let cluster_user_role = match &outcome.azure {
         AzureRole::Checked(Ok(assignment)) => Some(ClusterUserRoleStatus {
@@ -182,6 +182,9 @@ pub fn compute(outcome: &Outcome, now: &Time) -> (TeamAccessStatus, Vec<Note>) {
         role,
         role_binding,
         cluster_user_role,
+        children,
+        // What a later cleanup may act on: the spec as this (live) reconcile saw it.
+        deletion_policy: Some(ta.spec.deletion_policy),
         conditions,
     };
 
@@ -363,7 +366,7 @@ fn transition_events(previous: &[Condition], desired: &[DesiredCondition]) -> Ve
 mod tests {
     use super::*;
     use crate::{
-        api::{GroupSelector, TeamAccessSpec},
+        api::{ChildRecord, GroupSelector, TeamAccessSpec},
         directory::DirectoryError,
     };
 
@@ -399,6 +402,11 @@ mod tests {
         Applied {
             role: Some("teamaccess-appdev-dev".into()),
             role_binding: "teamaccess-appdev-dev".into(),
+            children: vec![ChildRecord {
+                kind: "RoleBinding".into(),
+                name: "teamaccess-appdev-dev".into(),
+                uid: "binding-uid".into(),
+            }],
             namespace_created: true,
         }
     }

@@ -42,8 +42,20 @@ pub fn validate<'a>(ta: &'a TeamAccess, policy: &Policy) -> Result<Validated<'a>
 
 const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
 
+/// Resources whose objects can be impersonated: a rule granting `impersonate`
+/// (or every verb) on them lets the team act as those identities.
+const IMPERSONABLE: [(&str, &str); 5] = [
+    ("", "serviceaccounts"),
+    ("", "users"),
+    ("", "groups"),
+    ("authentication.k8s.io", "userextras"),
+    ("authentication.k8s.io", "uids"),
+];
+
 /// Why a rule would let the team widen access beyond the namespace's objects:
-/// its own (RBAC objects, escalate, bind) or someone else's (impersonate).
+/// its own (RBAC objects, escalate, bind) or someone else's (impersonate). Judged
+/// by meaning, not spelling: `*` verbs hold escalate, bind and impersonate, and
+/// `*` resources hold serviceaccounts, users and groups.
 fn escalating(rule: &AccessRule) -> Option<String> {
     if rule.api_groups.iter().any(|g| g == "*") {
         return Some("names every API group (*), the RBAC group included".into());
@@ -53,12 +65,30 @@ fn escalating(rule: &AccessRule) -> Option<String> {
             "names the {RBAC_GROUP} API group: the team could change Roles and RoleBindings, its own access included"
         ));
     }
-    let verb = rule.verbs.iter().find(|v| matches!(v.as_str(), "escalate" | "bind" | "impersonate"))?;
-    Some(if verb == "impersonate" {
-        "grants impersonate: the team could act as other users and service accounts".into()
+    if let Some(verb) = rule.verbs.iter().find(|v| matches!(v.as_str(), "escalate" | "bind" | "impersonate")) {
+        return Some(if verb == "impersonate" {
+            "grants impersonate: the team could act as other users and service accounts".into()
+        } else {
+            format!("grants {verb}: the team could hand out permissions it does not hold")
+        });
+    }
+    if !rule.verbs.iter().any(|v| v == "*") {
+        return None;
+    }
+    let impersonable = IMPERSONABLE.iter().find(|(group, resource)| {
+        rule.api_groups.iter().any(|g| g == group) && rule.resources.iter().any(|r| r == "*" || r == resource)
+    })?;
+    let (group, resource) = impersonable;
+    let named = if rule.resources.iter().any(|r| r == resource) {
+        format!("verbs * on {resource}")
     } else {
-        format!("grants {verb}: the team could hand out permissions it does not hold")
-    })
+        let group = if group.is_empty() { "the core group".to_string() } else { format!("API group {group}") };
+        format!("verbs * on every resource of {group}, {resource} included,")
+    };
+    Some(format!(
+        "grants {named} which includes impersonate: the team could act as other users and service accounts. \
+         List the verbs it needs instead of *"
+    ))
 }
 
 /// A rule as a user wrote it, for messages: `apiGroups=[""] resources=[pods] verbs=[get]`.
@@ -168,6 +198,20 @@ mod tests {
             assert!(message.contains(why) && message.contains("--allow-escalating-rules"), "{message}");
             assert!(validate(ta, &Policy::default().with_escalating_rules(true)).is_ok());
         }
+        // By meaning: "*" holds impersonate, and "*" resources hold serviceaccounts.
+        for (ta, why) in [
+            (with_rule(&[""], &["serviceaccounts"], &["*"]), "verbs * on serviceaccounts which includes impersonate"),
+            (with_rule(&[""], &["*"], &["*"]), "every resource of the core group, serviceaccounts included"),
+            (with_rule(&["authentication.k8s.io"], &["*"], &["*"]), "API group authentication.k8s.io, userextras"),
+            (with_rule(&["", "apps"], &["users"], &["*"]), "verbs * on users"),
+        ] {
+            let err = validate(&ta, &Policy::default()).unwrap_err();
+            assert_eq!(err.reason(), Reason::RuleNotAllowed);
+            assert!(err.to_string().contains(why), "{err}");
+            assert!(validate(&ta, &Policy::default().with_escalating_rules(true)).is_ok());
+        }
+        assert!(validate(&with_rule(&["apps"], &["*"], &["*"]), &Policy::default()).is_ok(), "no identities in apps");
+        assert!(validate(&with_rule(&[""], &["serviceaccounts"], &["get"]), &Policy::default()).is_ok());
         let ordinary = with_rule(&["", "apps"], &["pods", "deployments/scale"], &["*"]);
         assert!(validate(&ordinary, &Policy::default()).is_ok(), "* verbs on workload resources are fine");
         let everything = with_rule(&["*"], &["*"], &["*"]);

@@ -1,6 +1,6 @@
 //! The two writes the apply and cleanup steps make: server-side apply under the
-//! operator's field manager, and a delete that only ever removes an object that
-//! carries this TeamAccess's owner reference.
+//! operator's field manager, and a delete that only ever removes an object this
+//! TeamAccess owns (by owner reference, or by the uid recorded when it was made).
 
 use std::fmt::Debug;
 
@@ -20,24 +20,50 @@ where
     api.patch(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(obj)).await
 }
 
-/// Deletes a namespaced child only when it carries the owner reference of the
-/// TeamAccess with `owner_uid`, with a uid precondition so an object re-created
-/// meanwhile survives. An object already gone is fine.
-pub async fn delete_owned<K>(api: &Api<K>, name: &str, owner: &str, owner_uid: Option<&str>) -> Result<(), Error>
+/// Whose children a delete may remove: those carrying the owner reference of
+/// the TeamAccess with `uid`, and those whose uid the operator recorded when it
+/// made them (a child whose owner reference was stripped is still ours).
+#[derive(Clone, Copy, Debug)]
+pub struct Ours<'a> {
+    pub owner: &'a str,
+    pub uid: Option<&'a str>,
+    pub recorded: &'a [String],
+}
+
+impl Ours<'_> {
+    pub fn claims(&self, meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> bool {
+        let by_reference = meta.owner_references.iter().flatten().any(|r| Some(r.uid.as_str()) == self.uid);
+        by_reference || meta.uid.as_ref().is_some_and(|uid| self.recorded.contains(uid))
+    }
+}
+
+/// What a delete of a child found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Removal {
+    Deleted,
+    /// Nothing of that name (or it went meanwhile).
+    Absent,
+    /// An object of that name that is not ours: left alone.
+    NotOurs,
+}
+
+/// Deletes a namespaced child only when it is ours (`Ours::claims`), with a uid
+/// precondition so an object re-created meanwhile survives.
+pub async fn delete_owned<K>(api: &Api<K>, name: &str, ours: Ours<'_>) -> Result<Removal, Error>
 where
     K: Resource<Scope = NamespaceResourceScope> + Clone + DeserializeOwned + Debug,
     K::DynamicType: Default,
 {
     let kind = K::kind(&K::DynamicType::default()).to_string();
     let Some(obj) = api.get_opt(name).await.map_err(|e| Error::kube(format!("read {kind} {name}"), e))? else {
-        return Ok(());
+        return Ok(Removal::Absent);
     };
-    let owned = obj.owner_references().iter().any(|r| Some(r.uid.as_str()) == owner_uid);
-    if !owned {
-        tracing::info!(teamaccess = owner, kind, name, "not deleting a child we do not own");
-        return Ok(());
+    if !ours.claims(obj.meta()) {
+        tracing::info!(teamaccess = ours.owner, kind, name, "not deleting a child we do not own");
+        return Ok(Removal::NotOurs);
     }
-    delete_exactly(api, name, obj.uid()).await
+    delete_exactly(api, name, obj.uid()).await?;
+    Ok(Removal::Deleted)
 }
 
 /// Deletes the object named `name` only while it has `uid` (a precondition), so

@@ -105,6 +105,8 @@ impl TestOperator {
             selector: Some(format!("{TEST_LABEL}={}", self.label)),
             max_namespace_deletions: self.namespace_deletions.0,
             namespace_deletion_window: self.namespace_deletions.1,
+            // Its own window, kept across stop and resume like a restart's.
+            deletion_brake_lease: ("default".into(), format!("brake-{}", self.label)),
         };
         let ctx = Context::new(self.client.clone(), self.directory.clone(), settings, Some(self.label.clone()))
             .with_telemetry(self.metrics.clone(), Arc::default());

@@ -39,6 +39,8 @@ impl OperatorProcess {
             .args(args)
             .args(["--metrics-addr", "127.0.0.1:0"])
             .env("KUBECONFIG", kubeconfig)
+            // A brake window of its own, unless the test shares one on purpose.
+            .env("TEAMACCESS_DELETION_BRAKE_LEASE", unique("brake"))
             .envs(env.iter().copied())
             .env("RUST_LOG", format!("{level},teamaccess_operator::cli=info"))
             .stdout(Stdio::null())
