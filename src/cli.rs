@@ -161,6 +161,12 @@ pub struct RunArgs {
     #[arg(long, env = "TEAMACCESS_DELETION_BRAKE_NAMESPACE")]
     pub deletion_brake_namespace: Option<String>,
 
+    /// The admission policies to check for, by name prefix (<prefix>-authors,
+    /// -removers, -integrity: the chart's full name). Missing ones are logged and
+    /// counted in teamaccess_admission_policies_missing. Empty: no check.
+    #[arg(long, env = "TEAMACCESS_ADMISSION_POLICY_PREFIX", default_value = "teamaccess-operator")]
+    pub admission_policy_prefix: String,
+
     /// The namespace the operator runs in (protected). Read from the service account
     /// when running in a pod.
     #[arg(long, env = "TEAMACCESS_OPERATOR_NAMESPACE")]
@@ -310,6 +316,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             args.deletion_brake_namespace.clone().or_else(|| own_namespace.clone()).unwrap_or_else(|| "default".into()),
             args.deletion_brake_lease.clone(),
         ),
+        admission_policy_prefix: Some(args.admission_policy_prefix.clone()).filter(|p| !p.is_empty()),
     };
     tracing::info!(
         directory = ?args.directory,

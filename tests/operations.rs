@@ -171,3 +171,57 @@ async fn the_binary_counts_its_graph_lookups_cache_and_api_requests_on_metrics()
     }
     op.stop().await;
 }
+
+/// The operator says when the admission policies its safety rests on are not in
+/// force: a warning naming them, and teamaccess_admission_policies_missing.
+#[tokio::test]
+async fn missing_admission_policies_are_reported() {
+    let admin = admin_client().await;
+    ensure_crd(&admin).await;
+    let label = unique("policies");
+    let seed = seed_directory_file();
+    let selector = format!("{TEST_LABEL}={label}");
+    let start = |prefix: &str| {
+        OperatorProcess::start(
+            &kubeconfig_path(),
+            &[
+                "--directory",
+                "static",
+                "--directory-file",
+                seed.to_str().unwrap(),
+                "--selector",
+                &selector,
+                "--admission-policy-prefix",
+                prefix,
+            ],
+            &[],
+            &std::env::temp_dir().join(&label),
+        )
+    };
+    // deploy/admission-policy.yaml's, which ensure_crd installed: all in force.
+    let installed = start("teamaccess-operator");
+    installed.wait_ready().await;
+    wait_for(Duration::from_secs(10), "the policies to be checked", || async {
+        match installed.metric("teamaccess_admission_policies_missing").await {
+            Some(0.0) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    drop(installed);
+
+    let absent = start("no-such-release");
+    absent.wait_ready().await;
+    wait_for(Duration::from_secs(10), "the missing policies to be reported", || async {
+        match absent.metric("teamaccess_admission_policies_missing").await {
+            Some(3.0) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    let log = absent.log_tail();
+    assert!(
+        log.contains("admission policies are missing") && log.contains("no-such-release-integrity"),
+        "the warning names them: {log}"
+    );
+}

@@ -430,3 +430,87 @@ async fn every_rendering_of_the_policy_is_accepted_and_turning_it_off_warns() {
     assert!(ok && notes_on.contains("teamaccess-operator is installed"), "{err}\n{notes_on}");
     assert!(!notes_on.contains("WARNING: admissionPolicy"), "{notes_on}");
 }
+
+/// With the Azure side on (`azure.clusterResourceId`), a TeamAccess also gives its
+/// group the Cluster User Role on the AKS cluster: that needs `assign` on
+/// `clusteruserroles.teamaccess.dev`, beyond what the RoleBinding needs.
+#[tokio::test]
+async fn giving_a_group_the_cluster_user_role_needs_a_right_of_its_own() {
+    let (_admin, _) = setup().await;
+    let (release, label) = (unique("aks"), unique("aks"));
+    let (ok, rendered, err) = run_tool(
+        "helm",
+        &[
+            "template",
+            &release,
+            CHART,
+            "--namespace",
+            "teamaccess-system",
+            "--show-only",
+            "templates/admission-policy.yaml",
+            "--set",
+            "azure.clusterResourceId=/subscriptions/00000000-0000-4000-8000-000000000000/resourceGroups/rg/providers/Microsoft.ContainerService/managedClusters/aks",
+        ],
+        None,
+    );
+    assert!(ok, "{err}");
+    // This release's copy judges only this test's objects, so tests beside it
+    // (whose authors hold no such right) are not refused by it.
+    let documents: Vec<serde_json::Value> = rendered
+        .split("\n---")
+        .filter(|d| d.lines().any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#') && l.trim() != "---"))
+        .map(|d| serde_saphyr::from_str(d).expect("a YAML document"))
+        .map(|mut doc: serde_json::Value| {
+            if doc["kind"] == "ValidatingAdmissionPolicyBinding" {
+                doc["spec"]["matchResources"] = json!({"objectSelector": {"matchLabels": {TEST_LABEL: label}}});
+            }
+            doc
+        })
+        .collect();
+    let list = json!({"apiVersion": "v1", "kind": "List", "items": documents}).to_string();
+    admin_apply(&list);
+
+    let lead = format!("{}@contoso.com", unique("lead"));
+    let ns = unique("aks-team");
+    grant_cluster_wide(
+        &lead,
+        &unique("aks-lead"),
+        json!([
+            {"apiGroups": ["teamaccess.dev"], "resources": ["teamaccesses"], "verbs": ["get", "create", "patch"]},
+            {"apiGroups": [""], "resources": ["namespaces"], "resourceNames": [ns], "verbs": ["create"]},
+            {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["rolebindings"], "verbs": ["create"]},
+            {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["clusterroles"], "resourceNames": ["edit"], "verbs": ["bind"]}
+        ]),
+    );
+    let name = unique("aks-editors");
+    let grant = |extra: serde_json::Value| {
+        let mut spec = json!({"clusterRole": "edit"});
+        spec.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        manifest(&name, &ns, Some(&label), spec)
+    };
+    let dry_run = |manifest: String| kubectl_as(&lead, &["apply", "--dry-run=server", "-f", "-"], Some(&manifest));
+    let needs = "needs assign on clusteruserroles.teamaccess.dev";
+    let refusal = wait_for(SHORT, "the Azure check to be enforced", || async {
+        match dry_run(grant(json!({}))) {
+            Err(e) if e.contains(needs) => Ok(e),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    assert!(refusal.contains("set spec.clusterUserRole to false"), "{refusal}");
+    dry_run(grant(json!({"clusterUserRole": false})))
+        .expect("without the Azure role, the RoleBinding's rights suffice");
+    grant_cluster_wide(
+        &lead,
+        &unique("aks-assigner"),
+        json!([{"apiGroups": ["teamaccess.dev"], "resources": ["clusteruserroles"], "verbs": ["assign"]}]),
+    );
+    wait_for(SHORT, "RBAC to see the assign right", || async { dry_run(grant(json!({}))) }).await;
+
+    for policy in ["authors", "removers", "integrity"] {
+        let name = format!("{release}-teamaccess-operator-{policy}");
+        let (ok, _, err) =
+            run_tool("kubectl", &["delete", "validatingadmissionpolicybinding,validatingadmissionpolicy", &name], None);
+        assert!(ok, "{err}");
+    }
+}

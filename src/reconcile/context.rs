@@ -107,6 +107,9 @@ pub struct Settings {
     /// The Lease (namespace, name) that keeps the brake's window: one allowance
     /// for every replica and shard that names it, kept across restarts.
     pub deletion_brake_lease: (String, String),
+    /// The admission policies to look for (`<prefix>-authors`, ...), reported
+    /// when missing; None looks for none.
+    pub admission_policy_prefix: Option<String>,
 }
 
 impl Settings {

@@ -36,6 +36,7 @@ use tokio_stream::wrappers::WatchStream;
 
 use crate::api::{FINALIZER, Reason, TeamAccess};
 
+pub mod admission;
 pub mod apply;
 pub mod azure_role;
 pub mod brake;
@@ -70,6 +71,11 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
         );
     }
     let shutdown = shutdown.shared();
+    let policies = ctx
+        .settings
+        .admission_policy_prefix
+        .clone()
+        .map(|prefix| tokio::spawn(admission::watch(ctx.clone(), prefix, admission::PERIOD)));
     let feeds = ctx.take_feeds().ok_or_else(|| anyhow::anyhow!("a controller already ran on this context"))?;
     let watches = caches::start(&client, feeds).await;
     let tasks = watches.tasks;
@@ -204,6 +210,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
         () = stopped_before_sync => {}
     }
     watchdog.abort();
+    policies.iter().for_each(JoinHandle::abort);
     tasks.iter().for_each(JoinHandle::abort);
     Ok(())
 }

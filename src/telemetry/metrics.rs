@@ -63,6 +63,7 @@ pub struct Metrics {
     pub managed: Gauge,
     pub leader: Gauge,
     pub namespace_deletions_delayed: Counter,
+    pub admission_policies_missing: Gauge,
 }
 
 impl Default for Metrics {
@@ -96,6 +97,12 @@ impl Default for Metrics {
             "Namespace deletions held back by the brake on mass deletion (--max-namespace-deletions)",
             namespace_deletions_delayed.clone(),
         );
+        let admission_policies_missing = Gauge::default();
+        registry.register(
+            "admission_policies_missing",
+            "Admission policies of the operator (authors, removers, integrity) not in force; while any is, whoever may write a TeamAccess can grant what the operator can",
+            admission_policies_missing.clone(),
+        );
         let leader = Gauge::default();
         registry.register(
             "leader",
@@ -113,6 +120,7 @@ impl Default for Metrics {
             managed,
             leader,
             namespace_deletions_delayed,
+            admission_policies_missing,
         }
     }
 }

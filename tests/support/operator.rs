@@ -107,6 +107,8 @@ impl TestOperator {
             namespace_deletion_window: self.namespace_deletions.1,
             // Its own window, kept across stop and resume like a restart's.
             deletion_brake_lease: ("default".into(), format!("brake-{}", self.label)),
+            // deploy/admission-policy.yaml's, which ensure_crd installs.
+            admission_policy_prefix: Some("teamaccess-operator".into()),
         };
         let ctx = Context::new(self.client.clone(), self.directory.clone(), settings, Some(self.label.clone()))
             .with_telemetry(self.metrics.clone(), Arc::default());
