@@ -491,6 +491,15 @@ async fn node_helm_upgrade_from_the_previous_chart_updates_the_crd_and_uninstall
 
     let release = Release::install(&admin, node_ip, "upgrade", PREVIOUS_CHART, "").await;
     let (ns, label, selector) = (release.ns.as_str(), release.label.as_str(), release.selector());
+    // The cluster already holds a newer integrity policy (deploy/'s), which lets
+    // only holders of reconcile on teamaccesses write status and remove the
+    // finalizer; the previous chart's ClusterRole lacks it. The README's
+    // migration step: give it to the old release's ServiceAccount until it upgrades.
+    support::authors::grant_cluster_wide(
+        &format!("system:serviceaccount:{ns}:{}-teamaccess-operator", release.name),
+        &unique("previous-operator"),
+        serde_json::json!([{"apiGroups": ["teamaccess.dev"], "resources": ["teamaccesses"], "verbs": ["reconcile"]}]),
+    );
     let tas = Api::<TeamAccess>::all(admin.clone());
     let [(appdev, dev), (opssre, sre)] = apply_seed_teams(&tas, label).await;
     wait_all_ready(&tas, &selector, 2, Duration::from_secs(60)).await;
