@@ -229,16 +229,31 @@ pub async fn write_status(ta: &TeamAccess, status: &TeamAccessStatus, ctx: &Cont
     if ta.status.as_ref() == Some(status) {
         return Ok(false);
     }
-    let patch = serde_json::json!({
-        "apiVersion": TeamAccess::api_version(&()),
-        "kind": TeamAccess::kind(&()),
-        "status": status,
-    });
-    Api::<TeamAccess>::all(ctx.client.clone())
-        .patch_status(&ta.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
-        .await
-        .map(|_| true)
-        .map_err(|e| Error::kube("update TeamAccess status", e))
+    let api = Api::<TeamAccess>::all(ctx.client.clone());
+    let apply = |status: &TeamAccessStatus| {
+        let patch = serde_json::json!({
+            "apiVersion": TeamAccess::api_version(&()),
+            "kind": TeamAccess::kind(&()),
+            "status": status,
+        });
+        let api = api.clone();
+        let name = ta.name_any();
+        async move { api.patch_status(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await }
+    };
+    match apply(status).await {
+        Ok(_) => Ok(true),
+        // A CRD older than this operator (mid-upgrade, before the chart's CRD
+        // arrives) lacks the newest status fields, and server-side apply refuses
+        // them. Written without them, each reads as absent, which errs on the safe
+        // side: no recorded deletionPolicy keeps the namespace, no recorded child
+        // leaves ownership to the owner references.
+        Err(kube::Error::Api(s)) if s.message.contains("field not declared in schema") => {
+            tracing::warn!(teamaccess = %ta.name_any(), "the TeamAccess CRD is older than the operator: status written without its newest fields; upgrade the CRD");
+            let older = TeamAccessStatus { children: Vec::new(), deletion_policy: None, ..status.clone() };
+            apply(&older).await.map(|_| true).map_err(|e| Error::kube("update TeamAccess status", e))
+        }
+        Err(e) => Err(Error::kube("update TeamAccess status", e)),
+    }
 }
 
 /// Publishes one Event about the TeamAccess; a failure is logged, never fatal.
