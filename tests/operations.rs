@@ -198,27 +198,20 @@ async fn missing_admission_policies_are_reported() {
             &std::env::temp_dir().join(&label),
         )
     };
+    let reports_missing = |op: OperatorProcess, expected: f64| async move {
+        op.wait_ready().await;
+        wait_for(Duration::from_secs(10), &format!("{expected} missing policies to be reported"), || async {
+            match op.metric("teamaccess_admission_policies_missing").await {
+                Some(n) if n == expected => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        })
+        .await;
+        op
+    };
     // deploy/admission-policy.yaml's, which ensure_crd installed: all in force.
-    let installed = start("teamaccess-operator");
-    installed.wait_ready().await;
-    wait_for(Duration::from_secs(10), "the policies to be checked", || async {
-        match installed.metric("teamaccess_admission_policies_missing").await {
-            Some(0.0) => Ok(()),
-            other => Err(format!("{other:?}")),
-        }
-    })
-    .await;
-    drop(installed);
-
-    let absent = start("no-such-release");
-    absent.wait_ready().await;
-    wait_for(Duration::from_secs(10), "the missing policies to be reported", || async {
-        match absent.metric("teamaccess_admission_policies_missing").await {
-            Some(3.0) => Ok(()),
-            other => Err(format!("{other:?}")),
-        }
-    })
-    .await;
+    drop(reports_missing(start("teamaccess-operator"), 0.0).await);
+    let absent = reports_missing(start("no-such-release"), 3.0).await;
     let log = absent.log_tail();
     assert!(
         log.contains("admission policies are missing") && log.contains("no-such-release-integrity"),

@@ -20,6 +20,36 @@ use teamaccess_operator::{
 const SHORT: Duration = Duration::from_secs(30);
 const CHART: &str = "charts/teamaccess-operator";
 
+/// The chart's admission policies as release `release` renders them, with `set`
+/// values (`key=value`).
+fn render_policies(release: &str, set: &[&str]) -> String {
+    let mut args = vec![
+        "template",
+        release,
+        CHART,
+        "--namespace",
+        "teamaccess-system",
+        "--show-only",
+        "templates/admission-policy.yaml",
+    ];
+    for value in set {
+        args.extend(["--set", value]);
+    }
+    let (ok, rendered, err) = run_tool("helm", &args, None);
+    assert!(ok, "{err}");
+    rendered
+}
+
+/// Removes the policies and bindings release `release` rendered.
+fn delete_release_policies(release: &str) {
+    for policy in ["authors", "removers", "integrity"] {
+        let name = format!("{release}-teamaccess-operator-{policy}");
+        let (ok, _, err) =
+            run_tool("kubectl", &["delete", "validatingadmissionpolicybinding,validatingadmissionpolicy", &name], None);
+        assert!(ok, "{err}");
+    }
+}
+
 async fn setup() -> (Client, String) {
     let admin = admin_client().await;
     ensure_crd(&admin).await;
@@ -386,28 +416,10 @@ async fn every_rendering_of_the_policy_is_accepted_and_turning_it_off_warns() {
     // compiles every expression when the policy is written, so an accepted write
     // is a policy it can run (its twin, deploy/'s, is enforced in every test here).
     let release = unique("ta");
-    let (ok, rendered, err) = run_tool(
-        "helm",
-        &[
-            "template",
-            &release,
-            CHART,
-            "--namespace",
-            "teamaccess-system",
-            "--show-only",
-            "templates/admission-policy.yaml",
-        ],
-        None,
-    );
-    assert!(ok, "{err}");
+    let rendered = render_policies(&release, &[]);
     let (ok, out, err) = run_tool("kubectl", &["apply", "--server-side", "-f", "-"], Some(&rendered));
     assert!(ok && out.matches("serverside-applied").count() == 6, "{out}\n{err}");
-    for policy in ["authors", "removers", "integrity"] {
-        let name = format!("{release}-teamaccess-operator-{policy}");
-        let (ok, _, err) =
-            run_tool("kubectl", &["delete", "validatingadmissionpolicybinding,validatingadmissionpolicy", &name], None);
-        assert!(ok, "{err}");
-    }
+    delete_release_policies(&release);
     // A policy the API server cannot compile is refused at write time, with the
     // expression and the error: the check above would have caught one.
     let broken = rendered.replacen("expression: object.spec.namespace", "expression: object.spec.namespace +", 1);
@@ -438,29 +450,17 @@ async fn every_rendering_of_the_policy_is_accepted_and_turning_it_off_warns() {
 async fn giving_a_group_the_cluster_user_role_needs_a_right_of_its_own() {
     let (_admin, _) = setup().await;
     let (release, label) = (unique("aks"), unique("aks"));
-    let (ok, rendered, err) = run_tool(
-        "helm",
+    let rendered = render_policies(
+        &release,
         &[
-            "template",
-            &release,
-            CHART,
-            "--namespace",
-            "teamaccess-system",
-            "--show-only",
-            "templates/admission-policy.yaml",
-            "--set",
             "azure.clusterResourceId=/subscriptions/00000000-0000-4000-8000-000000000000/resourceGroups/rg/providers/Microsoft.ContainerService/managedClusters/aks",
         ],
-        None,
     );
-    assert!(ok, "{err}");
     // This release's copy judges only this test's objects, so tests beside it
     // (whose authors hold no such right) are not refused by it.
-    let documents: Vec<serde_json::Value> = rendered
-        .split("\n---")
-        .filter(|d| d.lines().any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#') && l.trim() != "---"))
-        .map(|d| serde_saphyr::from_str(d).expect("a YAML document"))
-        .map(|mut doc: serde_json::Value| {
+    let documents: Vec<serde_json::Value> = yaml_documents(&rendered)
+        .into_iter()
+        .map(|mut doc| {
             if doc["kind"] == "ValidatingAdmissionPolicyBinding" {
                 doc["spec"]["matchResources"] = json!({"objectSelector": {"matchLabels": {TEST_LABEL: label}}});
             }
@@ -506,11 +506,5 @@ async fn giving_a_group_the_cluster_user_role_needs_a_right_of_its_own() {
         json!([{"apiGroups": ["teamaccess.dev"], "resources": ["clusteruserroles"], "verbs": ["assign"]}]),
     );
     wait_for(SHORT, "RBAC to see the assign right", || async { dry_run(grant(json!({}))) }).await;
-
-    for policy in ["authors", "removers", "integrity"] {
-        let name = format!("{release}-teamaccess-operator-{policy}");
-        let (ok, _, err) =
-            run_tool("kubectl", &["delete", "validatingadmissionpolicybinding,validatingadmissionpolicy", &name], None);
-        assert!(ok, "{err}");
-    }
+    delete_release_policies(&release);
 }

@@ -221,11 +221,7 @@ pub fn shipped_admission_policies() -> (
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/admission-policy.yaml");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
     let (mut policies, mut bindings) = (Vec::new(), Vec::new());
-    let documents = text.split("\n---").filter(|doc| {
-        doc.lines().any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#') && l.trim() != "---")
-    });
-    for document in documents {
-        let value: serde_json::Value = serde_saphyr::from_str(document).expect("a YAML document");
+    for value in yaml_documents(&text) {
         match value["kind"].as_str() {
             Some("ValidatingAdmissionPolicy") => policies.push(serde_json::from_value(value).expect("a policy")),
             Some("ValidatingAdmissionPolicyBinding") => {
@@ -236,6 +232,17 @@ pub fn shipped_admission_policies() -> (
     }
     assert!(!policies.is_empty() && policies.len() == bindings.len(), "a binding per policy in {}", path.display());
     (policies, bindings)
+}
+
+/// The documents of a multi-document YAML text (such as `helm template` prints),
+/// without the empty and comment-only ones.
+pub fn yaml_documents(text: &str) -> Vec<serde_json::Value> {
+    text.split("\n---")
+        .filter(|doc| {
+            doc.lines().any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#') && l.trim() != "---")
+        })
+        .map(|doc| serde_saphyr::from_str(doc).expect("a YAML document"))
+        .collect()
 }
 
 /// Applies the shipped admission policies (server-side apply, idempotent).
