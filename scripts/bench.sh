@@ -20,4 +20,5 @@ KUBECONFIG="$kubeconfig" "$(tests/cluster/cluster.sh bin | tail -n 1)/kubectl" a
 KUBECONFIG="$kubeconfig" "$(tests/cluster/cluster.sh bin | tail -n 1)/kubectl" wait --for=condition=Established crd/teamaccesses.teamaccess.dev >/dev/null
 # As installed for real: every TeamAccess write passes the admission policies.
 KUBECONFIG="$kubeconfig" "$(tests/cluster/cluster.sh bin | tail -n 1)/kubectl" apply --server-side -f deploy/admission-policy.yaml >/dev/null
+PATH="$(tests/cluster/cluster.sh bin | tail -n 1):$PATH" KUBECONFIG="$kubeconfig" scripts/wait-authorship.sh
 cargo bench --locked --bench scale -- "$kubeconfig" "$sizes" "$out"

@@ -152,6 +152,9 @@ if [[ "$on_node" != 1 ]]; then
   metrics_port=$(grep -o 'serving /metrics.*addr=[0-9.]*:[0-9]*' "$state/operator.log" | grep -o '[0-9]*$')
 fi
 
+say "waiting until the authorship policy stamps who writes each TeamAccess"
+scripts/wait-authorship.sh teamaccess-operator
+
 say "applying the seed's two TeamAccess objects"
 applied_at=$(date +%s.%N)
 kubectl apply -f "$seed/teamaccesses.yaml"

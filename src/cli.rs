@@ -139,6 +139,13 @@ pub struct RunArgs {
     #[arg(long, env = "TEAMACCESS_ALLOW_ESCALATING_RULES")]
     pub allow_escalating_rules: bool,
 
+    /// Bind a spec.group.displayName or mailNickname only to a group that no
+    /// ordinary user could have created (role-assignable, or synchronized from
+    /// on-premises AD), spelled exactly as the directory has it; any other is
+    /// refused (Stalled, GroupNameNotTrusted). objectId selectors are unaffected.
+    #[arg(long, env = "TEAMACCESS_STRICT_GROUP_NAMES")]
+    pub strict_group_names: bool,
+
     /// At most this many namespaces are deleted per --namespace-deletion-window;
     /// past that, deletions of TeamAccess objects wait (their access is removed at
     /// once). A brake on a bulk delete or GitOps prune; 0 lifts it.
@@ -162,8 +169,11 @@ pub struct RunArgs {
     pub deletion_brake_namespace: Option<String>,
 
     /// The admission policies to check for, by name prefix (<prefix>-authors,
-    /// -removers, -integrity: the chart's full name). Missing ones are logged and
-    /// counted in teamaccess_admission_policies_missing. Empty: no check.
+    /// -removers, -integrity, -authorship: the chart's full name). Missing ones
+    /// are logged and counted in teamaccess_admission_policies_missing; the
+    /// stamps of <prefix>-authorship name the author of each grant, whose rights
+    /// are checked before anything new is granted. Empty: no check, and every
+    /// writer of a TeamAccess is trusted.
     #[arg(long, env = "TEAMACCESS_ADMISSION_POLICY_PREFIX", default_value = "teamaccess-operator")]
     pub admission_policy_prefix: String,
 
@@ -306,7 +316,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let settings = Settings {
         policy: Policy::new(args.protected_namespaces.clone(), own_namespace.as_deref())
             .with_allowed_cluster_roles(args.allowed_cluster_roles.clone())
-            .with_escalating_rules(args.allow_escalating_rules),
+            .with_escalating_rules(args.allow_escalating_rules)
+            .with_strict_group_names(args.strict_group_names),
         resync: args.resync,
         concurrency: args.concurrency,
         selector: args.selector.clone(),
@@ -324,6 +335,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         protected = ?settings.policy.protected_namespaces,
         allowed_cluster_roles = ?settings.policy.allowed_cluster_roles,
         allow_escalating_rules = settings.policy.allow_escalating_rules,
+        strict_group_names = settings.policy.strict_group_names,
         "starting the TeamAccess controller"
     );
     let instance = std::env::var("POD_NAME").ok().or_else(|| std::env::var("HOSTNAME").ok());

@@ -36,8 +36,7 @@ fn role_definition_id() -> String {
 /// A group objectId no other test uses: whether a group is still wanted is
 /// decided over every TeamAccess in the cluster, other tests' included.
 fn fresh_group() -> String {
-    let r = || fastrand::u64(..);
-    format!("{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}", r() as u32, r() as u16, r() % 4096, r() % 4096, r() % (1 << 48))
+    fresh_object_id()
 }
 
 /// A tenant of `n` fresh security groups, each with one member.
@@ -52,6 +51,8 @@ fn tenant(n: usize) -> (DirectoryFile, Vec<String>) {
                 display_name: format!("arm-team-{i}-{id}"),
                 mail_nickname: None,
                 security_enabled: true,
+                is_assignable_to_role: false,
+                on_premises_sync_enabled: false,
             })
             .collect(),
         users: vec![UserRecord {
@@ -514,6 +515,8 @@ async fn the_emulated_arm_answers_as_the_documented_service() {
         display_name: "just-created".into(),
         mail_nickname: None,
         security_enabled: true,
+        is_assignable_to_role: false,
+        on_premises_sync_enabled: false,
     });
     emulator.set_directory(newer);
     emulator.set_faults(&Faults { arm_replication_delay_secs: 60, ..Default::default() });

@@ -225,11 +225,15 @@ async fn the_operator_runs_the_seed_scenario_with_only_the_charts_rbac() {
             "5s",
             "--selector",
             &selector,
+            // As the chart's Deployment sets it: this release's policies.
+            "--admission-policy-prefix",
+            &service_account,
         ],
         &[("POD_NAME", "chart-test")],
         &std::env::temp_dir().join(&label),
     );
     operator.wait_ready().await;
+    wait_authorship_stamps(&admin, &service_account).await;
 
     let tas = Api::<TeamAccess>::all(admin.clone());
     let team = |name: &str, group: &str, namespace: &str| team_manifest(name, &label, group, namespace, &["*"]);

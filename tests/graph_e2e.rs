@@ -269,3 +269,61 @@ async fn a_misconfigured_graph_endpoint_changes_no_binding() {
     op.delete(&name).await;
     op.wait_deleted(&name, Duration::from_secs(30)).await;
 }
+
+/// --strict-group-names: a display name binds only a group no ordinary user could
+/// have created, spelled exactly. Users may create security groups by default,
+/// and Graph's `eq` ignores case, so anyone can squat a name before or after the
+/// TeamAccess that names it is written.
+#[tokio::test]
+async fn strict_group_names_bind_no_group_a_user_could_have_squatted() {
+    use teamaccess_operator::directory::file_format::GroupRecord;
+    let emulator = emulator(SEED_DIRECTORY).await;
+    let (synced, squatted) = (fresh_object_id(), fresh_object_id());
+    let mut tenant = emulator.directory();
+    let record = |object_id: &str, name: &str, on_premises_sync_enabled: bool| GroupRecord {
+        object_id: object_id.into(),
+        display_name: name.into(),
+        mail_nickname: None,
+        security_enabled: true,
+        is_assignable_to_role: false,
+        on_premises_sync_enabled,
+    };
+    let (platform, payments) = (unique("platform-admins"), unique("payments"));
+    tenant.groups.push(record(&synced, &platform, true));
+    tenant.groups.push(record(&squatted, &payments, false));
+    emulator.set_directory(tenant);
+    let mut op = operator_on(&emulator, Duration::from_millis(500), Duration::from_secs(60)).await;
+    op.stop().await;
+    op.strict_group_names = true;
+    op.resume().await;
+
+    // A group synchronized from on-premises, named exactly: bound.
+    let (trusted, trusted_ns) = (unique("trusted"), unique("trusted"));
+    op.apply(&op.team(&trusted, by_name(&platform), &trusted_ns)).await;
+    op.wait_ready(&trusted).await;
+    wait_allowed(&op.client, "lead@contoso.com", &[&synced], "create", "", "pods", &trusted_ns, true).await;
+
+    // A cloud-only group any user could have made, and the synced one spelled in
+    // another case: nothing bound, and the condition says to use the objectId.
+    let (squat, squat_ns) = (unique("squat"), unique("squat"));
+    op.apply(&op.team(&squat, by_name(&payments), &squat_ns)).await;
+    let (shouted, shouted_ns) = (unique("shouted"), unique("shouted"));
+    op.apply(&op.team(&shouted, by_name(&platform.to_uppercase()), &shouted_ns)).await;
+    for (name, why) in [(&squat, "any user could have created"), (&shouted, "spelled differently")] {
+        let held = op.wait_condition(name, "Ready", "False", Some("GroupNameNotTrusted"), LONG).await;
+        let message = held.status.unwrap().conditions.into_iter().find(|c| c.type_ == "Ready").unwrap().message;
+        assert!(message.contains(why) && message.contains("spec.group.objectId"), "{message}");
+    }
+    assert!(!allowed(&op.client, "mallory@contoso.com", &[&squatted], "create", "", "pods", &squat_ns).await);
+    assert!(!allowed(&op.client, "lead@contoso.com", &[&synced], "create", "", "pods", &shouted_ns).await);
+    assert!(binding_subject(&op, &squat_ns, &squat).await.is_none(), "no RoleBinding for the squatted name");
+
+    // By objectId, the admin says which group is meant: bound.
+    let (by_id, by_id_ns) = (unique("by-id"), unique("by-id"));
+    op.apply(&op.team(&by_id, teamaccess_operator::api::GroupSelector::by_object_id(&squatted), &by_id_ns)).await;
+    op.wait_ready(&by_id).await;
+    wait_allowed(&op.client, "mallory@contoso.com", &[&squatted], "create", "", "pods", &by_id_ns, true).await;
+    for name in [&trusted, &squat, &shouted, &by_id] {
+        op.delete(name).await;
+    }
+}

@@ -152,7 +152,20 @@ impl Release {
         let values = values(&emulator, &format!("{TEST_LABEL}={label}"), extra_values);
         let name = unique("ta");
         helm(&["install", &name, chart, "-n", &ns, "-f", values.to_str().unwrap(), "--wait", "--timeout", "120s"]);
-        Self { name, ns, label, values, emulator }
+        let release = Self { name, ns, label, values, emulator };
+        release.wait_authorship_stamps(admin).await;
+        release
+    }
+
+    /// A chart with the authorship policy stamps writes a moment after it is
+    /// installed; TeamAccess objects written before would be held back.
+    async fn wait_authorship_stamps(&self, admin: &Client) {
+        use k8s_openapi::api::admissionregistration::v1::MutatingAdmissionPolicy;
+        let prefix = format!("{}-teamaccess-operator", self.name);
+        let policy = teamaccess_operator::reconcile::authorship::policy_name(&prefix);
+        if Api::<MutatingAdmissionPolicy>::all(admin.clone()).get_opt(&policy).await.unwrap().is_some() {
+            support::wait_authorship_stamps(admin, &prefix).await;
+        }
     }
 
     fn selector(&self) -> String {
@@ -547,6 +560,7 @@ async fn node_helm_upgrade_from_the_previous_chart_updates_the_crd_and_uninstall
         "--timeout",
         "120s",
     ]);
+    release.wait_authorship_stamps(&admin).await;
     assert!(crd_has_cluster_user_role(), "helm upgrade updated the CRD");
     let annotations = kubectl(&["get", "crd", CRD, "-o", "jsonpath={.metadata.annotations}"]);
     assert!(annotations.contains("\"helm.sh/resource-policy\":\"keep\""), "{annotations}");

@@ -211,10 +211,12 @@ async fn missing_admission_policies_are_reported() {
     };
     // deploy/admission-policy.yaml's, which ensure_crd installed: all in force.
     drop(reports_missing(start("teamaccess-operator"), 0.0).await);
-    let absent = reports_missing(start("no-such-release"), 3.0).await;
+    let absent = reports_missing(start("no-such-release"), 4.0).await;
     let log = absent.log_tail();
     assert!(
-        log.contains("admission policies are missing") && log.contains("no-such-release-integrity"),
+        log.contains("admission policies are missing")
+            && log.contains("no-such-release-integrity")
+            && log.contains("no-such-release-authorship"),
         "the warning names them: {log}"
     );
 }

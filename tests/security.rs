@@ -48,6 +48,10 @@ fn delete_release_policies(release: &str) {
             run_tool("kubectl", &["delete", "validatingadmissionpolicybinding,validatingadmissionpolicy", &name], None);
         assert!(ok, "{err}");
     }
+    let name = format!("{release}-teamaccess-operator-authorship");
+    let (ok, _, err) =
+        run_tool("kubectl", &["delete", "mutatingadmissionpolicybinding,mutatingadmissionpolicy", &name], None);
+    assert!(ok, "{err}");
 }
 
 async fn setup() -> (Client, String) {
@@ -418,7 +422,7 @@ async fn every_rendering_of_the_policy_is_accepted_and_turning_it_off_warns() {
     let release = unique("ta");
     let rendered = render_policies(&release, &[]);
     let (ok, out, err) = run_tool("kubectl", &["apply", "--server-side", "-f", "-"], Some(&rendered));
-    assert!(ok && out.matches("serverside-applied").count() == 6, "{out}\n{err}");
+    assert!(ok && out.matches("serverside-applied").count() == 8, "{out}\n{err}");
     delete_release_policies(&release);
     // A policy the API server cannot compile is refused at write time, with the
     // expression and the error: the check above would have caught one.

@@ -92,18 +92,21 @@ async fn deleting_the_crd_with_the_operator_running_keeps_every_namespace_and_it
 async fn helm_uninstall_keeps_the_crd_the_teamaccess_objects_and_every_namespace() {
     let cluster = OwnCluster::start();
     let client = cluster.client().await;
-    let release = unique("ta");
+    // The cluster is this test's own, so the release takes the chart's default
+    // name, whose policies (teamaccess-operator-*) the operator below looks for.
+    let release = "teamaccess-operator";
     let chart = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/teamaccess-operator");
-    let install = ["install", &release, chart, "-n", "teamaccess-system", "--create-namespace", "--wait=false"];
+    let install = ["install", release, chart, "-n", "teamaccess-system", "--create-namespace", "--wait=false"];
     let (ok, out, err) = run_tool_on(cluster.kubeconfig(), "helm", &install, None);
     assert!(ok, "helm install:\n{out}\n{err}");
     let label = unique("helm");
     let op = operator(&cluster, &label);
     op.wait_ready().await;
+    wait_authorship_stamps(&client, release).await;
     let namespaces = two_teams_with_data(&client, &label).await;
 
     let (ok, out, err) =
-        run_tool_on(cluster.kubeconfig(), "helm", &["uninstall", &release, "-n", "teamaccess-system"], None);
+        run_tool_on(cluster.kubeconfig(), "helm", &["uninstall", release, "-n", "teamaccess-system"], None);
     assert!(ok, "helm uninstall:\n{out}\n{err}");
     // The operator's pod would stop with its Deployment.
     op.stop().await;

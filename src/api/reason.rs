@@ -26,6 +26,9 @@ pub enum Reason {
     GroupObjectIdChanged,
     /// The pinned group is gone and nothing else matches.
     GroupMissing,
+    /// --strict-group-names: the name matched a group an ordinary user could
+    /// have created, or only without regard to case.
+    GroupNameNotTrusted,
     GraphPermissionDenied,
     GraphAuthenticationFailed,
     GraphRequestRejected,
@@ -45,6 +48,11 @@ pub enum Reason {
     /// The brake on mass deletion holds this namespace's deletion back for now.
     NamespaceDeletionDelayed,
     ClusterRoleNotFound,
+    /// Nobody the operator can name wrote this spec (no stamp of the authorship
+    /// policy in force): nothing new is granted, what was granted is kept.
+    AuthorUnverified,
+    /// The spec's author may not grant it themselves (SubjectAccessReview).
+    AuthorNotAllowed,
     /// The operator's own ServiceAccount lacks a permission.
     Forbidden,
     /// Any other failed request to the API server.

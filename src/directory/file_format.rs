@@ -24,6 +24,14 @@ pub struct GroupRecord {
     pub mail_nickname: Option<String>,
     #[serde(default = "default_true")]
     pub security_enabled: bool,
+    /// Graph's isAssignableToRole: set when the group is created, and only a
+    /// Privileged Role Administrator or Global Administrator may create one.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub is_assignable_to_role: bool,
+    /// Graph's onPremisesSyncEnabled: synchronized from on-premises AD, which
+    /// users cannot create from the cloud.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub on_premises_sync_enabled: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -77,6 +85,8 @@ impl DirectoryFile {
                 display_name: g.display_name.clone(),
                 mail_nickname: g.mail_nickname.clone(),
                 security_enabled: g.security_enabled,
+                is_assignable_to_role: g.is_assignable_to_role,
+                on_premises_sync_enabled: g.on_premises_sync_enabled,
             }),
             many => Err(DirectoryError::AmbiguousGroup {
                 selector: selector.describe(),

@@ -23,6 +23,20 @@ pub struct DirectoryGroup {
     pub mail_nickname: Option<String>,
     /// Only security-enabled groups appear in a token's groups claim.
     pub security_enabled: bool,
+    /// Only privileged admins may create a role-assignable group.
+    pub is_assignable_to_role: bool,
+    /// Synchronized from on-premises Active Directory.
+    pub on_premises_sync_enabled: bool,
+}
+
+impl DirectoryGroup {
+    /// Whether an ordinary user could have created this group (users may create
+    /// security groups by default): neither role-assignable nor synchronized
+    /// from on-premises, which only admins can make. --strict-group-names binds
+    /// a name only to a group for which this is false.
+    pub fn could_be_squatted(&self) -> bool {
+        !self.is_assignable_to_role && !self.on_premises_sync_enabled
+    }
 }
 
 /// A user as the directory knows it.

@@ -1,7 +1,8 @@
 //! Whether the admission policies the operator's safety rests on are installed.
 //!
 //! Authors, removers and integrity (the chart's admission-policy.yaml) decide who
-//! may give the operator each of its inputs; without them anyone who may write a
+//! may give the operator each of its inputs, and authorship names who wrote each
+//! spec (without it nothing new is granted); without them anyone who may write a
 //! TeamAccess borrows the operator's rights. The operator cannot enforce them,
 //! but it can say when they are missing: a log line at start and whenever that
 //! changes, and the gauge `teamaccess_admission_policies_missing`.
@@ -41,6 +42,12 @@ pub async fn missing(client: &Client, prefix: &str) -> Vec<String> {
         if !in_force {
             missing.push(name);
         }
+    }
+    // The authorship policy stamps who wrote each spec; without it nothing new
+    // is granted (see authorship.rs), which is safe but stops the operator.
+    if let Err(why) = super::authorship::current_epoch(client, prefix).await {
+        tracing::warn!(policy = %super::authorship::policy_name(prefix), reason = %why, "the authorship policy is not in force");
+        missing.push(super::authorship::policy_name(prefix));
     }
     missing
 }

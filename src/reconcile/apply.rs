@@ -62,6 +62,27 @@ pub async fn apply(desired: Desired, client: &Client, caches: &Caches) -> Result
     }
 }
 
+/// Whether `desired` is in place as the caches see it: applying it would write
+/// nothing (no namespace made or relabelled, no Role or RoleBinding made or
+/// changed, none removed). A spec whose author the operator cannot vouch for is
+/// still served when this holds, since serving it grants nothing new.
+pub fn in_place(desired: &Desired, caches: &Caches) -> bool {
+    let namespace = desired.namespace.name_any();
+    let live = caches.namespace(&namespace);
+    let namespace_kept = namespace_action(live.as_ref().map(|ns| &ns.metadata), &desired.namespace, &desired.owner)
+        == NamespaceAction::Keep;
+    let role_kept = desired.role.as_ref().is_none_or(|role| {
+        role_action(caches.role(&namespace, &role.name_any()).as_ref(), role, &desired.recorded) == Write::Skip
+    });
+    let binding = &desired.role_binding;
+    let binding_kept =
+        binding_action(caches.binding(&namespace, &binding.name_any()).as_ref(), binding, &desired.recorded)
+            == Write::Skip;
+    let nothing_to_remove = desired.stale_bindings.iter().all(|stale| caches.binding(&namespace, stale).is_none())
+        && !(desired.remove_role && caches.role(&namespace, &desired.role_name).is_some());
+    live.is_some() && namespace_kept && role_kept && binding_kept && nothing_to_remove
+}
+
 /// What to do about the namespace, given the live one.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum NamespaceAction {
@@ -322,7 +343,7 @@ fn termination_blockers(ns: &Namespace) -> String {
 
 /// Whether `have` already carries every label, annotation and owner reference of
 /// `want`. Keys others added are left alone, as server-side apply would.
-fn carries(have: &ObjectMeta, want: &ObjectMeta) -> bool {
+pub(super) fn carries(have: &ObjectMeta, want: &ObjectMeta) -> bool {
     let contains = |have: &Option<BTreeMap<String, String>>, want: &Option<BTreeMap<String, String>>| {
         want.iter().flatten().all(|(k, v)| have.as_ref().and_then(|h| h.get(k)) == Some(v))
     };

@@ -19,6 +19,7 @@ use kube::{
 };
 
 use super::{
+    authorship::Verified,
     brake::DeletionBrake,
     caches::{Caches, Feeds},
     error::Error,
@@ -49,6 +50,9 @@ pub struct Policy {
     /// Rules that grant escalate, bind or impersonate, or name the RBAC API group
     /// or every group, are refused unless this is set (`--allow-escalating-rules`).
     pub allow_escalating_rules: bool,
+    /// A displayName or mailNickname binds only a group no ordinary user could
+    /// have made, spelled exactly (`--strict-group-names`).
+    pub strict_group_names: bool,
 }
 
 impl Policy {
@@ -68,6 +72,7 @@ impl Policy {
             protected_namespaces,
             allowed_cluster_roles: DEFAULT_ALLOWED_CLUSTER_ROLES.into_iter().map(String::from).collect(),
             allow_escalating_rules: false,
+            strict_group_names: false,
         }
     }
 
@@ -81,6 +86,11 @@ impl Policy {
 
     pub fn with_escalating_rules(mut self, allowed: bool) -> Self {
         self.allow_escalating_rules = allowed;
+        self
+    }
+
+    pub fn with_strict_group_names(mut self, strict: bool) -> Self {
+        self.strict_group_names = strict;
         self
     }
 }
@@ -108,7 +118,8 @@ pub struct Settings {
     /// for every replica and shard that names it, kept across restarts.
     pub deletion_brake_lease: (String, String),
     /// The admission policies to look for (`<prefix>-authors`, ...), reported
-    /// when missing; None looks for none.
+    /// when missing, and whose authorship stamps name each grant's author; None
+    /// looks for none and trusts every writer.
     pub admission_policy_prefix: Option<String>,
 }
 
@@ -143,6 +154,8 @@ pub struct Context {
     failures: Mutex<HashMap<String, u32>>,
     /// The status last written per TeamAccess, until the cache has seen it.
     written: Mutex<HashMap<String, Written>>,
+    /// What the authors of the specs were found to hold (SubjectAccessReviews).
+    pub verified: Verified,
 }
 
 /// A status this operator wrote, and the resourceVersion the object had before.
@@ -177,6 +190,7 @@ impl Context {
             health: Arc::default(),
             failures: Mutex::default(),
             written: Mutex::default(),
+            verified: Verified::default(),
         }
     }
 
@@ -229,6 +243,7 @@ impl Context {
     pub fn forget(&self, name: &str) {
         self.clear_failures(name);
         self.written.lock().unwrap_or_else(|e| e.into_inner()).remove(name);
+        self.verified.forget(name);
     }
 
     /// Every TeamAccess in the cluster, also those of other operators' shards

@@ -25,6 +25,11 @@ pub enum Error {
     GroupMissing { selector: String, pinned: String },
 
     #[error(
+        "{selector} matched group {object_id} ({display_name}), which {why}; with --strict-group-names a name binds only a group no ordinary user could have created (role-assignable, or synchronized from on-premises), spelled exactly, so nothing new is bound. Set spec.group.objectId to the group you mean"
+    )]
+    GroupNameNotTrusted { selector: String, object_id: String, display_name: String, why: String },
+
+    #[error(
         "namespace {namespace} is protected by the operator's policy (--protected-namespaces); nothing was created. Choose another spec.namespace"
     )]
     ProtectedNamespace { namespace: String },
@@ -54,6 +59,24 @@ pub enum Error {
     )]
     NamespaceDeletionDelayed { namespace: String, wait: std::time::Duration, max: u32, window: std::time::Duration },
 
+    #[error(
+        "generation {generation} of this TeamAccess carries no author stamp of the authorship policy in force ({why}), so the operator cannot tell who wrote it; nothing new is granted and what was granted before is kept. Once {policy} is installed, have someone who may grant this spec re-apply it, or stamp it as theirs: kubectl annotate teamaccess {name} --overwrite {stamp_key}=me"
+    )]
+    AuthorUnverified {
+        name: String,
+        generation: i64,
+        why: String,
+        policy: String,
+        stamp_key: String,
+        /// The policy itself is not in force: looked at again until it is.
+        policy_missing: bool,
+    },
+
+    #[error(
+        "{author}, who wrote this spec, may not grant it themselves: {missing}. Nothing new is granted and what was granted before is kept. Give {author} that permission, or have someone who holds it re-apply the spec"
+    )]
+    AuthorNotAllowed { author: String, missing: String },
+
     #[error("ClusterRole {name} does not exist; create it or choose another spec.clusterRole")]
     ClusterRoleNotFound { name: String },
 
@@ -75,6 +98,7 @@ impl Error {
             Error::Arm(e) => e.reason(),
             Error::GroupChanged { .. } => Reason::GroupObjectIdChanged,
             Error::GroupMissing { .. } => Reason::GroupMissing,
+            Error::GroupNameNotTrusted { .. } => Reason::GroupNameNotTrusted,
             Error::ProtectedNamespace { .. } => Reason::ProtectedNamespace,
             Error::ClusterRoleNotAllowed { .. } => Reason::ClusterRoleNotAllowed,
             Error::RuleNotAllowed { .. } => Reason::RuleNotAllowed,
@@ -82,6 +106,8 @@ impl Error {
             Error::ClusterRoleNotFound { .. } => Reason::ClusterRoleNotFound,
             Error::ChildConflict { .. } => Reason::ChildConflict,
             Error::NamespaceDeletionDelayed { .. } => Reason::NamespaceDeletionDelayed,
+            Error::AuthorUnverified { .. } => Reason::AuthorUnverified,
+            Error::AuthorNotAllowed { .. } => Reason::AuthorNotAllowed,
             Error::Forbidden { .. } => Reason::Forbidden,
             Error::Kube { .. } => Reason::ApplyFailed,
         }
@@ -94,6 +120,7 @@ impl Error {
             Error::Directory(e) => e.is_transient(),
             Error::Arm(e) => e.is_transient(),
             Error::NamespaceTerminating { .. } | Error::NamespaceDeletionDelayed { .. } | Error::Kube { .. } => true,
+            Error::AuthorUnverified { policy_missing, .. } => *policy_missing,
             _ => false,
         }
     }

@@ -38,6 +38,7 @@ use crate::api::{FINALIZER, Reason, TeamAccess};
 
 pub mod admission;
 pub mod apply;
+pub mod authorship;
 pub mod azure_role;
 pub mod brake;
 pub mod build;
@@ -116,8 +117,12 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
         })
         .applied_objects()
         // A reconcile for what can change the outcome: a new object, its spec or
-        // deletion (both move the generation), its finalizers. Not its own status.
-        .predicate_filter(predicates::generation.combine(predicates::finalizers), Default::default())
+        // deletion (both move the generation), its finalizers, its author stamp
+        // (re-stamped without a spec change to be checked again). Not its own status.
+        .predicate_filter(
+            predicates::generation.combine(predicates::finalizers).combine(authorship::stamps),
+            Default::default(),
+        )
         // Look the group up as soon as the object is seen: a burst of new objects
         // fills Graph $batch requests from the watch, ahead of the reconciles.
         .inspect_ok(move |ta| {
@@ -299,8 +304,8 @@ async fn grant(ta: &TeamAccess, ctx: &Context) -> Result<Action, Error> {
     Ok(Action::requeue(next.after))
 }
 
-/// validate → resolve → build → apply; each step stops the pipeline with what it
-/// knows, and the outcome says how far it got.
+/// validate → authorship → resolve → build → apply → Azure role; each step stops
+/// the pipeline with what it knows, and the outcome says how far it got.
 async fn pipeline<'a>(ta: &'a TeamAccess, ctx: &Context) -> status::Outcome<'a> {
     let validated = match validate::validate(ta, &ctx.settings.policy) {
         Ok(validated) => validated,
@@ -315,14 +320,34 @@ async fn pipeline<'a>(ta: &'a TeamAccess, ctx: &Context) -> status::Outcome<'a> 
             return status::Outcome::refused(ta, error, removal);
         }
     };
-    let resolved = match resolve::resolve(validated, ctx.directory.as_ref()).await {
-        Ok(resolved) => resolved,
-        Err(unresolved) => return status::Outcome::unresolved(ta, unresolved),
-    };
+    // Who wrote this spec, and whether they could grant it by hand: when not,
+    // the spec is served only as far as it grants nothing new.
+    let unverified = authorize(ta, ctx).await.err();
+    let resolved =
+        match resolve::resolve(validated, ctx.directory.as_ref(), ctx.settings.policy.strict_group_names).await {
+            Ok(resolved) => resolved,
+            Err(unresolved) => return status::Outcome::unresolved(ta, unresolved),
+        };
     let desired = build::build(&resolved);
+    if let Some(error) = unverified {
+        if !apply::in_place(&desired, &ctx.caches) {
+            return status::Outcome::held(ta, error);
+        }
+        // Nothing to write, and no Azure role to assign for it.
+        let applied = apply::apply(desired, &ctx.client, &ctx.caches).await;
+        return status::Outcome::resolved(resolved, applied);
+    }
     let applied = apply::apply(desired, &ctx.client, &ctx.caches).await;
     let azure = azure_role::grant(ta, &resolved.group_object_id, ctx).await;
     status::Outcome::resolved(resolved, applied).with_azure_role(azure)
+}
+
+/// The authorship step, when the operator runs with its admission policies.
+async fn authorize(ta: &TeamAccess, ctx: &Context) -> Result<(), Error> {
+    let Some(prefix) = &ctx.settings.admission_policy_prefix else { return Ok(()) };
+    let live = ctx.caches.namespace(&ta.spec.namespace);
+    let needs = authorship::requirements(ta, live.as_ref(), ctx.cluster_user_role.is_some());
+    authorship::verify(ta, prefix, &needs, &ctx.client, &ctx.verified).await
 }
 
 #[cfg(test)]

@@ -36,6 +36,9 @@ pub fn next_action(error: Option<&Error>, failures: u32, resync: Duration, rando
         // and ARM clients fail fast meanwhile, so this adds no load on them).
         Some(Error::Directory(e)) if e.is_transient() => backoff(MAX_DIRECTORY_RETRY),
         Some(Error::Arm(e)) if e.is_transient() => backoff(MAX_DIRECTORY_RETRY),
+        // The authorship policy is missing: look again at least as often, so the
+        // condition says what holds the object back once an admin reinstalls it.
+        Some(Error::AuthorUnverified { policy_missing: true, .. }) => backoff(MAX_DIRECTORY_RETRY),
         Some(e) if e.is_transient() => backoff(Duration::MAX),
         // Needs the user to act; a change of the object or the directory triggers
         // a reconcile anyway.

@@ -44,10 +44,19 @@ pub enum Unresolved {
     Users { group: GroupReport, error: Error },
 }
 
-pub async fn resolve<'a>(validated: Validated<'a>, directory: &dyn Directory) -> Result<Resolved<'a>, Unresolved> {
+/// `strict_names`: --strict-group-names (`trust_name`).
+pub async fn resolve<'a>(
+    validated: Validated<'a>,
+    directory: &dyn Directory,
+    strict_names: bool,
+) -> Result<Resolved<'a>, Unresolved> {
     let ta = validated.ta();
     let pin = pin_for(ta);
     let found = match find_group(ta, pin, directory).await {
+        Ok(found) if strict_names => match trust_name(&ta.spec.group, &found) {
+            Ok(()) => found,
+            Err(error) => return Err(Unresolved::Group { kept: pin.cloned(), error }),
+        },
         Ok(found) => found,
         Err(error) => return Err(Unresolved::Group { kept: pin.cloned(), error }),
     };
@@ -62,6 +71,36 @@ pub async fn resolve<'a>(validated: Validated<'a>, directory: &dyn Directory) ->
         }
     }
     Ok(Resolved { ta, group, group_object_id: found.object_id, user_subjects, missing_users })
+}
+
+/// Whether a group found by name may be bound under --strict-group-names: it is
+/// security-enabled, no ordinary user could have created it (users may create
+/// security groups, so anyone could make one named like a privileged team,
+/// before or after the TeamAccess), and its name is the selector's exactly
+/// (Graph's `eq` ignores case). Checked at every lookup, pinned or not, since
+/// onPremisesSyncEnabled can change. objectId selectors need no trust in names.
+pub fn trust_name(selector: &GroupSelector, found: &DirectoryGroup) -> Result<(), Error> {
+    let exact = match (&selector.object_id, &selector.display_name, &selector.mail_nickname) {
+        (Some(_), _, _) => return Ok(()),
+        (None, Some(name), _) => *name == found.display_name,
+        (None, None, Some(nick)) => found.mail_nickname.as_deref() == Some(nick.as_str()),
+        (None, None, None) => false,
+    };
+    let why = if !found.security_enabled {
+        "is not security-enabled"
+    } else if found.could_be_squatted() {
+        "any user could have created (neither isAssignableToRole nor onPremisesSyncEnabled)"
+    } else if !exact {
+        "is spelled differently (the directory matches names without regard to case)"
+    } else {
+        return Ok(());
+    };
+    Err(Error::GroupNameNotTrusted {
+        selector: selector.describe(),
+        object_id: found.object_id.clone(),
+        display_name: found.display_name.clone(),
+        why: why.into(),
+    })
 }
 
 /// Looks the group up by selector the first time, by the pinned objectId after.
@@ -159,7 +198,14 @@ mod tests {
     }
 
     fn group(id: &str, name: &str) -> DirectoryGroup {
-        DirectoryGroup { object_id: id.into(), display_name: name.into(), mail_nickname: None, security_enabled: true }
+        DirectoryGroup {
+            object_id: id.into(),
+            display_name: name.into(),
+            mail_nickname: None,
+            security_enabled: true,
+            is_assignable_to_role: false,
+            on_premises_sync_enabled: false,
+        }
     }
 
     fn team_with_pin(pinned: Option<ResolvedGroup>) -> TeamAccess {
@@ -254,5 +300,27 @@ mod tests {
         assert_eq!(user_subject_name(&by_upn, &member), "aksdev@contoso.com");
         assert_eq!(user_subject_name(&by_id, &member), "a");
         assert_eq!(user_subject_name(&by_upn, &guest), "b");
+    }
+
+    #[test]
+    fn strict_names_bind_only_groups_no_user_could_create_spelled_exactly() {
+        let by_name = GroupSelector { display_name: Some("appdev".into()), ..Default::default() };
+        let cloud = group("g", "appdev");
+        let err = trust_name(&by_name, &cloud).expect_err("any user may create a security group named appdev");
+        assert_eq!(err.reason(), "GroupNameNotTrusted");
+        assert!(err.to_string().contains("spec.group.objectId"), "{err}");
+        let synced = DirectoryGroup { on_premises_sync_enabled: true, ..group("g", "appdev") };
+        assert!(trust_name(&by_name, &synced).is_ok());
+        let role_assignable = DirectoryGroup { is_assignable_to_role: true, ..group("g", "appdev") };
+        assert!(trust_name(&by_name, &role_assignable).is_ok());
+        let other_case = DirectoryGroup { is_assignable_to_role: true, ..group("g", "AppDev") };
+        assert!(trust_name(&by_name, &other_case).unwrap_err().to_string().contains("spelled differently"));
+        let not_security = DirectoryGroup { security_enabled: false, ..synced.clone() };
+        assert!(trust_name(&by_name, &not_security).unwrap_err().to_string().contains("not security-enabled"));
+        let by_nick = GroupSelector { mail_nickname: Some("appdev".into()), ..Default::default() };
+        let nick = DirectoryGroup { mail_nickname: Some("appdev".into()), ..synced.clone() };
+        assert!(trust_name(&by_nick, &nick).is_ok());
+        assert!(trust_name(&by_nick, &synced).is_err(), "no mail nickname: no exact match");
+        assert!(trust_name(&GroupSelector::by_object_id("g"), &cloud).is_ok(), "an objectId needs no trust in names");
     }
 }

@@ -84,6 +84,22 @@ impl<'a> Outcome<'a> {
         }
     }
 
+    /// The spec's author could not be named, or may not grant it, and granting
+    /// it would change something: nothing was written, and what was granted
+    /// before stays as it is (the group pin included).
+    pub fn held(ta: &'a TeamAccess, error: Error) -> Self {
+        let previous = ta.status.as_ref().and_then(|s| s.group.clone());
+        Self {
+            ta,
+            group: GroupState::NotLookedUp { previous },
+            applied: None,
+            access_removed: false,
+            namespace_created: false,
+            azure: AzureRole::NotReached,
+            error: Some(error),
+        }
+    }
+
     /// The directory could not resolve the group or a user: nothing was written.
     pub fn unresolved(ta: &'a TeamAccess, unresolved: Unresolved) -> Self {
         let (group, error) = match unresolved {

@@ -180,7 +180,7 @@ pub fn api_status<T>(result: &Result<T, kube::Error>) -> u16 {
 /// every test's writes (and the operator's) pass through it as they would in a
 /// real installation. Every test binary that uses TeamAccess calls this first.
 pub async fn ensure_crd(client: &Client) {
-    ensure_admission_policy(client).await;
+    install_admission_policies(client).await;
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
     use kube::{
         CustomResourceExt,
@@ -210,28 +210,60 @@ pub async fn ensure_crd(client: &Client) {
         tas.list(&kube::api::ListParams::default().limit(1)).await.map(|_| ()).map_err(|e| e.to_string())
     })
     .await;
+    wait_authorship_stamps(client, "teamaccess-operator").await;
 }
 
-/// The admission policies and their bindings, exactly as
+/// The validating admission policies and their bindings, exactly as
 /// `deploy/admission-policy.yaml` (generated from the chart) has them.
 pub fn shipped_admission_policies() -> (
     Vec<k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicy>,
     Vec<k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicyBinding>,
 ) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/admission-policy.yaml");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
     let (mut policies, mut bindings) = (Vec::new(), Vec::new());
-    for value in yaml_documents(&text) {
+    for value in shipped_policy_documents() {
         match value["kind"].as_str() {
             Some("ValidatingAdmissionPolicy") => policies.push(serde_json::from_value(value).expect("a policy")),
             Some("ValidatingAdmissionPolicyBinding") => {
                 bindings.push(serde_json::from_value(value).expect("a binding"))
             }
-            other => panic!("unexpected {other:?} in {}", path.display()),
+            _ => {}
         }
     }
-    assert!(!policies.is_empty() && policies.len() == bindings.len(), "a binding per policy in {}", path.display());
+    assert!(!policies.is_empty() && policies.len() == bindings.len(), "a binding per validating policy");
     (policies, bindings)
+}
+
+/// The authorship policy (a MutatingAdmissionPolicy) and its binding, as
+/// `deploy/admission-policy.yaml` has them.
+pub fn shipped_authorship_policy() -> (
+    k8s_openapi::api::admissionregistration::v1::MutatingAdmissionPolicy,
+    k8s_openapi::api::admissionregistration::v1::MutatingAdmissionPolicyBinding,
+) {
+    let documents = shipped_policy_documents();
+    let find = |kind: &str| {
+        let found: Vec<_> = documents.iter().filter(|v| v["kind"] == kind).collect();
+        assert_eq!(found.len(), 1, "one {kind} in deploy/admission-policy.yaml");
+        found[0].clone()
+    };
+    (
+        serde_json::from_value(find("MutatingAdmissionPolicy")).expect("the authorship policy"),
+        serde_json::from_value(find("MutatingAdmissionPolicyBinding")).expect("its binding"),
+    )
+}
+
+fn shipped_policy_documents() -> Vec<serde_json::Value> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/admission-policy.yaml");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let documents = yaml_documents(&text);
+    for value in &documents {
+        let kind = value["kind"].as_str().unwrap_or_default();
+        assert!(
+            kind.ends_with("AdmissionPolicy") || kind.ends_with("AdmissionPolicyBinding"),
+            "unexpected {kind} in {}",
+            path.display()
+        );
+    }
+    documents
 }
 
 /// The documents of a multi-document YAML text (such as `helm template` prints),
@@ -245,9 +277,21 @@ pub fn yaml_documents(text: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// Applies the shipped admission policies (server-side apply, idempotent).
+/// Applies the shipped admission policies and waits until the authorship
+/// policy stamps writes: the API server takes a moment to start enforcing a new
+/// policy, and a TeamAccess written in that moment carries no stamp, so the
+/// operator would rightly grant nothing for it. The CRD must be served.
 pub async fn ensure_admission_policy(client: &Client) {
-    use k8s_openapi::api::admissionregistration::v1::{ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding};
+    install_admission_policies(client).await;
+    wait_authorship_stamps(client, "teamaccess-operator").await;
+}
+
+/// Applies the shipped admission policies (server-side apply, idempotent).
+async fn install_admission_policies(client: &Client) {
+    use k8s_openapi::api::admissionregistration::v1::{
+        MutatingAdmissionPolicy, MutatingAdmissionPolicyBinding, ValidatingAdmissionPolicy,
+        ValidatingAdmissionPolicyBinding,
+    };
     use kube::{
         ResourceExt,
         api::{Patch, PatchParams},
@@ -266,6 +310,40 @@ pub async fn ensure_admission_policy(client: &Client) {
             .await
             .expect("apply a ValidatingAdmissionPolicyBinding");
     }
+    let (authorship, binding) = shipped_authorship_policy();
+    Api::<MutatingAdmissionPolicy>::all(client.clone())
+        .patch(&authorship.name_any(), &params, &Patch::Apply(&authorship))
+        .await
+        .expect("apply the MutatingAdmissionPolicy");
+    Api::<MutatingAdmissionPolicyBinding>::all(client.clone())
+        .patch(&binding.name_any(), &params, &Patch::Apply(&binding))
+        .await
+        .expect("apply the MutatingAdmissionPolicyBinding");
+}
+
+/// Waits until writes of TeamAccess objects are stamped by the authorship
+/// policy of `prefix` (a server-side dry run shows the stamp without writing).
+pub async fn wait_authorship_stamps(client: &Client, prefix: &str) {
+    use teamaccess_operator::{
+        api::{GroupSelector, TeamAccess, TeamAccessSpec},
+        reconcile::authorship::stamp_key,
+    };
+    let api = Api::<TeamAccess>::all(client.clone());
+    let key = stamp_key(prefix, "epoch");
+    wait_for(Duration::from_secs(60), "the authorship policy to stamp writes", || async {
+        let probe = TeamAccess::new(
+            &unique("stamp-probe"),
+            TeamAccessSpec::new(GroupSelector::by_object_id("00000000-0000-0000-0000-000000000000"), "stamp-probe"),
+        );
+        let dry_run = PostParams { dry_run: true, ..Default::default() };
+        let created = api.create(&dry_run, &probe).await.map_err(|e| e.to_string())?;
+        if created.metadata.annotations.unwrap_or_default().contains_key(&key) {
+            Ok(())
+        } else {
+            Err("no stamp yet".into())
+        }
+    })
+    .await;
 }
 
 /// Creates a pod as `user` in `groups` (impersonated) and returns the HTTP status:
@@ -551,6 +629,12 @@ pub fn is_ready(ta: &teamaccess_operator::api::TeamAccess) -> bool {
     ta.status.as_ref().is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
+/// A random objectId (a version 4 UUID), for a group or user of one test.
+pub fn fresh_object_id() -> String {
+    let r = || fastrand::u64(..);
+    format!("{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}", r() as u32, r() as u16, r() % 4096, r() % 4096, r() % (1 << 48))
+}
+
 /// Generated tenants for tests at scale: `n` security groups named
 /// `{prefix}-{i}`, with objectIds derived from `i`.
 pub mod tenant {
@@ -568,6 +652,8 @@ pub mod tenant {
                     display_name: format!("{prefix}-{i}"),
                     mail_nickname: None,
                     security_enabled: true,
+                    is_assignable_to_role: false,
+                    on_premises_sync_enabled: false,
                 })
                 .collect(),
             users: vec![],

@@ -39,6 +39,8 @@ pub struct TestOperator {
     /// The guardrails beyond protected namespaces, from the next `resume` on.
     pub allowed_cluster_roles: Option<Vec<String>>,
     pub allow_escalating_rules: bool,
+    /// --strict-group-names, from the next `resume` on.
+    pub strict_group_names: bool,
     /// The brake on namespace deletions (max per window), from the next `resume` on.
     pub namespace_deletions: (u32, Duration),
     metrics: Arc<Metrics>,
@@ -81,6 +83,7 @@ impl TestOperator {
             protected: Vec::new(),
             allowed_cluster_roles: None,
             allow_escalating_rules: false,
+            strict_group_names: false,
             namespace_deletions: (Settings::DEFAULT_MAX_NAMESPACE_DELETIONS, Duration::from_secs(60)),
             metrics: Metrics::shared(),
             running: None,
@@ -94,7 +97,9 @@ impl TestOperator {
         if self.running.is_some() {
             return;
         }
-        let mut policy = Policy::new(self.protected.clone(), None).with_escalating_rules(self.allow_escalating_rules);
+        let mut policy = Policy::new(self.protected.clone(), None)
+            .with_escalating_rules(self.allow_escalating_rules)
+            .with_strict_group_names(self.strict_group_names);
         if let Some(names) = &self.allowed_cluster_roles {
             policy = policy.with_allowed_cluster_roles(names.clone());
         }

@@ -14,7 +14,7 @@ use crate::{
     directory::{DirectoryError, DirectoryGroup, DirectoryUser},
 };
 
-const GROUP_FIELDS: &str = "id,displayName,mailNickname,securityEnabled";
+const GROUP_FIELDS: &str = "id,displayName,mailNickname,securityEnabled,isAssignableToRole,onPremisesSyncEnabled";
 const USER_FIELDS: &str = "id,userPrincipalName,userType";
 
 /// An OData string literal: single-quoted, with quotes inside doubled.
@@ -60,6 +60,10 @@ pub struct GraphGroup {
     display_name: Option<String>,
     mail_nickname: Option<String>,
     security_enabled: Option<bool>,
+    /// null for most groups: only true counts.
+    is_assignable_to_role: Option<bool>,
+    /// null for cloud-only groups.
+    on_premises_sync_enabled: Option<bool>,
 }
 
 impl From<GraphGroup> for DirectoryGroup {
@@ -69,6 +73,8 @@ impl From<GraphGroup> for DirectoryGroup {
             display_name: g.display_name.unwrap_or_default(),
             mail_nickname: g.mail_nickname,
             security_enabled: g.security_enabled.unwrap_or(false),
+            is_assignable_to_role: g.is_assignable_to_role.unwrap_or(false),
+            on_premises_sync_enabled: g.on_premises_sync_enabled.unwrap_or(false),
         }
     }
 }
@@ -139,7 +145,7 @@ mod tests {
         let req = group_request(&GroupSelector::by_object_id("5f0a1d3e-8f8a-4c1e-9d55-0b0c2d7c1a01"));
         assert_eq!(
             req,
-            "/groups/5f0a1d3e-8f8a-4c1e-9d55-0b0c2d7c1a01?%24select=id%2CdisplayName%2CmailNickname%2CsecurityEnabled"
+            "/groups/5f0a1d3e-8f8a-4c1e-9d55-0b0c2d7c1a01?%24select=id%2CdisplayName%2CmailNickname%2CsecurityEnabled%2CisAssignableToRole%2ConPremisesSyncEnabled"
         );
         let user = UserRef {
             user_principal_name: Some("x_fabrikam.com#EXT#@contoso.onmicrosoft.com".into()),

@@ -51,8 +51,16 @@ pub const FEDERATED_TOKEN: &str = "eyJhbGciOiJSUzI1NiJ9.emulator-federated-token
 /// The secret header of the App Service managed-identity endpoint.
 pub const IDENTITY_HEADER: &str = "emulator-identity-header";
 
-const GROUP_PROPERTIES: &[&str] =
-    &["id", "displayName", "mailNickname", "securityEnabled", "mailEnabled", "description"];
+const GROUP_PROPERTIES: &[&str] = &[
+    "id",
+    "displayName",
+    "mailNickname",
+    "securityEnabled",
+    "mailEnabled",
+    "description",
+    "isAssignableToRole",
+    "onPremisesSyncEnabled",
+];
 const USER_PROPERTIES: &[&str] = &["id", "userPrincipalName", "displayName", "userType", "mail"];
 const MAX_BATCH: usize = 20;
 
@@ -670,7 +678,11 @@ fn is_guid(s: &str) -> bool {
 
 fn group_json(g: &GroupRecord) -> Value {
     json!({"id": g.object_id, "displayName": g.display_name, "mailNickname": g.mail_nickname,
-           "securityEnabled": g.security_enabled, "mailEnabled": false, "description": null})
+           "securityEnabled": g.security_enabled, "mailEnabled": false, "description": null,
+           // Graph gives null, not false, for groups that are not role-assignable
+           // or synchronized from on-premises.
+           "isAssignableToRole": g.is_assignable_to_role.then_some(true),
+           "onPremisesSyncEnabled": g.on_premises_sync_enabled.then_some(true)})
 }
 
 fn user_json(u: &UserRecord) -> Value {

@@ -1,0 +1,152 @@
+//! Attack 4 of the red team: a grant written while the admission policies were
+//! absent (between `helm uninstall`, which keeps the CRD, and a reinstall) must
+//! not be honoured once they are back. The operator names the author of every
+//! spec by the authorship policy's stamp, and checks that author's rights with
+//! SubjectAccessReviews; a spec it cannot attribute grants nothing new.
+//!
+//! The test deletes the shipped policies for a while, which every writer of a
+//! TeamAccess in the cluster would notice: it is the only test of this binary,
+//! and cargo runs test binaries one after another.
+
+mod support;
+
+use std::time::Duration;
+
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingAdmissionPolicy, MutatingAdmissionPolicyBinding, ValidatingAdmissionPolicy,
+    ValidatingAdmissionPolicyBinding,
+};
+use kube::{Api, Client, ResourceExt};
+use serde_json::json;
+use support::{authors::*, operator::*, *};
+use teamaccess_operator::reconcile::authorship::stamp_key;
+
+const SHORT: Duration = Duration::from_secs(30);
+const PREFIX: &str = "teamaccess-operator";
+
+/// Removes the shipped policies and bindings, as `helm uninstall` would.
+async fn delete_shipped_policies(admin: &Client) {
+    let (policies, _) = shipped_admission_policies();
+    for policy in policies {
+        let name = policy.name_any();
+        let _ = Api::<ValidatingAdmissionPolicyBinding>::all(admin.clone()).delete(&name, &Default::default()).await;
+        let _ = Api::<ValidatingAdmissionPolicy>::all(admin.clone()).delete(&name, &Default::default()).await;
+    }
+    let (authorship, _) = shipped_authorship_policy();
+    let name = authorship.name_any();
+    let _ = Api::<MutatingAdmissionPolicyBinding>::all(admin.clone()).delete(&name, &Default::default()).await;
+    let _ = Api::<MutatingAdmissionPolicy>::all(admin.clone()).delete(&name, &Default::default()).await;
+}
+
+/// A stamp as a forger writes it while the policy is absent: the admin as author,
+/// under the epoch of the policy that was there before (readable on any TeamAccess).
+fn forged_stamp(epoch: &str) -> serde_json::Value {
+    json!({
+        stamp_key(PREFIX, "user"): "admin",
+        stamp_key(PREFIX, "uid"): "",
+        stamp_key(PREFIX, "groups"): "system:masters\nsystem:authenticated",
+        stamp_key(PREFIX, "epoch"): epoch,
+    })
+}
+
+/// Waits until the operator holds `name` back for want of an author it can name,
+/// saying `why` and how to fix it.
+async fn wait_unverified(op: &TestOperator, name: &str, why: &str) {
+    let api = op.api();
+    // Held back for a missing policy, the object is looked at again every 20 s at most.
+    wait_for(Duration::from_secs(60), &format!("{name} to be held back: {why}"), || async {
+        let ta = api.get(name).await.map_err(|e| e.to_string())?;
+        let ready = ta.status.as_ref().and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready")).cloned();
+        match ready {
+            Some(c)
+                if c.reason == "AuthorUnverified"
+                    && c.observed_generation == ta.metadata.generation
+                    && c.message.contains(why)
+                    && c.message.contains("kubectl annotate") =>
+            {
+                Ok(())
+            }
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_grant_written_while_the_policies_were_absent_is_not_honoured_after_they_return() {
+    let admin = admin_client().await;
+    ensure_crd(&admin).await;
+    let attacker = author_who_may_only_write_teamaccesses();
+    let op = TestOperator::start(SEED_DIRECTORY).await;
+
+    // A team an admin set up: every verb of the default set on appdev's namespace.
+    let (team, team_ns) = (unique("team"), unique("team"));
+    op.apply(&op.team(&team, by_name("appdev"), &team_ns)).await;
+    let ready = op.wait_ready(&team).await;
+    write_team_data(&admin, &team_ns).await;
+    wait_allowed(&admin, AKSDEV, &[APPDEV], "create", "", "pods", &team_ns, true).await;
+    let old_epoch =
+        ready.annotations().get(&stamp_key(PREFIX, "epoch")).cloned().expect("the admin's write is stamped");
+
+    // The gap: the policies are gone, the CRD and the operator stay.
+    delete_shipped_policies(&admin).await;
+    // The attacker, who may only write TeamAccess objects, makes appdev admin of
+    // the team's namespace, and of a new one, claiming the admin wrote both.
+    let (grab, grab_ns) = (unique("grab"), unique("grab"));
+    let mut written: serde_json::Value =
+        serde_json::from_str(&manifest(&grab, &grab_ns, Some(&op.label), json!({"clusterRole": "admin"}))).unwrap();
+    written["metadata"]["annotations"] = forged_stamp(&old_epoch);
+    wait_for(SHORT, "the authors policy to be gone", || async { apply_as(&attacker, &written.to_string()) }).await;
+    let widen = json!({"metadata": {"annotations": forged_stamp(&old_epoch)},
+                       "spec": {"verbs": null, "clusterRole": "admin"}});
+    patch_as(&attacker, &team, &widen, None).expect("nothing refuses a write while the policies are absent");
+
+    // Nothing new is granted while the policies are absent, and the team keeps
+    // what it was given.
+    wait_unverified(&op, &grab, "not installed").await;
+    wait_unverified(&op, &team, "not installed").await;
+    let may_bind = |ns: String| {
+        let admin = admin.clone();
+        async move { allowed(&admin, AKSDEV, &[APPDEV], "create", "rbac.authorization.k8s.io", "rolebindings", &ns).await }
+    };
+    assert!(!may_bind(team_ns.clone()).await, "appdev did not become admin of the team's namespace");
+    assert!(!may_bind(grab_ns.clone()).await, "nor of a new one");
+    let namespaces = Api::<k8s_openapi::api::core::v1::Namespace>::all(admin.clone());
+    assert!(namespaces.get_opt(&grab_ns).await.unwrap().is_none(), "and no namespace was made for it");
+    assert!(allowed(&admin, AKSDEV, &[APPDEV], "create", "", "pods", &team_ns).await, "the team keeps its access");
+
+    // The policies are back (a new epoch): the forged stamps still name no author.
+    ensure_admission_policy(&admin).await;
+    wait_unverified(&op, &team, "earlier authorship policy").await;
+    wait_unverified(&op, &grab, "earlier authorship policy").await;
+    assert!(!may_bind(team_ns.clone()).await, "still not admin after the policies returned");
+    assert!(!may_bind(grab_ns.clone()).await);
+    assert_team_data_kept(&admin, &team_ns).await;
+
+    // Re-stamping does not launder the grant: the stamp then names the attacker,
+    // whose rights the operator checks.
+    kubectl_as(
+        &attacker,
+        &["annotate", "teamaccess", &team, "--overwrite", &format!("{}=me", stamp_key(PREFIX, "user"))],
+        None,
+    )
+    .expect("a TeamAccess writer may annotate");
+    let held = op.wait_condition(&team, "Ready", "False", Some("AuthorNotAllowed"), SHORT).await;
+    let stamp = held.annotations().get(&stamp_key(PREFIX, "user")).cloned();
+    assert_eq!(stamp.as_deref(), Some(attacker.as_str()), "the policy stamped the real writer");
+    assert!(!may_bind(team_ns.clone()).await, "the attacker may not grant admin, so nothing changed");
+
+    // The fix the condition names: someone who may grant it stamps it as theirs.
+    let (ok, _, err) = run_tool(
+        "kubectl",
+        &["annotate", "teamaccess", &grab, "--overwrite", &format!("{}=me", stamp_key(PREFIX, "user"))],
+        None,
+    );
+    assert!(ok, "{err}");
+    op.wait_ready(&grab).await;
+    wait_allowed(&admin, AKSDEV, &[APPDEV], "create", "rbac.authorization.k8s.io", "rolebindings", &grab_ns, true)
+        .await;
+
+    op.delete(&grab).await;
+    op.delete(&team).await;
+}
