@@ -2,7 +2,8 @@
 # make bench: builds the release operator, starts a control plane of its own, runs
 # benches/scale.rs for each N in BENCH_N (default 100,1000,5000), with the
 # bindings-into-existing-namespaces measurement (BENCH_BIND, default 1), prints the
-# table and writes it to BENCH_OUT (default docs/benchmarks.md). The test command
+# table and writes it to BENCH_OUT (default docs/benchmarks.md), then the operator's
+# memory under a flood of forged labelled Roles (benches/cache_flood.rs). The test command
 # runs it at a small N as a smoke test, writing to a temporary file.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,3 +23,5 @@ KUBECONFIG="$kubeconfig" "$(tests/cluster/cluster.sh bin | tail -n 1)/kubectl" w
 KUBECONFIG="$kubeconfig" "$(tests/cluster/cluster.sh bin | tail -n 1)/kubectl" apply --server-side -f deploy/admission-policy.yaml >/dev/null
 PATH="$(tests/cluster/cluster.sh bin | tail -n 1):$PATH" KUBECONFIG="$kubeconfig" scripts/wait-authorship.sh
 cargo bench --locked --bench scale -- "$kubeconfig" "$sizes" "$out"
+# Memory under a flood of forged labelled Roles (BENCH_FLOOD_N, default 2000).
+cargo bench --locked --bench cache_flood -- "$kubeconfig" "${BENCH_FLOOD_N:-2000}"
