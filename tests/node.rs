@@ -513,6 +513,20 @@ async fn node_helm_upgrade_from_the_previous_chart_updates_the_crd_and_uninstall
         &unique("previous-operator"),
         serde_json::json!([{"apiGroups": ["teamaccess.dev"], "resources": ["teamaccesses"], "verbs": ["reconcile"]}]),
     );
+    // The previous chart runs this build's image (there is no older one here),
+    // which checks authors through deploy/'s authorship policy (the previous chart
+    // sets no prefix, so the default's): it needs to read that policy and ask
+    // SubjectAccessReviews, as the new chart's ClusterRole allows.
+    support::authors::grant_cluster_wide(
+        &format!("system:serviceaccount:{ns}:{}-teamaccess-operator", release.name),
+        &unique("previous-operator-authorship"),
+        serde_json::json!([
+            {"apiGroups": ["admissionregistration.k8s.io"],
+             "resources": ["mutatingadmissionpolicies", "mutatingadmissionpolicybindings"],
+             "resourceNames": ["teamaccess-operator-authorship"], "verbs": ["get"]},
+            {"apiGroups": ["authorization.k8s.io"], "resources": ["subjectaccessreviews"], "verbs": ["create"]}
+        ]),
+    );
     let tas = Api::<TeamAccess>::all(admin.clone());
     let [(appdev, dev), (opssre, sre)] = apply_seed_teams(&tas, label).await;
     wait_all_ready(&tas, &selector, 2, Duration::from_secs(60)).await;
