@@ -24,18 +24,24 @@ use teamaccess_operator::reconcile::authorship::stamp_key;
 const SHORT: Duration = Duration::from_secs(30);
 const PREFIX: &str = "teamaccess-operator";
 
-/// Removes the shipped policies and bindings, as `helm uninstall` would.
-async fn delete_shipped_policies(admin: &Client) {
-    let (policies, _) = shipped_admission_policies();
-    for policy in policies {
-        let name = policy.name_any();
+/// Removes the admission policies on TeamAccess objects and their bindings, as
+/// `helm uninstall` would: the shipped ones, and any a chart release of another
+/// test left behind (they would refuse the attacker's writes in the gap).
+async fn delete_teamaccess_policies(admin: &Client) {
+    let ours = |name: &str| ["-authors", "-removers", "-integrity", "-authorship"].iter().any(|s| name.ends_with(s));
+    let validating = Api::<ValidatingAdmissionPolicy>::all(admin.clone());
+    for name in
+        validating.list(&Default::default()).await.unwrap().items.iter().map(|p| p.name_any()).filter(|n| ours(n))
+    {
         let _ = Api::<ValidatingAdmissionPolicyBinding>::all(admin.clone()).delete(&name, &Default::default()).await;
-        let _ = Api::<ValidatingAdmissionPolicy>::all(admin.clone()).delete(&name, &Default::default()).await;
+        let _ = validating.delete(&name, &Default::default()).await;
     }
-    let (authorship, _) = shipped_authorship_policy();
-    let name = authorship.name_any();
-    let _ = Api::<MutatingAdmissionPolicyBinding>::all(admin.clone()).delete(&name, &Default::default()).await;
-    let _ = Api::<MutatingAdmissionPolicy>::all(admin.clone()).delete(&name, &Default::default()).await;
+    let mutating = Api::<MutatingAdmissionPolicy>::all(admin.clone());
+    for name in mutating.list(&Default::default()).await.unwrap().items.iter().map(|p| p.name_any()).filter(|n| ours(n))
+    {
+        let _ = Api::<MutatingAdmissionPolicyBinding>::all(admin.clone()).delete(&name, &Default::default()).await;
+        let _ = mutating.delete(&name, &Default::default()).await;
+    }
 }
 
 /// A stamp as a forger writes it while the policy is absent: the admin as author,
@@ -89,7 +95,7 @@ async fn a_grant_written_while_the_policies_were_absent_is_not_honoured_after_th
         ready.annotations().get(&stamp_key(PREFIX, "epoch")).cloned().expect("the admin's write is stamped");
 
     // The gap: the policies are gone, the CRD and the operator stay.
-    delete_shipped_policies(&admin).await;
+    delete_teamaccess_policies(&admin).await;
     // The attacker, who may only write TeamAccess objects, makes appdev admin of
     // the team's namespace, and of a new one, claiming the admin wrote both.
     let (grab, grab_ns) = (unique("grab"), unique("grab"));

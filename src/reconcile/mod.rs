@@ -304,8 +304,9 @@ async fn grant(ta: &TeamAccess, ctx: &Context) -> Result<Action, Error> {
     Ok(Action::requeue(next.after))
 }
 
-/// validate → authorship → resolve → build → apply → Azure role; each step stops
-/// the pipeline with what it knows, and the outcome says how far it got.
+/// validate → resolve → build → authorship (when something new would be
+/// granted) → apply → Azure role; each step stops the pipeline with what it
+/// knows, and the outcome says how far it got.
 async fn pipeline<'a>(ta: &'a TeamAccess, ctx: &Context) -> status::Outcome<'a> {
     let validated = match validate::validate(ta, &ctx.settings.policy) {
         Ok(validated) => validated,
@@ -320,20 +321,25 @@ async fn pipeline<'a>(ta: &'a TeamAccess, ctx: &Context) -> status::Outcome<'a> 
             return status::Outcome::refused(ta, error, removal);
         }
     };
-    // Who wrote this spec, and whether they could grant it by hand: when not,
-    // the spec is served only as far as it grants nothing new.
-    let unverified = authorize(ta, ctx).await.err();
     let resolved =
         match resolve::resolve(validated, ctx.directory.as_ref(), ctx.settings.policy.strict_group_names).await {
             Ok(resolved) => resolved,
             Err(unresolved) => return status::Outcome::unresolved(ta, unresolved),
         };
     let desired = build::build(&resolved);
-    if let Some(error) = unverified {
-        if !apply::in_place(&desired, &ctx.caches) {
+    // A spec is served only as far as its author could grant it by hand. What
+    // is already in place grants nothing new, so a restart or a resync asks
+    // nothing; the Azure role is asked for whenever it is wanted, since status
+    // alone cannot show ARM holds it.
+    let in_place = apply::in_place(&desired, &ctx.caches);
+    let azure_wanted = ctx.cluster_user_role.is_some() && ta.spec.wants_cluster_user_role();
+    if (!in_place || azure_wanted)
+        && let Err(error) = authorize(ta, ctx).await
+    {
+        if !in_place {
             return status::Outcome::held(ta, error);
         }
-        // Nothing to write, and no Azure role to assign for it.
+        // The Kubernetes access is in place (nothing to write); no Azure role for it.
         let applied = apply::apply(desired, &ctx.client, &ctx.caches).await;
         return status::Outcome::resolved(resolved, applied);
     }
