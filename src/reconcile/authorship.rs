@@ -159,26 +159,18 @@ pub fn requirements(
         needs.push(Requirement::one(Permission::new("bind", rbac, "clusterroles", ns).named(cluster_role)));
     }
     if let Some(rules) = build::policy_rules(ta) {
-        let each = rules
-            .iter()
-            .flat_map(|rule| {
-                let names =
-                    rule.resource_names.clone().filter(|n| !n.is_empty()).unwrap_or_else(|| vec![String::new()]);
-                let groups = rule.api_groups.clone().unwrap_or_default();
-                let resources = rule.resources.clone().unwrap_or_default();
-                let verbs = rule.verbs.clone();
-                groups.into_iter().flat_map(move |g| {
-                    let (verbs, names) = (verbs.clone(), names.clone());
-                    resources.clone().into_iter().flat_map(move |r| {
-                        let (g, names) = (g.clone(), names.clone());
-                        verbs.clone().into_iter().flat_map(move |v| {
-                            let (g, r) = (g.clone(), r.clone());
-                            names.clone().into_iter().map(move |n| Permission::new(&v, &g, &r, ns).named(&n))
-                        })
-                    })
-                })
-            })
-            .collect::<Vec<_>>();
+        // Every permission of the Role: apiGroups x resources x verbs (x resourceNames).
+        let mut each = Vec::new();
+        for rule in &rules {
+            let names = rule.resource_names.clone().filter(|n| !n.is_empty()).unwrap_or_else(|| vec![String::new()]);
+            for group in rule.api_groups.iter().flatten() {
+                for resource in rule.resources.iter().flatten() {
+                    for verb in &rule.verbs {
+                        each.extend(names.iter().map(|name| Permission::new(verb, group, resource, ns).named(name)));
+                    }
+                }
+            }
+        }
         let escalate_and_bind = vec![
             Permission::new("escalate", rbac, "roles", ns),
             Permission::new("bind", rbac, "roles", ns).named(&ta.child_name()),
