@@ -23,18 +23,7 @@ use kube::{
     Api,
     api::{ObjectMeta, PostParams},
 };
-use support::process::OperatorProcess;
-
-/// VmRSS of a process, in MiB.
-fn rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kib: f64 = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        .unwrap_or(0.0);
-    kib / 1024.0
-}
+use support::process::{OperatorProcess, proc_status_mib};
 
 fn forged_role(namespace: &str, i: usize) -> Role {
     let resources: Vec<String> = (0..64).map(|r| format!("forged-resource-{r:04}-padding-padding-padding")).collect();
@@ -81,7 +70,7 @@ async fn main() {
     );
     operator.wait_ready().await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let before = rss_mib(operator.pid());
+    let before = proc_status_mib(operator.pid(), "VmRSS");
 
     let namespace = support::create_namespace(&admin, "flood").await;
     let roles = Api::<Role>::namespaced(admin.clone(), &namespace);
@@ -99,7 +88,7 @@ async fn main() {
     let size_kib = serde_json::to_vec(&forged_role(&namespace, 0)).unwrap().len() as f64 / 1024.0;
     // The watch delivers them within moments; give the allocator time to settle.
     tokio::time::sleep(Duration::from_secs(10)).await;
-    let after = rss_mib(operator.pid());
+    let after = proc_status_mib(operator.pid(), "VmRSS");
     println!(
         "cache flood: {n} forged labelled Roles of {size_kib:.1} KiB in one namespace (written in {written:.1}s): \
          operator RSS {before:.1} MiB before, {after:.1} MiB after ({:+.1} MiB)",

@@ -306,17 +306,12 @@ async fn all_ready(api: &Api<TeamAccess>, selector: &str, n: usize) -> bool {
 }
 
 fn proc_stat(pid: u32) -> (f64, f64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let hwm_kib: f64 = status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        .unwrap_or(0.0);
+    let hwm_mib = support::process::proc_status_mib(pid, "VmHWM");
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
     let ticks: f64 = fields.get(11).and_then(|u| u.parse::<f64>().ok()).unwrap_or(0.0)
         + fields.get(12).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
-    (hwm_kib / 1024.0, ticks / 100.0)
+    (hwm_mib, ticks / 100.0)
 }
 
 /// The release operator against the emulator, as `make bench` runs it.

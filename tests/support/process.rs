@@ -229,3 +229,14 @@ impl KubeRequests {
         }
     }
 }
+
+/// A field of /proc/PID/status given in kB (VmRSS, VmHWM, ...), in MiB; 0 when unreadable.
+pub fn proc_status_mib(pid: u32, field: &str) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kib: f64 = status
+        .lines()
+        .find(|l| l.strip_prefix(field).is_some_and(|rest| rest.starts_with(':')))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0.0);
+    kib / 1024.0
+}
