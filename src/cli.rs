@@ -409,7 +409,7 @@ async fn lease_manager(
         // One field manager per identity, as the lease manager requires: its lock
         // is a server-side apply without force, so two replicas under one manager
         // name could both take a free Lease (two leaders until the next renewal).
-        .with_field_manager(format!("{}-lease-{identity}", reconcile::FIELD_MANAGER))
+        .with_field_manager(format!("{}-lease-{identity}", crate::api::labels::FIELD_MANAGER))
         .build()
         .await
         .context("setting up leader election")
@@ -528,7 +528,7 @@ async fn shutdown_signal() {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::reconcile::context::DEFAULT_PROTECTED_NAMESPACES;
+    use crate::reconcile::policy::DEFAULT_PROTECTED_NAMESPACES;
 
     #[test]
     fn protected_namespaces_add_to_the_defaults_and_are_trimmed() {

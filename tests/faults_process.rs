@@ -13,7 +13,7 @@ use kube::{
 };
 use support::{operator::TEST_LABEL, own_cluster::OwnCluster, process::OperatorProcess, *};
 use teamaccess_operator::api::TeamAccess;
-use teamaccess_operator::reconcile::build::MANAGED_BY_SELECTOR as MANAGED_BY;
+use teamaccess_operator::api::labels::MANAGED_BY_SELECTOR as MANAGED_BY;
 
 const APPDEV: &str = "5f0a1d3e-8f8a-4c1e-9d55-0b0c2d7c1a01";
 

@@ -4,7 +4,7 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-use super::Reason;
+use super::reason::Reason;
 
 pub const READY: &str = "Ready";
 pub const GROUP_RESOLVED: &str = "GroupResolved";

@@ -12,6 +12,7 @@ use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
 pub mod conditions;
+pub mod labels;
 pub mod reason;
 
 pub use reason::Reason;

@@ -24,8 +24,8 @@ use std::{
 use uuid::Uuid;
 
 use super::{
-    AksClusterId,
     arm::{ArmClient, ArmError, NewAssignment, RoleAssignment},
+    cluster_id::AksClusterId,
 };
 
 /// The built-in "Azure Kubernetes Service Cluster User Role".

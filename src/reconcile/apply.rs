@@ -18,13 +18,15 @@ use kube::{Api, Client, Resource, ResourceExt, api::PostParams};
 use serde::{Serialize, de::DeserializeOwned};
 
 use super::{
-    build::{self, Desired},
+    build::Desired,
     caches::Caches,
-    context::FIELD_MANAGER,
     error::Error,
     write::{Ours, delete_owned, server_side_apply},
 };
-use crate::api::ChildRecord;
+use crate::api::{
+    ChildRecord,
+    labels::{self, FIELD_MANAGER},
+};
 
 /// What is in place after a successful apply.
 #[derive(Clone, Debug, PartialEq)]
@@ -100,7 +102,7 @@ pub fn namespace_action(live: Option<&ObjectMeta>, desired: &Namespace, owner: &
     match live {
         None => NamespaceAction::Create,
         Some(meta) if meta.deletion_timestamp.is_some() => NamespaceAction::Terminating,
-        Some(meta) if build::is_managed(meta) && build::created_by(meta) == Some(owner) => {
+        Some(meta) if labels::is_managed(meta) && labels::created_by(meta) == Some(owner) => {
             if carries(meta, &desired.metadata) { NamespaceAction::Keep } else { NamespaceAction::Update }
         }
         Some(_) => NamespaceAction::Keep,
@@ -353,6 +355,7 @@ pub(super) fn carries(have: &ObjectMeta, want: &ObjectMeta) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use crate::reconcile::build;
     use k8s_openapi::{
         api::{
             core::v1::{NamespaceCondition, NamespaceStatus},

@@ -26,7 +26,10 @@ use k8s_openapi::api::{
 use kube::{Api, Client, ResourceExt, api::PostParams, core::PartialObjectMeta};
 
 use super::{apply, build, error::Error};
-use crate::api::TeamAccess;
+use crate::api::{
+    TeamAccess,
+    labels::{self, RBAC_GROUP},
+};
 
 /// The fields of a stamp, each an annotation `<prefix>.author.teamaccess.dev/<field>`.
 const FIELDS: [&str; 4] = ["user", "uid", "groups", "epoch"];
@@ -153,7 +156,7 @@ pub fn requirements(
     assigns_cluster_user_role: bool,
 ) -> Vec<Requirement> {
     let ns = ta.spec.namespace.as_str();
-    let rbac = "rbac.authorization.k8s.io";
+    let rbac = RBAC_GROUP;
     let mut needs = vec![Requirement::one(Permission::new("create", rbac, "rolebindings", ns))];
     if let Some(cluster_role) = &ta.spec.cluster_role {
         needs.push(Requirement::one(Permission::new("bind", rbac, "clusterroles", ns).named(cluster_role)));
@@ -196,7 +199,7 @@ pub fn requirements(
 /// TeamAccess created): the same as patching it by hand.
 fn relabels(ta: &TeamAccess, live: &PartialObjectMeta<Namespace>) -> bool {
     let owner = ta.name_any();
-    if !build::is_managed(&live.metadata) || build::created_by(&live.metadata) != Some(owner.as_str()) {
+    if !labels::is_managed(&live.metadata) || labels::created_by(&live.metadata) != Some(owner.as_str()) {
         return false;
     }
     let extra = ta.spec.namespace_metadata.clone().unwrap_or_default();

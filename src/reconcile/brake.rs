@@ -21,7 +21,8 @@ use kube::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::{context::FIELD_MANAGER, error::Error};
+use super::error::Error;
+use crate::api::labels::FIELD_MANAGER;
 
 /// The annotation of the Lease that holds the window's deletions.
 pub const RECENT_ANNOTATION: &str = "teamaccess.dev/recent-namespace-deletions";

@@ -13,22 +13,12 @@ use k8s_openapi::{
 use kube::{Resource, ResourceExt};
 
 use super::{default_set::default_rules, resolve::Resolved};
-use crate::api::{DeletionPolicy, TeamAccess};
-
-pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
-pub const MANAGED_BY: &str = "teamaccess-operator";
-/// Label selector for everything the operator manages.
-pub const MANAGED_BY_SELECTOR: &str = "app.kubernetes.io/managed-by=teamaccess-operator";
-/// Names the TeamAccess a child belongs to (names can exceed a label value's 63 characters).
-pub const OWNER_ANNOTATION: &str = "teamaccess.dev/owner";
-/// On a namespace: the TeamAccess that created it. Its absence on a namespace without
-/// our label means the namespace existed before and is never deleted by us.
-pub const CREATED_BY_ANNOTATION: &str = "teamaccess.dev/created-by";
-/// On a namespace we created: its creator's deletionPolicy. A shared namespace's
-/// fate is its creator's to decide, also when another TeamAccess is the last to go.
-pub const DELETION_POLICY_ANNOTATION: &str = "teamaccess.dev/deletion-policy";
-
-const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
+use crate::api::{
+    TeamAccess,
+    labels::{
+        CREATED_BY_ANNOTATION, DELETION_POLICY_ANNOTATION, MANAGED_BY, MANAGED_BY_LABEL, OWNER_ANNOTATION, RBAC_GROUP,
+    },
+};
 
 /// Everything the apply step puts in place for one TeamAccess.
 #[derive(Clone, Debug, PartialEq)]
@@ -187,29 +177,10 @@ pub fn build_namespace(ta: &TeamAccess) -> Namespace {
     }
 }
 
-/// Whether a namespace was created by this operator.
-pub fn is_managed(meta: &ObjectMeta) -> bool {
-    meta.labels.as_ref().and_then(|l| l.get(MANAGED_BY_LABEL)).map(String::as_str) == Some(MANAGED_BY)
-}
-
-/// The TeamAccess that created a managed namespace.
-pub fn created_by(meta: &ObjectMeta) -> Option<&str> {
-    meta.annotations.as_ref().and_then(|a| a.get(CREATED_BY_ANNOTATION)).map(String::as_str)
-}
-
-/// The deletionPolicy the creator of a managed namespace recorded on it; None
-/// when it recorded none (made by an older operator) or it is not a policy.
-pub fn creators_policy(meta: &ObjectMeta) -> Option<DeletionPolicy> {
-    match meta.annotations.as_ref().and_then(|a| a.get(DELETION_POLICY_ANNOTATION)).map(String::as_str) {
-        Some("Delete") => Some(DeletionPolicy::Delete),
-        Some("Retain") => Some(DeletionPolicy::Retain),
-        _ => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::labels::{created_by, is_managed};
     use crate::{
         api::{AccessRule, GroupSelector, NamespaceMetadata, ResolvedGroup, TeamAccessSpec, TeamAccessStatus},
         reconcile::resolve::GroupReport,

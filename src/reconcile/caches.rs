@@ -29,10 +29,8 @@ use serde::de::DeserializeOwned;
 use tokio::{sync::mpsc, task::JoinHandle};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
-use super::{
-    build::{MANAGED_BY_LABEL, MANAGED_BY_SELECTOR, OWNER_ANNOTATION},
-    error::Error,
-};
+use super::error::Error;
+use crate::api::labels::{MANAGED_BY_LABEL, MANAGED_BY_SELECTOR, OWNER_ANNOTATION};
 
 /// Objects per page of a watch's initial list: a restart lists thousands of
 /// objects in a handful of requests rather than one per 500 (kube's default).

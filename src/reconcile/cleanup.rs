@@ -21,10 +21,9 @@ use kube::{
 };
 
 use super::{
-    azure_role,
-    build::{self, CREATED_BY_ANNOTATION, MANAGED_BY_LABEL},
+    azure_role, build,
     caches::Caches,
-    context::{Context, FIELD_MANAGER},
+    context::Context,
     error::Error,
     status::{self, Note},
     write::{Ours, Removal, delete_exactly, delete_owned},
@@ -32,6 +31,7 @@ use super::{
 use crate::api::{
     DeletionPolicy, Reason, TeamAccess, TeamAccessStatus,
     conditions::{self, DesiredCondition, READY, RECONCILING},
+    labels::{self, CREATED_BY_ANNOTATION, FIELD_MANAGER, MANAGED_BY_LABEL},
 };
 
 /// What becomes of a TeamAccess's namespace when the TeamAccess goes.
@@ -82,10 +82,10 @@ pub fn namespace_disposition(
 ) -> Disposition {
     let Some(ns) = ns else { return Disposition::Keep };
     let meta = &ns.metadata;
-    if !build::is_managed(meta) || meta.deletion_timestamp.is_some() || still_used || uninstalling || protected {
+    if !labels::is_managed(meta) || meta.deletion_timestamp.is_some() || still_used || uninstalling || protected {
         return Disposition::Keep;
     }
-    let creators = if build::created_by(meta) == Some(this) { Some(policy) } else { build::creators_policy(meta) };
+    let creators = if labels::created_by(meta) == Some(this) { Some(policy) } else { creators_policy(meta) };
     match (policy, creators) {
         (DeletionPolicy::Delete, Some(DeletionPolicy::Delete)) => Disposition::Delete,
         _ => Disposition::Unmark,
@@ -174,7 +174,7 @@ pub async fn cleanup(ta: &TeamAccess, ctx: &Context) -> Result<(), Error> {
     let api = Api::<Namespace>::all(ctx.client.clone());
     let live = api.get_opt(namespace).await.map_err(|e| Error::kube(format!("read namespace {namespace}"), e))?;
     // Listing the other TeamAccess objects is needed only for a namespace of ours.
-    let ours = live.as_ref().is_some_and(|ns| build::is_managed(&ns.metadata));
+    let ours = live.as_ref().is_some_and(|ns| labels::is_managed(&ns.metadata));
     let still_used = ours && used_by_another(ta, ctx).await?;
     let uninstalling = ours && crd_is_being_deleted(ctx).await?;
     if uninstalling {
@@ -214,7 +214,7 @@ pub async fn cleanup(ta: &TeamAccess, ctx: &Context) -> Result<(), Error> {
 
 /// Why a namespace of ours nobody else uses is kept, for the Event.
 fn why_kept(ta: &TeamAccess, ns: Option<&Namespace>) -> &'static str {
-    let created_here = ns.is_some_and(|ns| build::created_by(&ns.metadata) == Some(ta.name_any().as_str()));
+    let created_here = ns.is_some_and(|ns| labels::created_by(&ns.metadata) == Some(ta.name_any().as_str()));
     if ta.metadata.owner_references.as_ref().is_some_and(|refs| !refs.is_empty()) {
         "the TeamAccess has ownerReferences, so a garbage collection, not its remover, may have deleted it"
     } else if ta.spec.deletion_policy == DeletionPolicy::Retain {
@@ -301,6 +301,16 @@ async fn unmark_namespace(api: &Api<Namespace>, namespace: &str) -> Result<(), E
         Ok(_) => Ok(()),
         Err(kube::Error::Api(s)) if s.is_not_found() => Ok(()),
         Err(e) => Err(Error::kube(format!("unmark namespace {namespace}"), e)),
+    }
+}
+
+/// The deletionPolicy the creator of a managed namespace recorded on it; None
+/// when it recorded none (made by an older operator) or it is not a policy.
+pub fn creators_policy(meta: &kube::api::ObjectMeta) -> Option<DeletionPolicy> {
+    match meta.annotations.as_ref().and_then(|a| a.get(labels::DELETION_POLICY_ANNOTATION)).map(String::as_str) {
+        Some("Delete") => Some(DeletionPolicy::Delete),
+        Some("Retain") => Some(DeletionPolicy::Retain),
+        _ => None,
     }
 }
 
@@ -405,7 +415,7 @@ mod tests {
             "the last TeamAccess to go does not decide a namespace another one created"
         );
         let mut unrecorded = created_by("creator", delete);
-        unrecorded.metadata.annotations.as_mut().unwrap().remove(build::DELETION_POLICY_ANNOTATION);
+        unrecorded.metadata.annotations.as_mut().unwrap().remove(labels::DELETION_POLICY_ANNOTATION);
         assert_eq!(namespace_disposition(Some(&unrecorded), "t", delete, false, false, false), Disposition::Unmark);
         // Its creator's own policy is the one in force, whatever the annotation says.
         assert_eq!(

@@ -34,7 +34,7 @@ use kube::{
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::WatchStream;
 
-use crate::api::{FINALIZER, Reason, TeamAccess};
+use crate::api::{FINALIZER, Reason, TeamAccess, labels};
 
 pub mod admission;
 pub mod apply;
@@ -47,14 +47,16 @@ pub mod cleanup;
 pub mod context;
 pub mod default_set;
 pub mod error;
+pub mod policy;
 pub mod requeue;
 pub mod resolve;
 pub mod status;
 pub mod validate;
 mod write;
 
-pub use context::{Context, FIELD_MANAGER, Policy, Settings};
+pub use context::{Context, Settings};
 pub use error::Error;
+pub use policy::Policy;
 
 /// How long the controller waits after a trigger before it reconciles, so the
 /// watch events of the children a reconcile just wrote fold into one look (by
@@ -138,7 +140,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
         .watches_stream(watches.roles, |role| owner_of(&role))
         .watches_stream(watches.bindings, |binding| owner_of(&binding))
         // A namespace we created changed (deleted by hand, say): its creator looks again.
-        .watches_stream(watches.namespaces, |ns| build::created_by(&ns.metadata).map(ObjectRef::<TeamAccess>::new))
+        .watches_stream(watches.namespaces, |ns| labels::created_by(&ns.metadata).map(ObjectRef::<TeamAccess>::new))
         .with_config(controller::Config::default().concurrency(ctx.settings.concurrency).debounce(DEBOUNCE));
     // Ready once the cache of TeamAccess objects has synced; the gauge follows it.
     let store = controller.store();

@@ -15,13 +15,14 @@ use kube::{
 use super::{
     apply::{Applied, ApplyFailed},
     azure_role::AzureRole,
-    context::{Context, FIELD_MANAGER},
+    context::Context,
     error::Error,
     resolve::{GroupReport, Resolved, Unresolved},
 };
 use crate::api::{
     ClusterUserRoleStatus, Reason, ResolvedGroup, TeamAccess, TeamAccessStatus,
     conditions::{self, CLUSTER_USER_ROLE, DesiredCondition, GROUP_RESOLVED, READY, RECONCILING, STALLED},
+    labels::FIELD_MANAGER,
 };
 
 /// An Event to publish about the TeamAccess.

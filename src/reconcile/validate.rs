@@ -2,8 +2,8 @@
 //! depend on how the operator is configured rather than on the object alone. It
 //! runs first, so an object the policy refuses never costs a directory call.
 
-use super::{context::Policy, error::Error};
-use crate::api::{AccessRule, TeamAccess};
+use super::{error::Error, policy::Policy};
+use crate::api::{AccessRule, TeamAccess, labels::RBAC_GROUP};
 
 /// A TeamAccess the policy admits; only `validate` makes one, so a later step
 /// that takes it cannot run on an object the policy refused.
@@ -39,8 +39,6 @@ pub fn validate<'a>(ta: &'a TeamAccess, policy: &Policy) -> Result<Validated<'a>
     }
     Ok(Validated { ta })
 }
-
-const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
 
 /// Resources whose objects can be impersonated: a rule granting `impersonate`
 /// (or every verb) on them lets the team act as those identities.
@@ -109,7 +107,7 @@ mod tests {
     use super::*;
     use crate::{
         api::{GroupSelector, Reason, TeamAccessSpec},
-        reconcile::context::DEFAULT_PROTECTED_NAMESPACES,
+        reconcile::policy::DEFAULT_PROTECTED_NAMESPACES,
     };
 
     fn targeting(namespace: &str) -> TeamAccess {

@@ -11,7 +11,8 @@ use kube::{
 };
 use serde::{Serialize, de::DeserializeOwned};
 
-use super::{context::FIELD_MANAGER, error::Error};
+use super::error::Error;
+use crate::api::labels::FIELD_MANAGER;
 
 pub async fn server_side_apply<K>(api: &Api<K>, name: &str, obj: &K) -> Result<K, kube::Error>
 where

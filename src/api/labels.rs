@@ -1,0 +1,34 @@
+//! The names the operator marks its objects with, and reads them back by: labels,
+//! annotations, the field manager of its writes. Every step may import these;
+//! they import nothing of the reconcile.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+/// The one field manager every server-side apply of the operator uses.
+pub const FIELD_MANAGER: &str = "teamaccess-operator";
+
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+pub const MANAGED_BY: &str = "teamaccess-operator";
+/// Label selector for everything the operator manages.
+pub const MANAGED_BY_SELECTOR: &str = "app.kubernetes.io/managed-by=teamaccess-operator";
+/// Names the TeamAccess a child belongs to (names can exceed a label value's 63 characters).
+pub const OWNER_ANNOTATION: &str = "teamaccess.dev/owner";
+/// On a namespace: the TeamAccess that created it. Its absence on a namespace without
+/// our label means the namespace existed before and is never deleted by us.
+pub const CREATED_BY_ANNOTATION: &str = "teamaccess.dev/created-by";
+/// On a namespace we created: its creator's deletionPolicy. A shared namespace's
+/// fate is its creator's to decide, also when another TeamAccess is the last to go.
+pub const DELETION_POLICY_ANNOTATION: &str = "teamaccess.dev/deletion-policy";
+
+/// The API group of Roles, RoleBindings and ClusterRoles.
+pub const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
+
+/// Whether a namespace was created by this operator.
+pub fn is_managed(meta: &ObjectMeta) -> bool {
+    meta.labels.as_ref().and_then(|l| l.get(MANAGED_BY_LABEL)).map(String::as_str) == Some(MANAGED_BY)
+}
+
+/// The TeamAccess that created a managed namespace.
+pub fn created_by(meta: &ObjectMeta) -> Option<&str> {
+    meta.annotations.as_ref().and_then(|a| a.get(CREATED_BY_ANNOTATION)).map(String::as_str)
+}
