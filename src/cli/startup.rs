@@ -1,0 +1,232 @@
+//! Start-up of `run`, in one order with nothing to forget: logging, the metrics
+//! every client counts in, the Kubernetes client, the directory and ARM on one
+//! Azure identity, the controller's context, the HTTP server, then the
+//! controller itself (as leader, or alone).
+
+use std::{sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use azure_core::credentials::TokenCredential;
+use tokio::sync::watch;
+
+use crate::{
+    azure::{
+        AksClusterId, ClusterUserRole,
+        arm::ArmClient,
+        credential::{self, CredentialSettings},
+    },
+    directory::{
+        Directory,
+        graph::{GraphDirectory, GraphSettings},
+        static_file::StaticDirectory,
+    },
+    reconcile::{self, Policy, Settings},
+    server,
+    telemetry::{self, Health, metrics::Metrics},
+};
+
+use super::{
+    flags::{DirectoryKind, RunArgs},
+    leader::{run_as_leader, stopped},
+    shutdown::shutdown_signal,
+};
+
+/// The HTTP client and credential shared by Graph and ARM, from the flags and
+/// environment: one CA setting, one identity, a token per audience.
+fn azure_credential(args: &RunArgs) -> anyhow::Result<(reqwest::Client, Arc<dyn TokenCredential>)> {
+    let mut http = reqwest::Client::builder();
+    if let Some(path) = &args.ca_file {
+        let pem = std::fs::read(path).with_context(|| format!("reading --ca-file {}", path.display()))?;
+        let ca =
+            reqwest::Certificate::from_pem(&pem).with_context(|| format!("parsing --ca-file {}", path.display()))?;
+        http = http.add_root_certificate(ca);
+    }
+    let http = http.build().context("building the HTTP client")?;
+    let client_secret = match &args.client_secret_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("reading --client-secret-file {}", path.display()))?
+                .trim()
+                .to_string(),
+        ),
+        None => std::env::var("AZURE_CLIENT_SECRET").ok().filter(|s| !s.is_empty()),
+    };
+    let settings = CredentialSettings {
+        kind: args.credential,
+        tenant_id: args.tenant_id.clone(),
+        client_id: args.client_id.clone(),
+        client_secret,
+        federated_token_file: args.federated_token_file.clone(),
+        authority_host: args.authority_host.clone().or_else(|| std::env::var("AZURE_AUTHORITY_HOST").ok()),
+    };
+    let (credential, description) =
+        credential::build(&settings, args.cloud, http.clone()).context("building the credential")?;
+    tracing::info!(credential = %description, "using an Azure identity");
+    Ok((http, credential))
+}
+
+/// Builds the Graph directory on the shared credential.
+fn graph_directory(
+    args: &RunArgs,
+    (http, credential): (reqwest::Client, Arc<dyn TokenCredential>),
+    metrics: Arc<Metrics>,
+) -> Arc<dyn Directory> {
+    let endpoint = args.graph_endpoint.clone().unwrap_or_else(|| args.cloud.graph_endpoint().to_string());
+    tracing::info!(graph = %endpoint, "using the Microsoft Graph directory");
+    let graph = GraphSettings { endpoint, cache_ttl: args.graph_cache_ttl, ..Default::default() };
+    Arc::new(GraphDirectory::new(http, credential, graph, Some(metrics)))
+}
+
+/// The groups' Cluster User Role on the AKS cluster, through ARM on the shared credential.
+fn cluster_user_role(
+    args: &RunArgs,
+    cluster: &AksClusterId,
+    (http, credential): (reqwest::Client, Arc<dyn TokenCredential>),
+    metrics: Arc<Metrics>,
+) -> Arc<ClusterUserRole> {
+    let endpoint = args.arm_endpoint.clone().unwrap_or_else(|| args.cloud.arm_endpoint().to_string());
+    tracing::info!(arm = %endpoint, cluster = %cluster, "granting the groups the Azure Kubernetes Service Cluster User Role");
+    let arm = ArmClient::new(http, credential, &endpoint, ARM_REQUEST_TIMEOUT, Some(metrics));
+    Arc::new(ClusterUserRole::new(arm, cluster, args.resync))
+}
+
+/// How long one ARM request may take.
+const ARM_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+const SERVICE_ACCOUNT_NAMESPACE_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
+
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    telemetry::init(args.log_format);
+    // Made first: the Kubernetes client and the directory count their requests in it.
+    let metrics = Metrics::shared();
+    let client = kubernetes_client(&metrics).await?;
+    let (directory, cluster_user_role) = directory_and_arm(&args, &metrics).await?;
+    let own_namespace = args
+        .operator_namespace
+        .clone()
+        .or_else(|| std::fs::read_to_string(SERVICE_ACCOUNT_NAMESPACE_FILE).ok().map(|s| s.trim().to_string()));
+    let settings = settings(&args, own_namespace.as_deref());
+    let instance = std::env::var("POD_NAME").ok().or_else(|| std::env::var("HOSTNAME").ok());
+    let health = Arc::new(Health::default());
+    let mut ctx = reconcile::Context::new(client, directory, settings, instance.clone())
+        .with_telemetry(metrics.clone(), health.clone());
+    if let Some(role) = cluster_user_role {
+        ctx = ctx.with_cluster_user_role(role);
+    }
+    let ctx = Arc::new(ctx);
+
+    let stopping = stop_on_signal(health.clone());
+    // The server outlives the stop signal by a moment, so probes see /readyz go unready.
+    let server_stop = {
+        let stopping = stopping.clone();
+        async move {
+            stopped(stopping).await;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    };
+    let (addr, server) = server::serve(args.metrics_addr, metrics.clone(), health, server_stop)
+        .await
+        .with_context(|| format!("cannot serve metrics and health on {}", args.metrics_addr))?;
+    tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
+
+    if args.leader_election {
+        let namespace = args
+            .lease_namespace
+            .clone()
+            .or(own_namespace)
+            .context("--leader-election needs --lease-namespace (or TEAMACCESS_OPERATOR_NAMESPACE)")?;
+        let identity =
+            format!("{}-{:08x}", instance.unwrap_or_else(|| "teamaccess-operator".into()), fastrand::u32(..));
+        run_as_leader(ctx, &args, namespace, identity, stopping).await?;
+    } else {
+        metrics.leader.set(1);
+        reconcile::run(ctx, stopped(stopping)).await?;
+    }
+    let _ = server.await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// The Kubernetes client from the kubeconfig or the in-cluster configuration,
+/// counting its requests in `metrics`, once the API server answers.
+async fn kubernetes_client(metrics: &Arc<Metrics>) -> anyhow::Result<kube::Client> {
+    let config = kube::Config::infer()
+        .await
+        .context("cannot build a Kubernetes client from the kubeconfig or the in-cluster configuration")?;
+    let client = kube::client::ClientBuilder::try_from(config)
+        .context("cannot build a Kubernetes client")?
+        .with_layer(&telemetry::kube_requests::layer(metrics.clone()))
+        .build();
+    let version = client.apiserver_version().await.context("cannot reach the Kubernetes API server")?;
+    tracing::info!(version = %version.git_version, platform = %version.platform, "connected to the Kubernetes API server");
+    Ok(client)
+}
+
+/// The directory, and the groups' Cluster User Role when a cluster is given,
+/// on one Azure identity, built only when Graph or ARM needs it (the static
+/// directory alone needs none).
+async fn directory_and_arm(
+    args: &RunArgs,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<(Arc<dyn Directory>, Option<Arc<ClusterUserRole>>)> {
+    let needs_azure = args.directory == DirectoryKind::Graph || args.aks_cluster_resource_id.is_some();
+    let azure = if needs_azure { Some(azure_credential(args)?) } else { None };
+    let directory: Arc<dyn Directory> = match (args.directory, &azure) {
+        (DirectoryKind::Graph, Some(azure)) => graph_directory(args, azure.clone(), metrics.clone()),
+        _ => {
+            let path = args.directory_file.as_deref().context("--directory static needs --directory-file")?;
+            Arc::new(StaticDirectory::load(path).await?)
+        }
+    };
+    let cluster_user_role = match (&args.aks_cluster_resource_id, azure) {
+        (Some(cluster), Some(azure)) => Some(cluster_user_role(args, cluster, azure, metrics.clone())),
+        _ => None,
+    };
+    Ok((directory, cluster_user_role))
+}
+
+/// The controller's settings from the flags, logged as it starts.
+fn settings(args: &RunArgs, own_namespace: Option<&str>) -> Settings {
+    let settings = Settings {
+        policy: Policy::new(args.protected_namespaces.clone(), own_namespace)
+            .with_allowed_cluster_roles(args.allowed_cluster_roles.clone())
+            .with_escalating_rules(args.allow_escalating_rules)
+            .with_strict_group_names(args.strict_group_names),
+        resync: args.resync,
+        concurrency: args.concurrency,
+        selector: args.selector.clone(),
+        max_namespace_deletions: args.max_namespace_deletions,
+        namespace_deletion_window: args.namespace_deletion_window,
+        deletion_brake_lease: (
+            args.deletion_brake_namespace
+                .clone()
+                .or_else(|| own_namespace.map(String::from))
+                .unwrap_or_else(|| "default".into()),
+            args.deletion_brake_lease.clone(),
+        ),
+        admission_policy_prefix: Some(args.admission_policy_prefix.clone()).filter(|p| !p.is_empty()),
+    };
+    tracing::info!(
+        directory = ?args.directory,
+        resync = %humantime::format_duration(settings.resync),
+        protected = ?settings.policy.protected_namespaces,
+        allowed_cluster_roles = ?settings.policy.allowed_cluster_roles,
+        allow_escalating_rules = settings.policy.allow_escalating_rules,
+        strict_group_names = settings.policy.strict_group_names,
+        "starting the TeamAccess controller"
+    );
+    settings
+}
+
+/// One stop signal for everything: SIGTERM or Ctrl-C turns /readyz unready at
+/// once and the returned receiver true.
+fn stop_on_signal(health: Arc<Health>) -> watch::Receiver<bool> {
+    let (stop, stopping) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        health.set_ready(false);
+        let _ = stop.send(true);
+    });
+    stopping
+}
