@@ -6,6 +6,7 @@ pub mod api;
 pub mod azure;
 pub mod backoff;
 pub mod cli;
+pub mod controller;
 pub mod directory;
 pub mod reconcile;
 pub mod server;

@@ -109,7 +109,7 @@ pub(super) async fn run_as_leader(
             }
         }
     };
-    reconcile::run(ctx.clone(), stopped_or_lost).await?;
+    crate::controller::run(ctx.clone(), stopped_or_lost).await?;
     ctx.metrics.leader.set(0);
     let lost_it = !*leading.borrow() && !*stopping.borrow();
     // Closing the channel makes the manager release the Lease for the next leader.

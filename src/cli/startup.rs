@@ -140,7 +140,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         run_as_leader(ctx, &args, namespace, identity, stopping).await?;
     } else {
         metrics.leader.set(1);
-        reconcile::run(ctx, stopped(stopping)).await?;
+        crate::controller::run(ctx, stopped(stopping)).await?;
     }
     let _ = server.await;
     tracing::info!("stopped");

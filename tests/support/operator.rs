@@ -12,7 +12,7 @@ use kube::{
 use teamaccess_operator::{
     api::{GroupSelector, TeamAccess, TeamAccessSpec},
     directory::{Directory, static_file::StaticDirectory},
-    reconcile::{self, Context, Policy, Settings},
+    reconcile::{Context, Policy, Settings},
     telemetry::metrics::Metrics,
 };
 use tokio::{sync::oneshot, task::JoinHandle};
@@ -120,7 +120,7 @@ impl TestOperator {
         let ctx = Arc::new(ctx);
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            reconcile::run(ctx, async move {
+            teamaccess_operator::controller::run(ctx, async move {
                 let _ = stopped.await;
             })
             .await
