@@ -27,8 +27,10 @@ use tokio_stream::wrappers::WatchStream;
 
 use crate::{
     api::{TeamAccess, labels},
-    reconcile::{Context, admission, authorship, azure_role, caches, error_policy, reconcile},
+    reconcile::{Context, admission, authorship, azure_role, error_policy, reconcile},
 };
+
+mod watches;
 
 /// How long the controller waits after a trigger before it reconciles, so the
 /// watch events of the children a reconcile just wrote fold into one look (by
@@ -45,10 +47,10 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
         .clone()
         .map(|prefix| tokio::spawn(admission::watch(ctx.clone(), prefix, admission::PERIOD)));
     let feeds = ctx.take_feeds().ok_or_else(|| anyhow::anyhow!("a controller already ran on this context"))?;
-    let watches = caches::start(&ctx.client, feeds).await;
+    let watches = watches::start(&ctx.client, feeds).await;
     let tasks = watches.tasks;
     tokio::select! {
-        () = caches::wait_synced(&ctx.caches) => {}
+        () = watches::wait_synced(&ctx.caches) => {}
         () = shutdown.clone() => {
             tasks.iter().for_each(JoinHandle::abort);
             return Ok(());
@@ -108,7 +110,7 @@ fn teamaccess_events(
     writer: reflector::store::Writer<TeamAccess>,
     relisted: tokio::sync::mpsc::UnboundedSender<()>,
 ) -> impl futures::Stream<Item = Result<TeamAccess, watcher::Error>> + Send + 'static {
-    let mut watched = watcher::Config::default().page_size(caches::LIST_PAGE_SIZE);
+    let mut watched = watcher::Config::default().page_size(watches::LIST_PAGE_SIZE);
     if let Some(selector) = &ctx.settings.selector {
         watched = watched.labels(selector);
     }
