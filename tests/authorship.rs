@@ -19,7 +19,7 @@ use k8s_openapi::api::admissionregistration::v1::{
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 use support::{authors::*, operator::*, *};
-use teamaccess_operator::reconcile::authorship::stamp_key;
+use teamaccess_operator::reconcile::{admission, authorship::stamp_key};
 
 const SHORT: Duration = Duration::from_secs(30);
 const PREFIX: &str = "teamaccess-operator";
@@ -28,19 +28,32 @@ const PREFIX: &str = "teamaccess-operator";
 /// `helm uninstall` would: the shipped ones, and any a chart release of another
 /// test left behind (they would refuse the attacker's writes in the gap).
 async fn delete_teamaccess_policies(admin: &Client) {
-    let ours = |name: &str| ["-authors", "-removers", "-integrity", "-authorship"].iter().any(|s| name.ends_with(s));
-    let validating = Api::<ValidatingAdmissionPolicy>::all(admin.clone());
-    for name in
-        validating.list(&Default::default()).await.unwrap().items.iter().map(|p| p.name_any()).filter(|n| ours(n))
-    {
-        let _ = Api::<ValidatingAdmissionPolicyBinding>::all(admin.clone()).delete(&name, &Default::default()).await;
-        let _ = validating.delete(&name, &Default::default()).await;
-    }
-    let mutating = Api::<MutatingAdmissionPolicy>::all(admin.clone());
-    for name in mutating.list(&Default::default()).await.unwrap().items.iter().map(|p| p.name_any()).filter(|n| ours(n))
-    {
-        let _ = Api::<MutatingAdmissionPolicyBinding>::all(admin.clone()).delete(&name, &Default::default()).await;
-        let _ = mutating.delete(&name, &Default::default()).await;
+    delete_policies::<ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding>(admin).await;
+    delete_policies::<MutatingAdmissionPolicy, MutatingAdmissionPolicyBinding>(admin).await;
+}
+
+/// Deletes every policy of kind `P` named like one of the chart's, and the
+/// binding `B` of the same name.
+async fn delete_policies<P, B>(admin: &Client)
+where
+    P: kube::Resource<Scope = kube::core::ClusterResourceScope, DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned,
+    B: kube::Resource<Scope = kube::core::ClusterResourceScope, DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned,
+{
+    // The chart's policies, by the suffix of their names.
+    let ours =
+        |name: &str| admission::POLICIES.iter().chain(["authorship"].iter()).any(|s| name.ends_with(&format!("-{s}")));
+    let policies = Api::<P>::all(admin.clone());
+    let names: Vec<String> =
+        policies.list(&Default::default()).await.unwrap().items.iter().map(|p| p.name_any()).collect();
+    for name in names.iter().filter(|n| ours(n)) {
+        let _ = Api::<B>::all(admin.clone()).delete(name, &Default::default()).await;
+        let _ = policies.delete(name, &Default::default()).await;
     }
 }
 

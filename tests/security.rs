@@ -42,13 +42,13 @@ fn render_policies(release: &str, set: &[&str]) -> String {
 
 /// Removes the policies and bindings release `release` rendered.
 fn delete_release_policies(release: &str) {
-    for policy in ["authors", "removers", "integrity"] {
+    for policy in teamaccess_operator::reconcile::admission::POLICIES {
         let name = format!("{release}-teamaccess-operator-{policy}");
         let (ok, _, err) =
             run_tool("kubectl", &["delete", "validatingadmissionpolicybinding,validatingadmissionpolicy", &name], None);
         assert!(ok, "{err}");
     }
-    let name = format!("{release}-teamaccess-operator-authorship");
+    let name = teamaccess_operator::reconcile::authorship::policy_name(&format!("{release}-teamaccess-operator"));
     let (ok, _, err) =
         run_tool("kubectl", &["delete", "mutatingadmissionpolicybinding,mutatingadmissionpolicy", &name], None);
     assert!(ok, "{err}");

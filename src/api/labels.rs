@@ -2,7 +2,7 @@
 //! annotations, the field manager of its writes. Every step may import these;
 //! they import nothing of the reconcile.
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 
 /// The one field manager every server-side apply of the operator uses.
 pub const FIELD_MANAGER: &str = "teamaccess-operator";
@@ -31,4 +31,13 @@ pub fn is_managed(meta: &ObjectMeta) -> bool {
 /// The TeamAccess that created a managed namespace.
 pub fn created_by(meta: &ObjectMeta) -> Option<&str> {
     meta.annotations.as_ref().and_then(|a| a.get(CREATED_BY_ANNOTATION)).map(String::as_str)
+}
+
+/// The controller reference of a child to the TeamAccess that made it, if it
+/// carries one.
+pub fn teamaccess_controller(meta: &ObjectMeta) -> Option<&OwnerReference> {
+    meta.owner_references
+        .iter()
+        .flatten()
+        .find(|r| r.controller == Some(true) && r.kind == "TeamAccess" && r.api_version.starts_with("teamaccess.dev/"))
 }

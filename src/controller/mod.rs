@@ -222,13 +222,7 @@ async fn stopped_before_sync(shutdown: impl Future<Output = ()>, synced: Arc<Ato
 
 /// The TeamAccess controlling a child, by the child's controller reference.
 fn owner_of<K: kube::Resource>(child: &K) -> Option<ObjectRef<TeamAccess>> {
-    child
-        .meta()
-        .owner_references
-        .iter()
-        .flatten()
-        .find(|r| r.controller == Some(true) && r.kind == "TeamAccess" && r.api_version.starts_with("teamaccess.dev/"))
-        .map(|r| ObjectRef::new(&r.name))
+    labels::teamaccess_controller(child.meta()).map(|r| ObjectRef::new(&r.name))
 }
 
 #[cfg(test)]

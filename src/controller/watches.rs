@@ -25,7 +25,7 @@ use tokio::{sync::mpsc, task::JoinHandle};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use crate::{
-    api::labels::{MANAGED_BY_LABEL, MANAGED_BY_SELECTOR, OWNER_ANNOTATION},
+    api::labels::{MANAGED_BY_LABEL, MANAGED_BY_SELECTOR, OWNER_ANNOTATION, teamaccess_controller},
     reconcile::caches::{Caches, Feeds},
 };
 
@@ -127,12 +127,7 @@ fn oversized(rule: &k8s_openapi::api::rbac::v1::PolicyRule) -> bool {
 /// create of that name meets 409, so drift is still repaired.
 fn strip_child<K: Resource>(mut child: K) -> Option<K> {
     let meta = child.meta_mut();
-    let controller = meta
-        .owner_references
-        .iter()
-        .flatten()
-        .find(|r| r.controller == Some(true) && r.kind == "TeamAccess" && r.api_version.starts_with("teamaccess.dev/"))
-        .cloned()?;
+    let controller = teamaccess_controller(meta)?.clone();
     let name = meta.name.as_deref().unwrap_or_default();
     let prefix = format!("teamaccess-{}", controller.name);
     if name != prefix && !name.starts_with(&format!("{prefix}-")) {

@@ -7,6 +7,9 @@ use crate::backoff::Backoff;
 
 /// The longest wait before a TeamAccess looks again at a directory that was down.
 pub const MAX_DIRECTORY_RETRY: Duration = Duration::from_secs(20);
+/// The longest wait before a TeamAccess held back for a missing authorship
+/// policy looks again, so its condition follows a reinstall soon.
+pub const MAX_POLICY_RECHECK: Duration = Duration::from_secs(20);
 /// The longest wait before a TeamAccess that needs the user's fix is looked at
 /// again, to catch a fix made outside the object (a group created, a namespace freed).
 pub const MAX_USER_FIX_RECHECK: Duration = Duration::from_secs(300);
@@ -38,7 +41,7 @@ pub fn next_action(error: Option<&Error>, failures: u32, resync: Duration, rando
         Some(Error::Arm(e)) if e.is_transient() => backoff(MAX_DIRECTORY_RETRY),
         // The authorship policy is missing: look again at least as often, so the
         // condition says what holds the object back once an admin reinstalls it.
-        Some(Error::AuthorUnverified { policy_missing: true, .. }) => backoff(MAX_DIRECTORY_RETRY),
+        Some(Error::AuthorUnverified { policy_missing: true, .. }) => backoff(MAX_POLICY_RECHECK),
         Some(e) if e.is_transient() => backoff(Duration::MAX),
         // Needs the user to act; a change of the object or the directory triggers
         // a reconcile anyway.

@@ -69,19 +69,9 @@ impl<'a> Outcome<'a> {
     /// access it had was taken away (`removal`); a failed removal is reported
     /// instead, so it is tried again.
     pub fn refused(ta: &'a TeamAccess, error: Error, removal: Result<(), Error>) -> Self {
-        let previous = ta.status.as_ref().and_then(|s| s.group.clone());
-        let (access_removed, error) = match removal {
-            Ok(()) => (true, error),
-            Err(failed) => (false, failed),
-        };
-        Self {
-            ta,
-            group: GroupState::NotLookedUp { previous },
-            applied: None,
-            access_removed,
-            namespace_created: false,
-            azure: AzureRole::NotReached,
-            error: Some(error),
+        match removal {
+            Ok(()) => Self::stopped_before_lookup(ta, error, true),
+            Err(failed) => Self::stopped_before_lookup(ta, failed, false),
         }
     }
 
@@ -89,12 +79,18 @@ impl<'a> Outcome<'a> {
     /// it would change something: nothing was written, and what was granted
     /// before stays as it is (the group pin included).
     pub fn held(ta: &'a TeamAccess, error: Error) -> Self {
+        Self::stopped_before_lookup(ta, error, false)
+    }
+
+    /// Stopped before any write: status keeps the group it had, and says
+    /// whether the access was taken away.
+    fn stopped_before_lookup(ta: &'a TeamAccess, error: Error, access_removed: bool) -> Self {
         let previous = ta.status.as_ref().and_then(|s| s.group.clone());
         Self {
             ta,
             group: GroupState::NotLookedUp { previous },
             applied: None,
-            access_removed: false,
+            access_removed,
             namespace_created: false,
             azure: AzureRole::NotReached,
             error: Some(error),

@@ -288,37 +288,35 @@ pub async fn ensure_admission_policy(client: &Client) {
 
 /// Applies the shipped admission policies (server-side apply, idempotent).
 async fn install_admission_policies(client: &Client) {
-    use k8s_openapi::api::admissionregistration::v1::{
-        MutatingAdmissionPolicy, MutatingAdmissionPolicyBinding, ValidatingAdmissionPolicy,
-        ValidatingAdmissionPolicyBinding,
-    };
+    let (policies, bindings) = shipped_admission_policies();
+    let (authorship, authorship_binding) = shipped_authorship_policy();
+    apply_all(client, policies).await;
+    apply_all(client, bindings).await;
+    apply_all(client, [authorship]).await;
+    apply_all(client, [authorship_binding]).await;
+}
+
+/// Server-side applies cluster-scoped objects as the tests' field manager.
+async fn apply_all<K>(client: &Client, objects: impl IntoIterator<Item = K>)
+where
+    K: kube::Resource<Scope = kube::core::ClusterResourceScope, DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::Serialize
+        + serde::de::DeserializeOwned,
+{
     use kube::{
         ResourceExt,
         api::{Patch, PatchParams},
     };
-    let (policies, bindings) = shipped_admission_policies();
     let params = PatchParams::apply("teamaccess-tests").force();
-    for policy in policies {
-        Api::<ValidatingAdmissionPolicy>::all(client.clone())
-            .patch(&policy.name_any(), &params, &Patch::Apply(&policy))
+    for object in objects {
+        let name = object.name_any();
+        Api::<K>::all(client.clone())
+            .patch(&name, &params, &Patch::Apply(&object))
             .await
-            .expect("apply a ValidatingAdmissionPolicy");
+            .unwrap_or_else(|e| panic!("apply {} {name}: {e}", K::kind(&())));
     }
-    for binding in bindings {
-        Api::<ValidatingAdmissionPolicyBinding>::all(client.clone())
-            .patch(&binding.name_any(), &params, &Patch::Apply(&binding))
-            .await
-            .expect("apply a ValidatingAdmissionPolicyBinding");
-    }
-    let (authorship, binding) = shipped_authorship_policy();
-    Api::<MutatingAdmissionPolicy>::all(client.clone())
-        .patch(&authorship.name_any(), &params, &Patch::Apply(&authorship))
-        .await
-        .expect("apply the MutatingAdmissionPolicy");
-    Api::<MutatingAdmissionPolicyBinding>::all(client.clone())
-        .patch(&binding.name_any(), &params, &Patch::Apply(&binding))
-        .await
-        .expect("apply the MutatingAdmissionPolicyBinding");
 }
 
 /// Waits until writes of TeamAccess objects are stamped by the authorship
