@@ -20,6 +20,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -422,7 +423,18 @@ func runsBinary(pid int, binary string) bool {
 	return argv0 == binary
 }
 
+// freePorts picks n free ports below the kernel's ephemeral range. A port from
+// that range (what listening on :0 gives) can be handed to any outgoing
+// connection the moment its server stops, or even to a client dialling it
+// (TCP self-connect); a test that restarts the API server then finds its port
+// taken ("address already in use"). Below the range only an explicit bind can
+// take a port.
 func freePorts(n int) ([]int, error) {
+	const floor = 10000
+	low := ephemeralLow()
+	if low < floor+1000 {
+		low = 0 // an unusual range: any port may be ephemeral, take what :0 gives
+	}
 	var ports []int
 	var listeners []net.Listener
 	defer func() {
@@ -430,15 +442,41 @@ func freePorts(n int) ([]int, error) {
 			l.Close()
 		}
 	}()
-	for range n {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
+	for tries := 0; len(ports) < n; tries++ {
+		if tries > 1000 {
+			return nil, fmt.Errorf("finding a free port in [%d, %d): none after %d tries", floor, low, tries)
+		}
+		port := 0
+		if low > 0 {
+			port = floor + rand.IntN(low-floor)
+		}
+		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
 		if err != nil {
-			return nil, fmt.Errorf("finding a free port: %w", err)
+			continue // taken: try another
 		}
 		listeners = append(listeners, ln)
 		ports = append(ports, ln.Addr().(*net.TCPAddr).Port)
 	}
 	return ports, nil
+}
+
+// ephemeralLow is the first port the kernel hands out to outgoing connections
+// (32768 unless configured otherwise).
+func ephemeralLow() int {
+	const fallback = 32768
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return fallback
+	}
+	fields := strings.Fields(string(b))
+	if len(fields) == 0 {
+		return fallback
+	}
+	low, err := strconv.Atoi(fields[0])
+	if err != nil {
+		return fallback
+	}
+	return low
 }
 
 func adminClient(p *pki) (*http.Client, error) {
