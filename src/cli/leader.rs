@@ -63,6 +63,7 @@ async fn lease_released(client: kube::Client, namespace: &str, name: &str) {
 /// Losing the Lease ends the process with an error, so a restart rejoins cleanly.
 pub(super) async fn run_as_leader(
     ctx: Arc<reconcile::Context>,
+    feeds: reconcile::caches::Feeds,
     args: &RunArgs,
     namespace: String,
     identity: String,
@@ -70,7 +71,7 @@ pub(super) async fn run_as_leader(
 ) -> anyhow::Result<()> {
     let (mut leading, mut lease) = lease_manager(&ctx, args, &namespace, &identity).await?.watch().await;
     // A standby is ready: it can take over at any moment.
-    ctx.health.set_ready(true);
+    ctx.report.health.set_ready(true);
     tracing::info!(lease = %format!("{namespace}/{}", args.lease_name), %identity, "waiting for the leader Lease");
     let mut stop = stopping.clone();
     let became_leader = loop {
@@ -93,7 +94,7 @@ pub(super) async fn run_as_leader(
         return Ok(());
     }
     tracing::info!(%identity, "became the leader");
-    ctx.metrics.leader.set(1);
+    ctx.report.metrics.leader.set(1);
     let lost = {
         let mut leading = leading.clone();
         async move {
@@ -109,8 +110,8 @@ pub(super) async fn run_as_leader(
             }
         }
     };
-    crate::controller::run(ctx.clone(), stopped_or_lost).await?;
-    ctx.metrics.leader.set(0);
+    crate::controller::run(ctx.clone(), feeds, stopped_or_lost).await?;
+    ctx.report.metrics.leader.set(0);
     let lost_it = !*leading.borrow() && !*stopping.borrow();
     // Closing the channel makes the manager release the Lease for the next leader.
     drop(leading);

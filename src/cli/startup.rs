@@ -20,9 +20,9 @@ use crate::{
         graph::{GraphDirectory, GraphSettings},
         static_file::StaticDirectory,
     },
-    reconcile::{self, Policy, Settings},
+    reconcile::{Context, Identity, Policy, Settings, caches::Caches},
     server,
-    telemetry::{self, Health, metrics::Metrics},
+    telemetry::{self, Health, Telemetry, metrics::Metrics},
 };
 
 use super::{
@@ -98,24 +98,19 @@ const SERVICE_ACCOUNT_NAMESPACE_FILE: &str = "/var/run/secrets/kubernetes.io/ser
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     telemetry::init(args.log_format);
     // Made first: the Kubernetes client and the directory count their requests in it.
-    let metrics = Metrics::shared();
-    let client = kubernetes_client(&metrics).await?;
-    let (directory, cluster_user_role) = directory_and_arm(&args, &metrics).await?;
+    let telemetry = Telemetry::default();
+    let client = kubernetes_client(&telemetry.metrics).await?;
+    let identity = directory_and_arm(&args, &telemetry.metrics).await?;
     let own_namespace = args
         .operator_namespace
         .clone()
         .or_else(|| std::fs::read_to_string(SERVICE_ACCOUNT_NAMESPACE_FILE).ok().map(|s| s.trim().to_string()));
     let settings = settings(&args, own_namespace.as_deref());
     let instance = std::env::var("POD_NAME").ok().or_else(|| std::env::var("HOSTNAME").ok());
-    let health = Arc::new(Health::default());
-    let mut ctx = reconcile::Context::new(client, directory, settings, instance.clone())
-        .with_telemetry(metrics.clone(), health.clone());
-    if let Some(role) = cluster_user_role {
-        ctx = ctx.with_cluster_user_role(role);
-    }
-    let ctx = Arc::new(ctx);
+    let (caches, feeds) = Caches::new();
+    let ctx = Arc::new(Context::new(client, settings, identity, caches, telemetry.clone(), instance.clone()));
 
-    let stopping = stop_on_signal(health.clone());
+    let stopping = stop_on_signal(telemetry.health.clone());
     // The server outlives the stop signal by a moment, so probes see /readyz go unready.
     let server_stop = {
         let stopping = stopping.clone();
@@ -124,7 +119,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     };
-    let (addr, server) = server::serve(args.metrics_addr, metrics.clone(), health, server_stop)
+    let (addr, server) = server::serve(args.metrics_addr, telemetry.metrics.clone(), telemetry.health, server_stop)
         .await
         .with_context(|| format!("cannot serve metrics and health on {}", args.metrics_addr))?;
     tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
@@ -137,10 +132,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             .context("--leader-election needs --lease-namespace (or TEAMACCESS_OPERATOR_NAMESPACE)")?;
         let identity =
             format!("{}-{:08x}", instance.unwrap_or_else(|| "teamaccess-operator".into()), fastrand::u32(..));
-        run_as_leader(ctx, &args, namespace, identity, stopping).await?;
+        run_as_leader(ctx, feeds, &args, namespace, identity, stopping).await?;
     } else {
-        metrics.leader.set(1);
-        crate::controller::run(ctx, stopped(stopping)).await?;
+        telemetry.metrics.leader.set(1);
+        crate::controller::run(ctx, feeds, stopped(stopping)).await?;
     }
     let _ = server.await;
     tracing::info!("stopped");
@@ -165,10 +160,7 @@ async fn kubernetes_client(metrics: &Arc<Metrics>) -> anyhow::Result<kube::Clien
 /// The directory, and the groups' Cluster User Role when a cluster is given,
 /// on one Azure identity, built only when Graph or ARM needs it (the static
 /// directory alone needs none).
-async fn directory_and_arm(
-    args: &RunArgs,
-    metrics: &Arc<Metrics>,
-) -> anyhow::Result<(Arc<dyn Directory>, Option<Arc<ClusterUserRole>>)> {
+async fn directory_and_arm(args: &RunArgs, metrics: &Arc<Metrics>) -> anyhow::Result<Identity> {
     let needs_azure = args.directory == DirectoryKind::Graph || args.aks_cluster_resource_id.is_some();
     let azure = if needs_azure { Some(azure_credential(args)?) } else { None };
     let directory: Arc<dyn Directory> = match (args.directory, &azure) {
@@ -182,7 +174,7 @@ async fn directory_and_arm(
         (Some(cluster), Some(azure)) => Some(cluster_user_role(args, cluster, azure, metrics.clone())),
         _ => None,
     };
-    Ok((directory, cluster_user_role))
+    Ok(Identity { directory, cluster_user_role })
 }
 
 /// The controller's settings from the flags, logged as it starts.

@@ -27,7 +27,7 @@ use tokio_stream::wrappers::WatchStream;
 
 use crate::{
     api::{TeamAccess, labels},
-    reconcile::{Context, admission, authorship, azure_role, error_policy, reconcile},
+    reconcile::{Context, admission, authorship, azure_role, caches::Feeds, error_policy, reconcile},
 };
 
 mod watches;
@@ -37,8 +37,13 @@ mod watches;
 /// then the caches hold them all), well inside the drift-repair budget.
 const DEBOUNCE: Duration = Duration::from_millis(250);
 
-/// Runs the controller until `shutdown` completes.
-pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) -> anyhow::Result<()> {
+/// Runs the controller until `shutdown` completes, filling the caches of `ctx`
+/// through `feeds` (the writers `Caches::new` returned with them).
+pub async fn run(
+    ctx: Arc<Context>,
+    feeds: Feeds,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) -> anyhow::Result<()> {
     require_crd(&ctx).await?;
     let shutdown = shutdown.shared();
     let policies = ctx
@@ -46,8 +51,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
         .admission_policy_prefix
         .clone()
         .map(|prefix| tokio::spawn(admission::watch(ctx.clone(), prefix, admission::PERIOD)));
-    let feeds = ctx.take_feeds().ok_or_else(|| anyhow::anyhow!("a controller already ran on this context"))?;
-    let watches = watches::start(&ctx.client, feeds).await;
+    let watches = watches::start(&ctx.client, feeds.children).await;
     let tasks = watches.tasks;
     tokio::select! {
         () = watches::wait_synced(&ctx.caches) => {}
@@ -58,8 +62,8 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
     }
 
     let (relisted, relists) = tokio::sync::mpsc::unbounded_channel::<()>();
-    let (store, writer) = reflector::store();
-    let mut controller = Controller::for_stream(teamaccess_events(&ctx, writer, relisted), store)
+    let store = ctx.caches.teamaccesses.clone();
+    let mut controller = Controller::for_stream(teamaccess_events(&ctx, feeds.teamaccesses, relisted), store.clone())
         // Children map to their owner by its name alone. (kube's owns_stream would
         // give the cluster-scoped owner the child's namespace: a second reference
         // to the same TeamAccess, which the controller would reconcile alongside
@@ -70,12 +74,10 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
         .watches_stream(watches.namespaces, |ns| labels::created_by(&ns.metadata).map(ObjectRef::<TeamAccess>::new))
         .with_config(controller::Config::default().concurrency(ctx.settings.concurrency).debounce(DEBOUNCE))
         .reconcile_all_on(tokio_stream::wrappers::UnboundedReceiverStream::new(relists));
-    if let Some(changes) = ctx.directory.changes() {
+    if let Some(changes) = ctx.identity.directory.changes() {
         // A reloaded directory may resolve groups differently: look at every object again.
         controller = controller.reconcile_all_on(WatchStream::from_changes(changes).map(|_| ()));
     }
-    let store = controller.store();
-    let _ = ctx.teamaccesses.set(store.clone());
     let synced = Arc::new(AtomicBool::new(false));
     let watchdog = tokio::spawn(watch_readiness(ctx.clone(), store, synced.clone()));
     tokio::select! {
@@ -143,7 +145,7 @@ fn teamaccess_events(
         // fills Graph $batch requests from the watch, ahead of the reconciles.
         .inspect_ok(move |ta| {
             if ta.metadata.deletion_timestamp.is_none() {
-                prefetch.directory.prefetch_group(&ta.spec.group);
+                prefetch.identity.directory.prefetch_group(&ta.spec.group);
             }
         })
 }
@@ -159,7 +161,7 @@ async fn watch_readiness(ctx: Arc<Context>, store: reflector::Store<TeamAccess>,
             Ok(Ok(())) => {
                 tracing::info!(objects = store.len(), "TeamAccess cache synced; ready");
                 synced.store(true, Ordering::SeqCst);
-                ctx.health.set_ready(true);
+                ctx.report.health.set_ready(true);
                 break true;
             }
             Ok(Err(e)) => {
@@ -171,7 +173,7 @@ async fn watch_readiness(ctx: Arc<Context>, store: reflector::Store<TeamAccess>,
     };
     let managed_gauge = async {
         loop {
-            ctx.metrics.managed.set(store.len() as i64);
+            ctx.report.metrics.managed.set(store.len() as i64);
             tokio::time::sleep(Duration::from_secs(5)).await;
         }
     };

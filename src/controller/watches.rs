@@ -26,7 +26,7 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use crate::{
     api::labels::{MANAGED_BY_LABEL, MANAGED_BY_SELECTOR, OWNER_ANNOTATION, teamaccess_controller},
-    reconcile::caches::{Caches, Feeds},
+    reconcile::caches::{Caches, ChildFeeds},
 };
 
 /// Objects per page of a watch's initial list: a restart lists thousands of
@@ -46,7 +46,7 @@ pub struct Watches {
 }
 
 /// Starts the reflectors and returns once every cache holds its first list.
-pub async fn start(client: &Client, feeds: Feeds) -> Watches {
+pub async fn start(client: &Client, feeds: ChildFeeds) -> Watches {
     let children = watcher::Config::default().labels(MANAGED_BY_SELECTOR).page_size(LIST_PAGE_SIZE);
     let (roles, roles_task) = {
         let (api, config) = (Api::<Role>::all(client.clone()), children.clone());

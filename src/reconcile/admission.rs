@@ -57,7 +57,7 @@ pub async fn watch(ctx: std::sync::Arc<Context>, prefix: String, period: Duratio
     let mut reported: Option<Vec<String>> = None;
     loop {
         let now_missing = missing(&ctx.client, &prefix).await;
-        ctx.metrics.admission_policies_missing.set(now_missing.len() as i64);
+        ctx.report.metrics.admission_policies_missing.set(now_missing.len() as i64);
         if reported.as_ref() != Some(&now_missing) {
             if now_missing.is_empty() {
                 tracing::info!(prefix = %prefix, "the admission policies are in force");

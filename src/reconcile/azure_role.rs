@@ -13,7 +13,7 @@ use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use kube::ResourceExt;
 
-use super::{context::Context, error::Error};
+use super::{caches::every_teamaccess, context::Context, error::Error};
 use crate::{
     api::TeamAccess,
     azure::{Assignment, ClusterUserRole, arm::ArmError},
@@ -36,7 +36,7 @@ pub enum AzureRole {
 /// Makes sure the group `group` (the pinned objectId) holds the role for `ta`,
 /// after releasing the group `ta` held it for before, if it moved or opted out.
 pub async fn grant(ta: &TeamAccess, group: &str, ctx: &Context) -> AzureRole {
-    let Some(role) = &ctx.cluster_user_role else { return AzureRole::NotManaged };
+    let Some(role) = &ctx.identity.cluster_user_role else { return AzureRole::NotManaged };
     let name = ta.name_any();
     let status = ta.status.as_ref();
     let held_before = status.and_then(|s| s.cluster_user_role.as_ref()).is_some();
@@ -56,7 +56,7 @@ pub async fn grant(ta: &TeamAccess, group: &str, ctx: &Context) -> AzureRole {
 /// role. Failures are logged and left to the sweep: Azure never holds up the
 /// deletion of Kubernetes objects.
 pub async fn release_deleted(ta: &TeamAccess, ctx: &Context) {
-    let Some(role) = &ctx.cluster_user_role else { return };
+    let Some(role) = &ctx.identity.cluster_user_role else { return };
     let group = ta
         .status
         .as_ref()
@@ -103,17 +103,17 @@ async fn wanted_groups(ctx: &Context) -> Result<Vec<(String, String)>, Error> {
     let wanted = |tas: &mut dyn Iterator<Item = &TeamAccess>| {
         tas.filter_map(|ta| wanted_group(ta).map(|g| (ta.name_any(), g))).collect::<Vec<_>>()
     };
-    match ctx.teamaccesses.get() {
-        Some(store) if ctx.settings.selector.is_none() => Ok(wanted(&mut store.state().iter().map(|ta| ta.as_ref()))),
-        _ => Ok(wanted(&mut ctx.every_teamaccess().await?.iter())),
+    if ctx.settings.selector.is_none() {
+        return Ok(wanted(&mut ctx.caches.teamaccesses.state().iter().map(|ta| ta.as_ref())));
     }
+    Ok(wanted(&mut every_teamaccess(&ctx.client).await?.iter()))
 }
 
 /// Every resync: lists the assignments at the cluster (the list every
 /// TeamAccess then reads) and deletes those the operator made for groups no
 /// TeamAccess wants. Runs until the controller stops.
 pub async fn sweep_forever(ctx: Arc<Context>) {
-    let Some(role) = ctx.cluster_user_role.clone() else { return };
+    let Some(role) = ctx.identity.cluster_user_role.clone() else { return };
     let every = ctx.settings.resync.max(MIN_SWEEP_INTERVAL);
     loop {
         match wanted_groups(&ctx).await {

@@ -13,11 +13,13 @@ use k8s_openapi::api::{
 };
 use kube::{
     Api, Client,
+    api::ListParams,
     core::PartialObjectMeta,
     runtime::reflector::{self, ObjectRef, Store, store::Writer},
 };
 
 use super::error::Error;
+use crate::api::TeamAccess;
 
 /// How long a ClusterRole found to exist is believed to: the check runs on every
 /// reconcile that binds one, so it is remembered rather than read each time.
@@ -26,6 +28,8 @@ const CLUSTER_ROLE_MEMORY: Duration = Duration::from_secs(60);
 /// The readers, shared by every reconcile.
 #[derive(Clone)]
 pub struct Caches {
+    /// The TeamAccess objects of this operator's --selector (the controller's own cache).
+    pub teamaccesses: Store<TeamAccess>,
     pub roles: Store<Role>,
     pub bindings: Store<RoleBinding>,
     pub namespaces: Store<PartialObjectMeta<Namespace>>,
@@ -34,8 +38,14 @@ pub struct Caches {
     cluster_roles: moka::future::Cache<String, ()>,
 }
 
-/// The writers, which `crate::controller` takes to start the reflectors.
+/// The writers, which `crate::controller` takes to start the reflectors: the
+/// controller's own watch feeds the TeamAccess cache, the children's watches the rest.
 pub struct Feeds {
+    pub(crate) teamaccesses: Writer<TeamAccess>,
+    pub(crate) children: ChildFeeds,
+}
+
+pub struct ChildFeeds {
     pub(crate) roles: Writer<Role>,
     pub(crate) bindings: Writer<RoleBinding>,
     pub(crate) namespaces: Writer<PartialObjectMeta<Namespace>>,
@@ -43,13 +53,17 @@ pub struct Feeds {
 
 impl Caches {
     pub fn new() -> (Self, Feeds) {
+        let (teamaccesses, teamaccesses_feed) = reflector::store();
         let (roles, roles_feed) = reflector::store();
         let (bindings, bindings_feed) = reflector::store();
         let (namespaces, namespaces_feed) = reflector::store();
         let cluster_roles = moka::future::Cache::builder().time_to_live(CLUSTER_ROLE_MEMORY).build();
         (
-            Self { roles, bindings, namespaces, cluster_roles },
-            Feeds { roles: roles_feed, bindings: bindings_feed, namespaces: namespaces_feed },
+            Self { teamaccesses, roles, bindings, namespaces, cluster_roles },
+            Feeds {
+                teamaccesses: teamaccesses_feed,
+                children: ChildFeeds { roles: roles_feed, bindings: bindings_feed, namespaces: namespaces_feed },
+            },
         )
     }
 
@@ -92,4 +106,14 @@ impl Caches {
             }
         }
     }
+}
+
+/// Every TeamAccess in the cluster, also those of other operators' shards
+/// (--selector), read fresh from the API server: the cache holds this shard's only.
+pub async fn every_teamaccess(client: &Client) -> Result<Vec<TeamAccess>, Error> {
+    Api::<TeamAccess>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+        .map(|list| list.items)
+        .map_err(|e| Error::kube("list TeamAccess objects", e))
 }

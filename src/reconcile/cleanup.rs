@@ -22,7 +22,7 @@ use kube::{
 
 use super::{
     azure_role, build,
-    caches::Caches,
+    caches::{Caches, every_teamaccess},
     context::Context,
     error::Error,
     status::{self, Note},
@@ -232,7 +232,7 @@ fn why_kept(ta: &TeamAccess, ns: Option<&Namespace>) -> &'static str {
 /// (Ready=False, Reconciling=True, no children left) and a Warning event the first
 /// time. A failure to say so is logged; the deletion waits either way.
 async fn report_delayed(ta: &TeamAccess, ctx: &Context, delayed: &Error) {
-    ctx.metrics.namespace_deletions_delayed.inc();
+    ctx.report.metrics.namespace_deletions_delayed.inc();
     let previous = ta.status.clone().unwrap_or_default();
     let first_time =
         conditions::find(&previous.conditions, READY).is_none_or(|c| c.reason != delayed.reason().as_str());
@@ -265,7 +265,7 @@ async fn report_delayed(ta: &TeamAccess, ctx: &Context, delayed: &Error) {
 /// Whether another TeamAccess, not itself being deleted, grants access in the
 /// same namespace. Every TeamAccess counts, also those of other operators' shards.
 async fn used_by_another(ta: &TeamAccess, ctx: &Context) -> Result<bool, Error> {
-    Ok(ctx.every_teamaccess().await?.iter().any(|other| {
+    Ok(every_teamaccess(&ctx.client).await?.iter().any(|other| {
         other.spec.namespace == ta.spec.namespace
             && other.metadata.uid != ta.metadata.uid
             && other.metadata.deletion_timestamp.is_none()

@@ -32,6 +32,7 @@ pub mod cleanup;
 pub mod context;
 pub mod default_set;
 pub mod error;
+pub mod memory;
 pub mod policy;
 pub mod requeue;
 pub mod resolve;
@@ -39,7 +40,7 @@ pub mod status;
 pub mod validate;
 mod write;
 
-pub use context::{Context, Settings};
+pub use context::{Context, Identity, Report, Settings};
 pub use error::Error;
 pub use policy::Policy;
 
@@ -68,7 +69,7 @@ pub async fn reconcile(ta: Arc<TeamAccess>, ctx: Arc<Context>) -> Result<Action,
             finalizer::Event::Apply(ta) => grant(&ta, &ctx).await,
             finalizer::Event::Cleanup(ta) => {
                 cleanup::cleanup(&ta, &ctx).await?;
-                ctx.forget(&ta.name_any());
+                ctx.memory.forget(&ta.name_any());
                 Ok(Action::await_change())
             }
         }
@@ -91,8 +92,8 @@ pub fn error_policy(ta: Arc<TeamAccess>, error: &ReconcileError, ctx: Arc<Contex
         return Action::requeue(*wait + Duration::from_millis(fastrand::u64(100..1000)));
     }
     let name = ta.name_any();
-    let delay = requeue::after_error(ctx.failures(&name), fastrand::f64());
-    ctx.record_failure(&name);
+    let delay = requeue::after_error(ctx.memory.failures(&name), fastrand::f64());
+    ctx.memory.record_failure(&name);
     Action::requeue(delay)
 }
 
@@ -100,20 +101,20 @@ pub fn error_policy(ta: Arc<TeamAccess>, error: &ReconcileError, ctx: Arc<Contex
 /// the next look decided from how it ended.
 async fn grant(ta: &TeamAccess, ctx: &Context) -> Result<Action, Error> {
     let started = std::time::Instant::now();
-    let ta = &*ctx.with_own_status(ta);
+    let ta = &*ctx.memory.with_own_status(ta);
     let outcome = pipeline(ta, ctx).await;
     let (new_status, events) = status::compute(&outcome, &Time(jiff::Timestamp::now()));
     status::publish(ta, &new_status, events, ctx).await?;
 
     let error = outcome.error();
     let reason = error.map_or(Reason::Reconciled, Error::reason);
-    ctx.metrics.reconciled(error.is_none(), reason, started.elapsed().as_secs_f64());
+    ctx.report.metrics.reconciled(error.is_none(), reason, started.elapsed().as_secs_f64());
     let name = ta.name_any();
-    let next = requeue::next_action(error, ctx.failures(&name), ctx.settings.resync, fastrand::f64());
+    let next = requeue::next_action(error, ctx.memory.failures(&name), ctx.settings.resync, fastrand::f64());
     if next.failed {
-        ctx.record_failure(&name);
+        ctx.memory.record_failure(&name);
     } else {
-        ctx.clear_failures(&name);
+        ctx.memory.clear_failures(&name);
     }
     Ok(Action::requeue(next.after))
 }
@@ -135,18 +136,23 @@ async fn pipeline<'a>(ta: &'a TeamAccess, ctx: &Context) -> status::Outcome<'a> 
             return status::Outcome::refused(ta, error, removal);
         }
     };
-    let resolved =
-        match resolve::resolve(validated, ctx.directory.as_ref(), ctx.settings.policy.strict_group_names).await {
-            Ok(resolved) => resolved,
-            Err(unresolved) => return status::Outcome::unresolved(ta, unresolved),
-        };
+    let resolved = match resolve::resolve(
+        validated,
+        ctx.identity.directory.as_ref(),
+        ctx.settings.policy.strict_group_names,
+    )
+    .await
+    {
+        Ok(resolved) => resolved,
+        Err(unresolved) => return status::Outcome::unresolved(ta, unresolved),
+    };
     let desired = build::build(&resolved);
     // A spec is served only as far as its author could grant it by hand. What
     // is already in place grants nothing new, so a restart or a resync asks
     // nothing; the Azure role is asked for whenever it is wanted, since status
     // alone cannot show ARM holds it.
     let in_place = apply::in_place(&desired, &ctx.caches);
-    let azure_wanted = ctx.cluster_user_role.is_some() && ta.spec.wants_cluster_user_role();
+    let azure_wanted = ctx.identity.cluster_user_role.is_some() && ta.spec.wants_cluster_user_role();
     if (!in_place || azure_wanted)
         && let Err(error) = authorize(ta, ctx).await
     {
@@ -166,6 +172,6 @@ async fn pipeline<'a>(ta: &'a TeamAccess, ctx: &Context) -> status::Outcome<'a> 
 async fn authorize(ta: &TeamAccess, ctx: &Context) -> Result<(), Error> {
     let Some(prefix) = &ctx.settings.admission_policy_prefix else { return Ok(()) };
     let live = ctx.caches.namespace(&ta.spec.namespace);
-    let needs = authorship::requirements(ta, live.as_ref(), ctx.cluster_user_role.is_some());
-    authorship::verify(ta, prefix, &needs, &ctx.client, &ctx.verified).await
+    let needs = authorship::requirements(ta, live.as_ref(), ctx.identity.cluster_user_role.is_some());
+    authorship::verify(ta, prefix, &needs, &ctx.client, &ctx.memory.verified).await
 }

@@ -228,7 +228,7 @@ pub fn compute(outcome: &Outcome, now: &Time) -> (TeamAccessStatus, Vec<Note>) {
 /// publishes the Events.
 pub async fn publish(ta: &TeamAccess, status: &TeamAccessStatus, notes: Vec<Note>, ctx: &Context) -> Result<(), Error> {
     if write_status(ta, status, ctx).await? {
-        ctx.wrote_status(ta, status);
+        ctx.memory.wrote_status(ta, status);
     }
     for note in notes {
         emit(ta, ctx, note, "Reconcile").await;
@@ -278,7 +278,7 @@ pub async fn emit(ta: &TeamAccess, ctx: &Context, note: Note, action: &str) {
         action: action.into(),
         secondary: None,
     };
-    if let Err(e) = ctx.recorder.publish(&event, &ta.object_ref(&())).await {
+    if let Err(e) = ctx.report.recorder.publish(&event, &ta.object_ref(&())).await {
         tracing::warn!(teamaccess = %ta.name_any(), error = %e, "cannot publish event");
     }
 }

@@ -1,8 +1,6 @@
 //! Prometheus metrics. Every label has a small, fixed set of values (results,
 //! condition reasons, HTTP status codes): never object names or error text.
 
-use std::sync::Arc;
-
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
     metrics::{
@@ -126,10 +124,6 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    pub fn shared() -> Arc<Self> {
-        Arc::new(Self::default())
-    }
-
     pub fn reconciled(&self, ready: bool, reason: Reason, seconds: f64) {
         let result = if ready { "ready" } else { "failed" };
         self.reconciles.get_or_create(&ReconcileLabels { result: result.into(), reason: reason.as_str().into() }).inc();

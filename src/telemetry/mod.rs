@@ -25,6 +25,14 @@ pub fn init(format: LogFormat) {
 pub mod kube_requests;
 pub mod metrics;
 
+/// The process's metrics and readiness, made once at start-up and shared by
+/// the server that serves them and the controller that sets them.
+#[derive(Clone, Default)]
+pub struct Telemetry {
+    pub metrics: std::sync::Arc<metrics::Metrics>,
+    pub health: std::sync::Arc<Health>,
+}
+
 /// Whether the operator is ready to serve: /readyz answers from this.
 #[derive(Debug, Default)]
 pub struct Health {

@@ -12,8 +12,8 @@ use kube::{
 use teamaccess_operator::{
     api::{GroupSelector, TeamAccess, TeamAccessSpec},
     directory::{Directory, static_file::StaticDirectory},
-    reconcile::{Context, Policy, Settings},
-    telemetry::metrics::Metrics,
+    reconcile::{Context, Identity, Policy, Settings, caches::Caches},
+    telemetry::{Telemetry, metrics::Metrics},
 };
 use tokio::{sync::oneshot, task::JoinHandle};
 
@@ -85,7 +85,7 @@ impl TestOperator {
             allow_escalating_rules: false,
             strict_group_names: false,
             namespace_deletions: (Settings::DEFAULT_MAX_NAMESPACE_DELETIONS, Duration::from_secs(60)),
-            metrics: Metrics::shared(),
+            metrics: Arc::default(),
             running: None,
         };
         op.resume().await;
@@ -115,12 +115,20 @@ impl TestOperator {
             // deploy/admission-policy.yaml's, which ensure_crd installs.
             admission_policy_prefix: Some("teamaccess-operator".into()),
         };
-        let ctx = Context::new(self.client.clone(), self.directory.clone(), settings, Some(self.label.clone()))
-            .with_telemetry(self.metrics.clone(), Arc::default());
-        let ctx = Arc::new(ctx);
+        let identity = Identity { directory: self.directory.clone(), cluster_user_role: None };
+        let telemetry = Telemetry { metrics: self.metrics.clone(), health: Arc::default() };
+        let (caches, feeds) = Caches::new();
+        let ctx = Arc::new(Context::new(
+            self.client.clone(),
+            settings,
+            identity,
+            caches,
+            telemetry,
+            Some(self.label.clone()),
+        ));
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            teamaccess_operator::controller::run(ctx, async move {
+            teamaccess_operator::controller::run(ctx, feeds, async move {
                 let _ = stopped.await;
             })
             .await
