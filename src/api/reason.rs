@@ -57,6 +57,9 @@ pub enum Reason {
     Forbidden,
     /// Any other failed request to the API server.
     ApplyFailed,
+    /// A request of the cleanup after deletion (removing the access, the
+    /// namespace) failed; retried.
+    CleanupFailed,
     /// The finalizer itself could not be added or removed.
     FinalizerFailed,
 

@@ -96,14 +96,9 @@ pub enum CredentialError {
     Invalid(#[source] azure_core::Error),
 }
 
-/// Builds the credential; `http` is the client it talks to Entra ID with (the same
-/// one Graph and ARM use, so an extra CA applies to all). Returns it with a description
-/// for the startup log, which never includes a secret.
-pub fn build(
-    settings: &CredentialSettings,
-    cloud: Cloud,
-    http: reqwest::Client,
-) -> Result<(Arc<dyn TokenCredential>, String), CredentialError> {
+/// The authority (the cloud's, or --authority-host) and the HTTP client every
+/// credential kind talks to Entra ID with.
+fn client_options(settings: &CredentialSettings, cloud: Cloud, http: reqwest::Client) -> ClientOptions {
     let cloud_config = match &settings.authority_host {
         Some(host) => {
             let mut custom = CustomConfiguration::default();
@@ -112,11 +107,22 @@ pub fn build(
         }
         None => cloud.configuration(),
     };
-    let client_options = ClientOptions {
+    ClientOptions {
         cloud: Some(Arc::new(cloud_config)),
         transport: Some(Transport::new(Arc::new(http))),
         ..Default::default()
-    };
+    }
+}
+
+/// Builds the credential; `http` is the client it talks to Entra ID with (the same
+/// one Graph and ARM use, so an extra CA applies to all). Returns it with a description
+/// for the startup log, which never includes a secret.
+pub fn build(
+    settings: &CredentialSettings,
+    cloud: Cloud,
+    http: reqwest::Client,
+) -> Result<(Arc<dyn TokenCredential>, String), CredentialError> {
+    let client_options = client_options(settings, cloud, http);
     let authority = settings.authority_host.clone().unwrap_or_else(|| format!("{cloud:?} cloud"));
     let kind = settings.detect_kind();
     let need =

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use kube_lease_manager::LeaseManagerBuilder;
+use kube_lease_manager::{LeaseManager, LeaseManagerBuilder};
 use tokio::sync::watch;
 
 use crate::reconcile;
@@ -20,7 +20,7 @@ async fn lease_manager(
     args: &RunArgs,
     namespace: &str,
     identity: &str,
-) -> anyhow::Result<kube_lease_manager::LeaseManager> {
+) -> anyhow::Result<LeaseManager> {
     let duration = args.lease_duration.as_secs().max(2);
     LeaseManagerBuilder::new(ctx.client.clone(), &args.lease_name)
         .with_namespace(namespace)
@@ -59,6 +59,44 @@ async fn lease_released(client: kube::Client, namespace: &str, name: &str) {
     std::future::pending().await
 }
 
+/// The lease manager's view of leadership, and its task (which releases the
+/// Lease once the receiver is dropped).
+type Leading = (watch::Receiver<bool>, tokio::task::JoinHandle<kube_lease_manager::Result<LeaseManager>>);
+
+/// Waits until this instance holds the Lease (Some) or `stopping` turns true (None).
+async fn wait_to_lead(
+    ctx: &reconcile::Context,
+    args: &RunArgs,
+    namespace: &str,
+    identity: &str,
+    mut stopping: watch::Receiver<bool>,
+) -> anyhow::Result<Option<Leading>> {
+    let (mut leading, mut lease) = lease_manager(ctx, args, namespace, identity).await?.watch().await;
+    // A standby is ready: it can take over at any moment.
+    ctx.report.health.set_ready(true);
+    tracing::info!(lease = %format!("{namespace}/{}", args.lease_name), %identity, "waiting for the leader Lease");
+    loop {
+        let became_leader = tokio::select! {
+            _ = leading.wait_for(|l| *l) => true,
+            _ = stopping.wait_for(|s| *s) => break,
+            // The lease manager looks again only when the holder's lease would
+            // expire; a leader that released it on SIGTERM (a rollout) would leave
+            // the operator without one for up to --lease-duration. Seeing the
+            // release, start over: a fresh manager takes a free Lease at once.
+            () = lease_released(ctx.client.clone(), namespace, &args.lease_name) => false,
+        };
+        if became_leader {
+            return Ok(Some((leading, lease)));
+        }
+        drop(leading);
+        let _ = lease.await;
+        (leading, lease) = lease_manager(ctx, args, namespace, identity).await?.watch().await;
+    }
+    drop(leading);
+    let _ = lease.await;
+    Ok(None)
+}
+
 /// Waits for the Lease, reconciles while holding it, and releases it on shutdown.
 /// Losing the Lease ends the process with an error, so a restart rejoins cleanly.
 pub(super) async fn run_as_leader(
@@ -69,30 +107,9 @@ pub(super) async fn run_as_leader(
     identity: String,
     stopping: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let (mut leading, mut lease) = lease_manager(&ctx, args, &namespace, &identity).await?.watch().await;
-    // A standby is ready: it can take over at any moment.
-    ctx.report.health.set_ready(true);
-    tracing::info!(lease = %format!("{namespace}/{}", args.lease_name), %identity, "waiting for the leader Lease");
-    let mut stop = stopping.clone();
-    let became_leader = loop {
-        tokio::select! {
-            _ = leading.wait_for(|l| *l) => break true,
-            _ = stop.wait_for(|s| *s) => break false,
-            // The lease manager looks again only when the holder's lease would
-            // expire; a leader that released it on SIGTERM (a rollout) would leave
-            // the operator without one for up to --lease-duration. Seeing the
-            // release, start over: a fresh manager takes a free Lease at once.
-            () = lease_released(ctx.client.clone(), &namespace, &args.lease_name) => {}
-        }
-        drop(leading);
-        let _ = lease.await;
-        (leading, lease) = lease_manager(&ctx, args, &namespace, &identity).await?.watch().await;
-    };
-    if !became_leader {
-        drop(leading);
-        let _ = lease.await;
+    let Some((leading, lease)) = wait_to_lead(&ctx, args, &namespace, &identity, stopping.clone()).await? else {
         return Ok(());
-    }
+    };
     tracing::info!(%identity, "became the leader");
     ctx.report.metrics.leader.set(1);
     let lost = {

@@ -171,31 +171,14 @@ where
             while let Some(event) = events.next().await {
                 match event {
                     Ok(event) => {
-                        let event = match event {
-                            watcher::Event::Apply(obj) => match strip(obj.clone()) {
-                                Some(kept) => watcher::Event::Apply(kept),
-                                None => watcher::Event::Delete(obj),
-                            },
-                            watcher::Event::InitApply(obj) => match strip(obj.clone()) {
-                                Some(kept) => watcher::Event::InitApply(kept),
-                                // Not stored; passed on as itself for its owner's reconcile.
-                                None => {
-                                    if tx.send(Ok(obj)).is_err() {
-                                        return;
-                                    }
-                                    continue;
-                                }
-                            },
-                            other => other,
+                        let passed = match step(event, strip) {
+                            Step::Store(event) => {
+                                feed.apply_watcher_event(&event);
+                                touched(event)
+                            }
+                            Step::PassOn(obj) => Some(obj),
                         };
-                        feed.apply_watcher_event(&event);
-                        let touched = match event {
-                            watcher::Event::Apply(obj)
-                            | watcher::Event::Delete(obj)
-                            | watcher::Event::InitApply(obj) => Some(obj),
-                            watcher::Event::Init | watcher::Event::InitDone => None,
-                        };
-                        if let Some(obj) = touched
+                        if let Some(obj) = passed
                             && tx.send(Ok(obj)).is_err()
                         {
                             return;
@@ -205,12 +188,7 @@ where
                     // trigger stream makes it back off every trigger for a while.
                     Err(e) => {
                         tracing::warn!(kind, error = %e, "watch failed; retrying");
-                        let gone = match &e {
-                            watcher::Error::WatchError(status) => status.code == 410,
-                            watcher::Error::WatchStartFailed(kube::Error::Api(status)) => status.code == 410,
-                            _ => false,
-                        };
-                        if gone {
+                        if is_gone(&e) {
                             break;
                         }
                     }
@@ -219,6 +197,46 @@ where
         }
     });
     (UnboundedReceiverStream::new(rx), task)
+}
+
+/// What becomes of one watch event: stored in the cache (as stripped) and its
+/// object passed on, or an object not stored passed on as itself.
+enum Step<K> {
+    Store(watcher::Event<K>),
+    PassOn(K),
+}
+
+fn step<K: Clone>(event: watcher::Event<K>, strip: fn(K) -> Option<K>) -> Step<K> {
+    match event {
+        watcher::Event::Apply(obj) => match strip(obj.clone()) {
+            Some(kept) => Step::Store(watcher::Event::Apply(kept)),
+            // No longer one to keep: it leaves the cache as if deleted.
+            None => Step::Store(watcher::Event::Delete(obj)),
+        },
+        watcher::Event::InitApply(obj) => match strip(obj.clone()) {
+            Some(kept) => Step::Store(watcher::Event::InitApply(kept)),
+            // Not stored; passed on as itself for its owner's reconcile.
+            None => Step::PassOn(obj),
+        },
+        other => Step::Store(other),
+    }
+}
+
+/// The object an event is about, if any.
+fn touched<K>(event: watcher::Event<K>) -> Option<K> {
+    match event {
+        watcher::Event::Apply(obj) | watcher::Event::Delete(obj) | watcher::Event::InitApply(obj) => Some(obj),
+        watcher::Event::Init | watcher::Event::InitDone => None,
+    }
+}
+
+/// The API server no longer has the watch's revision (410 Gone).
+fn is_gone(e: &watcher::Error) -> bool {
+    match e {
+        watcher::Error::WatchError(status) => status.code == 410,
+        watcher::Error::WatchStartFailed(kube::Error::Api(status)) => status.code == 410,
+        _ => false,
+    }
 }
 
 #[cfg(test)]

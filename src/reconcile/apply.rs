@@ -195,7 +195,7 @@ async fn ensure_namespace(desired: &Desired, client: &Client, caches: &Caches) -
             // The cache holds metadata only: read the conditions that say what holds it.
             let blockers = match api.get_opt(&name).await {
                 Ok(Some(ns)) => termination_blockers(&ns),
-                _ => String::new(),
+                _ => Vec::new(),
             };
             Err(Error::NamespaceTerminating { namespace: name, blockers })
         }
@@ -327,9 +327,8 @@ fn create_params() -> PostParams {
 }
 
 /// What keeps a terminating namespace, from the namespace controller's conditions.
-fn termination_blockers(ns: &Namespace) -> String {
-    let blockers: Vec<String> = ns
-        .status
+fn termination_blockers(ns: &Namespace) -> Vec<String> {
+    ns.status
         .as_ref()
         .and_then(|s| s.conditions.as_ref())
         .into_iter()
@@ -339,8 +338,7 @@ fn termination_blockers(ns: &Namespace) -> String {
                 && matches!(c.type_.as_str(), "NamespaceFinalizersRemaining" | "NamespaceContentRemaining")
         })
         .filter_map(|c| c.message.clone())
-        .collect();
-    if blockers.is_empty() { String::new() } else { format!(" ({})", blockers.join("; ")) }
+        .collect()
 }
 
 /// Whether `have` already carries every label, annotation and owner reference of
@@ -423,7 +421,12 @@ mod tests {
         });
         assert_eq!(namespace_action(Some(&live.metadata), &desired, "appdev-dev"), NamespaceAction::Terminating);
         let blockers = termination_blockers(&live);
-        assert!(blockers.contains("example.com/hold"), "{blockers}");
+        assert_eq!(blockers, ["Some content has finalizers: example.com/hold"]);
+        let error = Error::NamespaceTerminating { namespace: "dev".into(), blockers };
+        assert_eq!(
+            error.to_string(),
+            "namespace dev is being deleted (Some content has finalizers: example.com/hold); access is granted once it is gone and re-created"
+        );
     }
 
     #[test]

@@ -70,7 +70,7 @@ pub async fn release_deleted(ta: &TeamAccess, ctx: &Context) {
 
 async fn release(ctx: &Context, role: &ClusterUserRole, group: &str, by: &str) {
     let still_wanted = match wanted_groups(ctx).await {
-        Ok(wanted) => wanted.iter().any(|(name, g)| name != by && g.eq_ignore_ascii_case(group)),
+        Ok(wanted) => wanted.iter().any(|w| w.by != by && w.group.eq_ignore_ascii_case(group)),
         Err(e) => {
             tracing::warn!(%group, error = %e, "cannot tell whether another TeamAccess wants the group; its Cluster User Role stays for now");
             return;
@@ -95,13 +95,19 @@ pub fn wanted_group(ta: &TeamAccess) -> Option<String> {
         .map(|g| g.to_ascii_lowercase())
 }
 
-/// (name, group) of every TeamAccess that wants a group to hold the role: from
-/// the controller's cache, or, when this operator reconciles only a shard
-/// (--selector), from a list of all of them, since another shard's TeamAccess
-/// may want the same group.
-async fn wanted_groups(ctx: &Context) -> Result<Vec<(String, String)>, Error> {
+/// A TeamAccess that wants its group to hold the role.
+struct Wanted {
+    by: String,
+    /// The group's objectId, lower case.
+    group: String,
+}
+
+/// Every TeamAccess that wants a group to hold the role: from the controller's
+/// cache, or, when this operator reconciles only a shard (--selector), from a
+/// list of all of them, since another shard's TeamAccess may want the same group.
+async fn wanted_groups(ctx: &Context) -> Result<Vec<Wanted>, Error> {
     let wanted = |tas: &mut dyn Iterator<Item = &TeamAccess>| {
-        tas.filter_map(|ta| wanted_group(ta).map(|g| (ta.name_any(), g))).collect::<Vec<_>>()
+        tas.filter_map(|ta| wanted_group(ta).map(|group| Wanted { by: ta.name_any(), group })).collect::<Vec<_>>()
     };
     if ctx.settings.selector.is_none() {
         return Ok(wanted(&mut ctx.caches.teamaccesses.state().iter().map(|ta| ta.as_ref())));
@@ -118,7 +124,7 @@ pub async fn sweep_forever(ctx: Arc<Context>) {
     loop {
         match wanted_groups(&ctx).await {
             Ok(wanted) => {
-                let groups: HashSet<String> = wanted.into_iter().map(|(_, g)| g).collect();
+                let groups: HashSet<String> = wanted.into_iter().map(|w| w.group).collect();
                 match role.sweep(&groups).await {
                     Ok(0) => tracing::debug!("Cluster User Role assignments checked"),
                     Ok(n) => tracing::info!(removed = n, "removed Cluster User Role assignments no TeamAccess wants"),

@@ -25,12 +25,12 @@ use super::{
     caches::{Caches, every_teamaccess},
     context::Context,
     error::Error,
-    status::{self, Note},
+    publish::{self, EventAction},
+    status::{self, Note, Outcome},
     write::{Ours, Removal, delete_exactly, delete_owned},
 };
 use crate::api::{
-    DeletionPolicy, Reason, TeamAccess, TeamAccessStatus,
-    conditions::{self, DesiredCondition, READY, RECONCILING},
+    DeletionPolicy, Reason, TeamAccess,
     labels::{self, CREATED_BY_ANNOTATION, FIELD_MANAGER, MANAGED_BY_LABEL},
 };
 
@@ -188,9 +188,9 @@ pub async fn cleanup(ta: &TeamAccess, ctx: &Context) -> Result<(), Error> {
             // Every namespace deletion passes the brake on mass deletion first.
             if let Err(wait) = ctx.brake.try_acquire(namespace).await? {
                 let (max, window) = (ctx.brake.max(), ctx.brake.window());
-                let delayed = Error::NamespaceDeletionDelayed { namespace: namespace.clone(), wait, max, window };
-                report_delayed(ta, ctx, &delayed).await;
-                return Err(delayed);
+                let delayed = || Error::NamespaceDeletionDelayed { namespace: namespace.clone(), wait, max, window };
+                report_delayed(ta, ctx, delayed()).await;
+                return Err(delayed());
             }
             // With a uid precondition, so a namespace re-created meanwhile survives.
             delete_exactly(&api, namespace, live.as_ref().and_then(|ns| ns.uid())).await?;
@@ -208,7 +208,7 @@ pub async fn cleanup(ta: &TeamAccess, ctx: &Context) -> Result<(), Error> {
     // After the Kubernetes side, which ARM never holds up.
     azure_role::release_deleted(ta, ctx).await;
     let cleaned_up = Note { type_: EventType::Normal, reason: Reason::CleanedUp, message: note };
-    status::emit(ta, ctx, cleaned_up, "Delete").await;
+    publish::emit(ta, ctx, cleaned_up, EventAction::Delete).await;
     Ok(())
 }
 
@@ -228,36 +228,18 @@ fn why_kept(ta: &TeamAccess, ns: Option<&Namespace>) -> &'static str {
     }
 }
 
-/// Says on the object that its namespace's deletion waits for the brake: status
-/// (Ready=False, Reconciling=True, no children left) and a Warning event the first
-/// time. A failure to say so is logged; the deletion waits either way.
-async fn report_delayed(ta: &TeamAccess, ctx: &Context, delayed: &Error) {
+/// Says on the object that its namespace's deletion waits for the brake (the
+/// status `status::compute` decides for it, and a Warning Event the first
+/// time). A failure to say so is logged; the deletion waits either way.
+async fn report_delayed(ta: &TeamAccess, ctx: &Context, delayed: Error) {
     ctx.report.metrics.namespace_deletions_delayed.inc();
-    let previous = ta.status.clone().unwrap_or_default();
-    let first_time =
-        conditions::find(&previous.conditions, READY).is_none_or(|c| c.reason != delayed.reason().as_str());
-    let desired = [
-        DesiredCondition::new(READY, false, delayed.reason(), delayed.to_string()),
-        DesiredCondition::new(RECONCILING, true, delayed.reason(), delayed.to_string()),
-    ];
-    let status = TeamAccessStatus {
-        role: None,
-        role_binding: None,
-        children: Vec::new(),
-        conditions: conditions::merge(
-            &previous.conditions,
-            &desired,
-            ta.metadata.generation,
-            &Time(jiff::Timestamp::now()),
-        ),
-        ..previous
-    };
-    if let Err(e) = status::write_status(ta, &status, ctx).await {
+    let outcome = Outcome::deletion_delayed(ta, delayed);
+    let (status, notes) = status::compute(&outcome, &Time(jiff::Timestamp::now()));
+    if let Err(e) = publish::write_status(ta, &status, ctx).await {
         tracing::warn!(teamaccess = %ta.name_any(), error = %e, "cannot report the delayed namespace deletion");
     }
-    if first_time {
-        let warning = Note { type_: EventType::Warning, reason: delayed.reason(), message: delayed.to_string() };
-        status::emit(ta, ctx, warning, "Delete").await;
+    for note in notes {
+        publish::emit(ta, ctx, note, EventAction::Delete).await;
     }
     tracing::warn!(teamaccess = %ta.name_any(), namespace = %ta.spec.namespace, "namespace deletion held back by the brake");
 }
@@ -428,7 +410,7 @@ mod tests {
         let mut spec = TeamAccessSpec::new(GroupSelector::by_object_id("5f0a1d3e-8f8a-4c1e-9d55-0b0c2d7c1a01"), "dev");
         spec.deletion_policy = spec_policy;
         let mut ta = TeamAccess::new("t", spec);
-        ta.status = Some(TeamAccessStatus { deletion_policy: applied, ..Default::default() });
+        ta.status = Some(crate::api::TeamAccessStatus { deletion_policy: applied, ..Default::default() });
         ta
     }
 

@@ -44,8 +44,15 @@ pub enum Error {
     )]
     RuleNotAllowed { index: usize, rule: String, why: String },
 
-    #[error("namespace {namespace} is being deleted{blockers}; access is granted once it is gone and re-created")]
-    NamespaceTerminating { namespace: String, blockers: String },
+    #[error(
+        "namespace {namespace} is being deleted{}; access is granted once it is gone and re-created",
+        held_by(blockers)
+    )]
+    NamespaceTerminating {
+        namespace: String,
+        /// What the namespace controller says holds it (remaining finalizers, content).
+        blockers: Vec<String>,
+    },
 
     #[error(
         "{kind} {namespace}/{name} already exists and was not made by this TeamAccess (managed by {managers}); it is left as it is and nothing is bound. Remove or rename that {kind}, or give this TeamAccess another name"
@@ -89,6 +96,11 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+}
+
+/// " (what holds it; ...)", or nothing when nothing is known.
+fn held_by(blockers: &[String]) -> String {
+    if blockers.is_empty() { String::new() } else { format!(" ({})", blockers.join("; ")) }
 }
 
 impl Error {

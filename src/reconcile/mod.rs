@@ -34,6 +34,7 @@ pub mod default_set;
 pub mod error;
 pub mod memory;
 pub mod policy;
+pub mod publish;
 pub mod requeue;
 pub mod resolve;
 pub mod status;
@@ -53,6 +54,9 @@ pub struct ReconcileError(#[from] Box<finalizer::Error<Error>>);
 impl ReconcileError {
     pub fn reason(&self) -> Reason {
         match &*self.0 {
+            // A request of the cleanup itself (a delete, a list) failed: said as
+            // such, not as a failure to grant.
+            finalizer::Error::CleanupFailed(Error::Kube { .. }) => Reason::CleanupFailed,
             finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e.reason(),
             _ => Reason::FinalizerFailed,
         }
@@ -104,7 +108,7 @@ async fn grant(ta: &TeamAccess, ctx: &Context) -> Result<Action, Error> {
     let ta = &*ctx.memory.with_own_status(ta);
     let outcome = pipeline(ta, ctx).await;
     let (new_status, events) = status::compute(&outcome, &Time(jiff::Timestamp::now()));
-    status::publish(ta, &new_status, events, ctx).await?;
+    publish::publish(ta, &new_status, events, ctx).await?;
 
     let error = outcome.error();
     let reason = error.map_or(Reason::Reconciled, Error::reason);

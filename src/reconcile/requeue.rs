@@ -87,7 +87,7 @@ mod tests {
 
     #[test]
     fn other_transient_failures_back_off_up_to_five_minutes() {
-        let e = Error::NamespaceTerminating { namespace: "dev".into(), blockers: String::new() };
+        let e = Error::NamespaceTerminating { namespace: "dev".into(), blockers: Vec::new() };
         assert_eq!(next_action(Some(&e), 2, RESYNC, 0.5), Next { after: Duration::from_secs(4), failed: true });
         assert_eq!(next_action(Some(&e), 40, RESYNC, 0.999).after, Duration::from_secs(300));
     }

@@ -1,28 +1,22 @@
 //! Step 5, status: what a reconcile found out becomes status and Events.
 //!
-//! `compute` is pure: from the `Outcome` of the pipeline and the object's previous
-//! status it works out the new status and one Event per transition. `publish`
-//! only writes: status when it changed (so an idle resync writes nothing), then
-//! the Events.
+//! `compute` is pure and the only place a status is decided: from the `Outcome`
+//! of the pipeline (or of a cleanup held back by the brake) and the object's
+//! previous status it works out the new status and one Event per transition.
+//! `super::publish` then only writes them.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use kube::{
-    Api, Resource, ResourceExt,
-    api::{Patch, PatchParams},
-    runtime::events::{Event, EventType},
-};
+use kube::runtime::events::EventType;
 
 use super::{
     apply::{Applied, ApplyFailed},
     azure_role::AzureRole,
-    context::Context,
     error::Error,
     resolve::{GroupReport, Resolved, Unresolved},
 };
 use crate::api::{
     ClusterUserRoleStatus, Reason, ResolvedGroup, TeamAccess, TeamAccessStatus,
     conditions::{self, CLUSTER_USER_ROLE, DesiredCondition, GROUP_RESOLVED, READY, RECONCILING, STALLED},
-    labels::FIELD_MANAGER,
 };
 
 /// An Event to publish about the TeamAccess.
@@ -95,6 +89,13 @@ impl<'a> Outcome<'a> {
             azure: AzureRole::NotReached,
             error: Some(error),
         }
+    }
+
+    /// Cleanup removed the access, and the brake holds the namespace's deletion
+    /// back: the group and the Azure role as they were, no children, and why
+    /// the namespace is still there.
+    pub fn deletion_delayed(ta: &'a TeamAccess, delayed: Error) -> Self {
+        Self::stopped_before_lookup(ta, delayed, true)
     }
 
     /// The directory could not resolve the group or a user: nothing was written.
@@ -196,12 +197,25 @@ pub fn compute(outcome: &Outcome, now: &Time) -> (TeamAccessStatus, Vec<Note>) {
         role_binding,
         cluster_user_role,
         children,
-        // What a later cleanup may act on: the spec as this (live) reconcile saw it.
-        deletion_policy: Some(ta.spec.deletion_policy),
+        // What a later cleanup may act on: the spec as a live reconcile saw it.
+        // Once deletion began it stays as recorded: a deletionPolicy patched into
+        // a terminating object never counts.
+        deletion_policy: if ta.metadata.deletion_timestamp.is_some() {
+            previous.deletion_policy
+        } else {
+            Some(ta.spec.deletion_policy)
+        },
         conditions,
     };
 
-    let mut notes = transition_events(&previous.conditions, &desired);
+    let notes = events(outcome, &previous.conditions, &desired);
+    (status, notes)
+}
+
+/// The Events of `outcome`: one per transition, a rename of the group, and the
+/// namespace's creation (folded into a first Ready's).
+fn events(outcome: &Outcome, previous: &[Condition], desired: &[DesiredCondition]) -> Vec<Note> {
+    let mut notes = transition_events(previous, desired);
     if let GroupState::Found(GroupReport { pin, renamed_from: Some(old), .. }) = &outcome.group {
         notes.push(Note {
             type_: EventType::Normal,
@@ -215,72 +229,13 @@ pub fn compute(outcome: &Outcome, now: &Time) -> (TeamAccessStatus, Vec<Note>) {
     }
     if outcome.namespace_created {
         // One Event per transition: a first Ready says the namespace was made too.
-        let created = format!("created namespace {}", ta.spec.namespace);
+        let created = format!("created namespace {}", outcome.ta.spec.namespace);
         match notes.iter_mut().find(|n| n.reason == Reason::Reconciled) {
             Some(ready) => ready.message = format!("{}; {created}", ready.message),
             None => notes.push(Note { type_: EventType::Normal, reason: Reason::NamespaceCreated, message: created }),
         }
     }
-    (status, notes)
-}
-
-/// Writes status when it changed (and remembers it, until the cache has it), then
-/// publishes the Events.
-pub async fn publish(ta: &TeamAccess, status: &TeamAccessStatus, notes: Vec<Note>, ctx: &Context) -> Result<(), Error> {
-    if write_status(ta, status, ctx).await? {
-        ctx.memory.wrote_status(ta, status);
-    }
-    for note in notes {
-        emit(ta, ctx, note, "Reconcile").await;
-    }
-    Ok(())
-}
-
-/// Server-side applies `status` when it differs from what the object shows, so
-/// an unchanged state writes nothing. Returns whether it wrote.
-pub async fn write_status(ta: &TeamAccess, status: &TeamAccessStatus, ctx: &Context) -> Result<bool, Error> {
-    if ta.status.as_ref() == Some(status) {
-        return Ok(false);
-    }
-    let api = Api::<TeamAccess>::all(ctx.client.clone());
-    let apply = |status: &TeamAccessStatus| {
-        let patch = serde_json::json!({
-            "apiVersion": TeamAccess::api_version(&()),
-            "kind": TeamAccess::kind(&()),
-            "status": status,
-        });
-        let api = api.clone();
-        let name = ta.name_any();
-        async move { api.patch_status(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await }
-    };
-    match apply(status).await {
-        Ok(_) => Ok(true),
-        // A CRD older than this operator (mid-upgrade, before the chart's CRD
-        // arrives) lacks the newest status fields, and server-side apply refuses
-        // them. Written without them, each reads as absent, which errs on the safe
-        // side: no recorded deletionPolicy keeps the namespace, no recorded child
-        // leaves ownership to the owner references.
-        Err(kube::Error::Api(s)) if s.message.contains("field not declared in schema") => {
-            tracing::warn!(teamaccess = %ta.name_any(), "the TeamAccess CRD is older than the operator: status written without its newest fields; upgrade the CRD");
-            let older = TeamAccessStatus { children: Vec::new(), deletion_policy: None, ..status.clone() };
-            apply(&older).await.map(|_| true).map_err(|e| Error::kube("update TeamAccess status", e))
-        }
-        Err(e) => Err(Error::kube("update TeamAccess status", e)),
-    }
-}
-
-/// Publishes one Event about the TeamAccess; a failure is logged, never fatal.
-pub async fn emit(ta: &TeamAccess, ctx: &Context, note: Note, action: &str) {
-    let event = Event {
-        type_: note.type_,
-        reason: note.reason.to_string(),
-        note: Some(note.message),
-        action: action.into(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.report.recorder.publish(&event, &ta.object_ref(&())).await {
-        tracing::warn!(teamaccess = %ta.name_any(), error = %e, "cannot publish event");
-    }
+    notes
 }
 
 /// A short description of the access granted, for the Ready message.
@@ -293,10 +248,22 @@ fn describe_access(ta: &TeamAccess) -> String {
     }
 }
 
+/// Ready, then GroupResolved and ClusterUserRole when there is something to say,
+/// then Reconciling or Stalled while the reconcile did not end Ready.
 fn desired_conditions(outcome: &Outcome) -> Vec<DesiredCondition> {
+    let mut desired = vec![ready_condition(outcome)];
+    desired.extend(group_condition(outcome));
+    desired.extend(cluster_user_role_condition(&outcome.azure));
+    if let Some(e) = &outcome.error {
+        let kind = if e.is_transient() { RECONCILING } else { STALLED };
+        desired.push(DesiredCondition::new(kind, true, e.reason(), e.to_string()));
+    }
+    desired
+}
+
+fn ready_condition(outcome: &Outcome) -> DesiredCondition {
     let ta = outcome.ta;
-    let mut desired = Vec::with_capacity(3);
-    desired.push(match (&outcome.error, &outcome.group) {
+    match (&outcome.error, &outcome.group) {
         (None, GroupState::Found(report)) => DesiredCondition::new(
             READY,
             true,
@@ -317,9 +284,12 @@ fn desired_conditions(outcome: &Outcome) -> Vec<DesiredCondition> {
         (Some(e), _) => DesiredCondition::new(READY, false, e.reason(), e.to_string()),
         // Not reachable: only a resolved group ends without an error.
         (None, _) => DesiredCondition::new(READY, false, Reason::ApplyFailed, "the group was not resolved"),
-    });
-    match &outcome.group {
-        GroupState::Found(report) if !report.security_enabled => desired.push(DesiredCondition::new(
+    }
+}
+
+fn group_condition(outcome: &Outcome) -> Option<DesiredCondition> {
+    Some(match &outcome.group {
+        GroupState::Found(report) if !report.security_enabled => DesiredCondition::new(
             GROUP_RESOLVED,
             true,
             Reason::GroupNotSecurityEnabled,
@@ -327,26 +297,29 @@ fn desired_conditions(outcome: &Outcome) -> Vec<DesiredCondition> {
                 "group {} is not security-enabled: its members' tokens do not carry it in the groups claim, so the binding lets nobody in. Make it a security group",
                 report.pin.object_id
             ),
-        )),
-        GroupState::Found(report) => desired.push(DesiredCondition::new(
+        ),
+        GroupState::Found(report) => DesiredCondition::new(
             GROUP_RESOLVED,
             true,
             Reason::Resolved,
-            format!("{} resolved to group {}", ta.spec.group.describe(), report.pin.object_id),
-        )),
+            format!("{} resolved to group {}", outcome.ta.spec.group.describe(), report.pin.object_id),
+        ),
         GroupState::Failed { reason, message, .. } => {
-            desired.push(DesiredCondition::new(GROUP_RESOLVED, false, *reason, message.clone()))
+            DesiredCondition::new(GROUP_RESOLVED, false, *reason, message.clone())
         }
-        GroupState::NotLookedUp { .. } => {}
-    }
-    match &outcome.azure {
-        AzureRole::Checked(Ok(assignment)) if assignment.by_operator => desired.push(DesiredCondition::new(
+        GroupState::NotLookedUp { .. } => return None,
+    })
+}
+
+fn cluster_user_role_condition(azure: &AzureRole) -> Option<DesiredCondition> {
+    Some(match azure {
+        AzureRole::Checked(Ok(assignment)) if assignment.by_operator => DesiredCondition::new(
             CLUSTER_USER_ROLE,
             true,
             Reason::Assigned,
             format!("the group holds the Azure Kubernetes Service Cluster User Role through {}", assignment.id),
-        )),
-        AzureRole::Checked(Ok(assignment)) => desired.push(DesiredCondition::new(
+        ),
+        AzureRole::Checked(Ok(assignment)) => DesiredCondition::new(
             CLUSTER_USER_ROLE,
             true,
             Reason::AssignedByOther,
@@ -354,17 +327,10 @@ fn desired_conditions(outcome: &Outcome) -> Vec<DesiredCondition> {
                 "the group holds the Azure Kubernetes Service Cluster User Role through {}, which this operator did not make and never removes",
                 assignment.id
             ),
-        )),
-        AzureRole::Checked(Err(e)) => {
-            desired.push(DesiredCondition::new(CLUSTER_USER_ROLE, false, e.reason(), e.to_string()))
-        }
-        AzureRole::NotManaged | AzureRole::NotReached => {}
-    }
-    if let Some(e) = &outcome.error {
-        let kind = if e.is_transient() { RECONCILING } else { STALLED };
-        desired.push(DesiredCondition::new(kind, true, e.reason(), e.to_string()));
-    }
-    desired
+        ),
+        AzureRole::Checked(Err(e)) => DesiredCondition::new(CLUSTER_USER_ROLE, false, e.reason(), e.to_string()),
+        AzureRole::NotManaged | AzureRole::NotReached => return None,
+    })
 }
 
 /// One Event per Ready, GroupResolved or ClusterUserRole condition whose status
@@ -462,6 +428,36 @@ mod tests {
         let reasons: Vec<Reason> = notes.iter().map(|n| n.reason).collect();
         assert_eq!(reasons, [Reason::Reconciled], "one Event for the first Ready");
         assert!(notes[0].message.ends_with("; created namespace dev"), "{}", notes[0].message);
+    }
+
+    #[test]
+    fn a_deletion_held_by_the_brake_says_so_once_and_keeps_the_recorded_deletion_policy() {
+        let mut ta = seed_team();
+        let (granted, _) = compute(&Outcome::resolved(resolved(&ta, report(true)), Ok(applied())), &now());
+        ta.status = Some(granted);
+        // Patched while terminating (attack 3): must not become what was applied.
+        ta.spec.deletion_policy = crate::api::DeletionPolicy::Retain;
+        ta.metadata.deletion_timestamp = Some(now());
+        let delayed = || Error::NamespaceDeletionDelayed {
+            namespace: "dev".into(),
+            wait: std::time::Duration::from_secs(30),
+            max: 5,
+            window: std::time::Duration::from_secs(60),
+        };
+        let (status, notes) = compute(&Outcome::deletion_delayed(&ta, delayed()), &now());
+        let ready = condition(&status, READY).unwrap();
+        assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "NamespaceDeletionDelayed"));
+        assert_eq!(condition(&status, RECONCILING).unwrap().reason, "NamespaceDeletionDelayed");
+        assert!(condition(&status, STALLED).is_none(), "it goes by itself once the window has room");
+        assert_eq!((status.role.clone(), status.role_binding.clone()), (None, None), "the access is removed");
+        assert!(status.children.is_empty());
+        assert_eq!(status.group.as_ref().unwrap().object_id, APPDEV, "the pin stays for the Azure release");
+        assert_eq!(status.deletion_policy, Some(crate::api::DeletionPolicy::Delete), "as recorded before deletion");
+        assert_eq!(notes.len(), 1, "one Warning the first time");
+        assert_eq!((notes[0].type_, notes[0].reason), (EventType::Warning, Reason::NamespaceDeletionDelayed));
+        ta.status = Some(status);
+        let (_, again) = compute(&Outcome::deletion_delayed(&ta, delayed()), &now());
+        assert!(again.is_empty(), "no Event while it keeps waiting");
     }
 
     #[test]

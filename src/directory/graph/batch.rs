@@ -107,6 +107,38 @@ impl Sender {
         *self.hold_until.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now() + delay, err));
     }
 
+    /// Replies to the lookups Graph answered for good; returns those told to
+    /// wait (to try again, unless this was the last attempt) and how long.
+    /// Graph throttles the items of a batch one by one: an item told to wait
+    /// holds back every lookup, as a throttled request does, so a storm is met
+    /// with few requests.
+    fn reply_or_keep(&self, pending: Vec<Pending>, answers: Vec<Answer>, attempt: u32) -> (Vec<Pending>, Duration) {
+        let last = attempt >= self.settings.max_attempts;
+        let mut again = Vec::new();
+        let mut wait = Duration::ZERO;
+        let mut hold: Option<(Duration, DirectoryError)> = None;
+        for (p, answer) in pending.into_iter().zip(answers) {
+            if !answer.is_retryable() {
+                let _ = p.reply.send(Ok(answer));
+                continue;
+            }
+            let delay = answer.retry_after.unwrap_or_else(|| self.settings.backoff.delay(attempt));
+            if hold.as_ref().is_none_or(|(d, _)| delay > *d) {
+                hold = Some((delay, answer.clone().into_request_error()));
+            }
+            if last {
+                let _ = p.reply.send(Ok(answer));
+            } else {
+                wait = wait.max(delay);
+                again.push(p);
+            }
+        }
+        if let Some((delay, err)) = hold {
+            self.hold(delay, err);
+        }
+        (again, wait)
+    }
+
     /// Answers every pending lookup, retrying throttled items on their own and
     /// failed requests as a whole, a bounded number of times.
     async fn answer(self: Arc<Self>, mut pending: Vec<Pending>) {
@@ -121,31 +153,7 @@ impl Sender {
             let requests: Vec<&str> = pending.iter().map(|p| p.request.as_str()).collect();
             match self.transport.send(&requests).await {
                 Ok(answers) => {
-                    let mut again = Vec::new();
-                    let mut wait = Duration::ZERO;
-                    let mut hold: Option<(Duration, DirectoryError)> = None;
-                    for (p, answer) in pending.into_iter().zip(answers) {
-                        if !answer.is_retryable() {
-                            let _ = p.reply.send(Ok(answer));
-                            continue;
-                        }
-                        // Graph throttles the items of a batch one by one: an item
-                        // told to wait holds back every lookup, as a throttled
-                        // request does, so a storm is met with few requests.
-                        let delay = answer.retry_after.unwrap_or_else(|| self.settings.backoff.delay(attempt));
-                        if hold.as_ref().is_none_or(|(d, _)| delay > *d) {
-                            hold = Some((delay, answer.clone().into_request_error()));
-                        }
-                        if attempt < attempts {
-                            wait = wait.max(delay);
-                            again.push(p);
-                        } else {
-                            let _ = p.reply.send(Ok(answer));
-                        }
-                    }
-                    if let Some((delay, err)) = hold {
-                        self.hold(delay, err);
-                    }
+                    let (again, wait) = self.reply_or_keep(pending, answers, attempt);
                     if again.is_empty() {
                         return;
                     }
