@@ -5,22 +5,25 @@
 #   2. generated files (CRD copies, deploy/operator.yaml) match their sources
 #   3. a local control plane of its own, unless TEAMACCESS_TEST_KUBECONFIG names one
 #   4. the integration tests against that control plane
-#   5. the node tests (tests/node.rs): the images as the Dockerfile makes them (amd64,
+#   5. the demo (make demo), which checks what it prints
+#   6. the node tests (tests/node.rs): the images as the Dockerfile makes them (amd64,
 #      and arm64 cross-compiled and run under qemu-user), a real node added to that
 #      control plane (root), the chart's pods on it, one test at a time; then the node
 #      is removed and the machine must be as it was before
-#   6. the benchmark at N=10 as a smoke test (release build, a control plane of its own)
-#   7. cargo fmt --check, cargo clippy -D warnings, actionlint on .github/workflows
+#   7. the benchmark at N=10 as a smoke test (release build, a control plane of its own)
+#   8. cargo fmt --check, cargo clippy -D warnings, actionlint on .github/workflows
 #
-# A cluster it started is stopped on exit, also when a test fails. Every test
-# binary runs even when an earlier one fails (--no-fail-fast), and the tests each
-# step should run are listed first (cargo test -- --list): a listed test that
-# reported no result (its binary aborted, or was never started) is counted as
-# failed and named "not run". The last line is the sum: "N passed, M failed".
+# A cluster it started is stopped on exit, also when a test fails. The tests run
+# under cargo-nextest (pinned below, built once into the cache): each test in a
+# process of its own, every test run even when others fail, and a JUnit report
+# per step that the summary counts. The tests each step should run are listed
+# first (cargo nextest list): a listed test with no result in the reports (its
+# run was killed, or never started) is counted as failed and named "not run".
+# The last line is the sum: "N passed, M failed".
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-results="$(mktemp)"
+reports="$(mktemp -d)"
 listed=0
 cluster_started=""
 node_started=""
@@ -38,10 +41,9 @@ finish() {
   fi
   local passed failed
   local passed failed ignored not_run
-  passed=$(count passed)
-  failed=$(count failed)
-  ignored=$(count ignored)
-  rm -f "$results"
+  read -r passed failed ignored < <(count_reports) || true
+  passed=${passed:-0} failed=${failed:-0} ignored=${ignored:-0}
+  rm -rf "$reports"
   not_run=$((listed - passed - failed - ignored))
   if ((not_run > 0)); then
     echo "${not_run} listed tests reported no result (not run)"
@@ -61,16 +63,52 @@ finish() {
 }
 trap finish EXIT
 
-# Sums "N <word>" over the "test result:" lines cargo printed.
-count() {
-  grep -E '^test result:' "$results" | grep -Eo "[0-9]+ $1" | awk '{s+=$1} END {print s+0}'
+# "passed failed skipped" over every JUnit report the steps left.
+count_reports() {
+  python3 - "$reports" <<'PY'
+import pathlib, sys, xml.etree.ElementTree as ET
+passed = failed = skipped = 0
+for report in pathlib.Path(sys.argv[1]).glob("*.xml"):
+    for case in ET.parse(report).iter("testcase"):
+        kinds = {child.tag for child in case}
+        if kinds & {"failure", "error"}:
+            failed += 1
+        elif "skipped" in kinds:
+            skipped += 1
+        else:
+            passed += 1
+print(passed, failed, skipped)
+PY
 }
 
-# Adds the number of tests `cargo test ARGS` would run to the expected total.
+# cargo-nextest, built from crates.io once per version into the cache.
+NEXTEST_VERSION=0.9.151
+nextest_root="${TEAMACCESS_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/teamaccess-operator}/tools/cargo-nextest-$NEXTEST_VERSION"
+if [[ ! -x "$nextest_root/bin/cargo-nextest" ]]; then
+  echo "==> building cargo-nextest $NEXTEST_VERSION into $nextest_root (first run only)"
+  cargo install --locked --quiet --version "$NEXTEST_VERSION" --root "$nextest_root" cargo-nextest \
+    || { echo "cannot build cargo-nextest" >&2; exit 1; }
+fi
+export PATH="$nextest_root/bin:$PATH"
+target_dir="${CARGO_TARGET_DIR:-target}"
+
+# Adds the number of tests `cargo nextest run ARGS` would run to the expected total.
 list_tests() {
   local n
-  n=$(cargo test --locked "$@" -- --list --format terse 2>/dev/null | grep -c ': test$') || true
+  n=$(cargo nextest list --locked "$@" --message-format oneline 2>/dev/null | grep -c .) || true
   listed=$((listed + n))
+}
+
+# Runs the tests of ARGS as step NAME and keeps its JUnit report.
+test_step() {
+  local name="$1" rc=0
+  shift
+  rm -f "$target_dir/nextest/ci/junit.xml"
+  step "$name" cargo nextest run --locked --profile ci "$@" || rc=1
+  if [[ -f "$target_dir/nextest/ci/junit.xml" ]]; then
+    cp "$target_dir/nextest/ci/junit.xml" "$reports/${name// /-}.xml"
+  fi
+  return "$rc"
 }
 
 # Runs a step, remembering its failure; test output is also kept for the summary.
@@ -78,7 +116,7 @@ step() {
   local name="$1" started=$SECONDS
   shift
   echo "==> $name"
-  if ! "$@" 2>&1 | tee -a "$results"; then
+  if ! "$@" 2>&1; then
     failed_steps+=("$name")
     echo "==> $name failed after $((SECONDS - started))s"
     return 1
@@ -87,7 +125,7 @@ step() {
 }
 
 list_tests --workspace --lib --bins
-step "unit tests" cargo test --locked --workspace --lib --bins || exit 1
+test_step "unit tests" --workspace --lib --bins || exit 1
 step "generated files are current" scripts/generate.sh --check || exit 1
 
 if [[ -z "${TEAMACCESS_TEST_KUBECONFIG:-}" ]]; then
@@ -104,7 +142,11 @@ for file in tests/*.rs; do
   [[ "$name" == node ]] || integration+=(--test "$name")
 done
 list_tests "${integration[@]}"
-step "integration tests" cargo test --locked --no-fail-fast "${integration[@]}" -- --test-threads="${TEAMACCESS_TEST_THREADS:-4}"
+test_step "integration tests" "${integration[@]}" --test-threads="${TEAMACCESS_TEST_THREADS:-4}"
+
+# The README's demo, end to end on a control plane of its own: what it prints
+# is also checked there (tests/seed_demo.rs owns the same checks as a test).
+step "demo (make demo)" scripts/demo.sh
 
 # The node tests. Without root there is no node, and they fail saying so.
 if [[ $EUID -eq 0 ]]; then
@@ -125,7 +167,7 @@ if [[ $EUID -eq 0 ]]; then
   fi
 fi
 list_tests --test node
-step "node tests" cargo test --locked --no-fail-fast --test node -- --test-threads=1
+test_step "node tests" --test node --test-threads=1
 if [[ -n "$node_started" ]]; then
   step "node-down" env KUBECONFIG="$node_started" tests/cluster/cluster.sh node-down && node_started=""
   machine_after="$(mktemp)"
