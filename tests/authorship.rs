@@ -5,8 +5,7 @@
 //! SubjectAccessReviews; a spec it cannot attribute grants nothing new.
 //!
 //! The test deletes the shipped policies for a while, which every writer of a
-//! TeamAccess in the cluster would notice: it is the only test of this binary,
-//! and cargo runs test binaries one after another.
+//! TeamAccess in the cluster would notice, so it runs on a control plane of its own.
 
 mod support;
 
@@ -18,7 +17,7 @@ use k8s_openapi::api::admissionregistration::v1::{
 };
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
-use support::{authors::*, operator::*, *};
+use support::{authors::*, operator::*, own_cluster::OwnCluster, *};
 use teamaccess_operator::reconcile::{admission, authorship::stamp_key};
 
 const SHORT: Duration = Duration::from_secs(30);
@@ -93,6 +92,12 @@ async fn wait_unverified(op: &TestOperator, name: &str, why: &str) {
 
 #[tokio::test]
 async fn a_grant_written_while_the_policies_were_absent_is_not_honoured_after_they_return() {
+    let cluster = OwnCluster::start();
+    // Every helper (clients, kubectl, the in-process operator) finds the cluster
+    // through this variable. SAFETY: nothing else reads the environment yet: this
+    // is the binary's only test, and cargo-nextest runs each test in a process of
+    // its own (plain cargo test runs it alone in this binary too).
+    unsafe { std::env::set_var(KUBECONFIG_ENV, cluster.kubeconfig()) };
     let admin = admin_client().await;
     ensure_crd(&admin).await;
     let attacker = author_who_may_only_write_teamaccesses();

@@ -182,11 +182,10 @@ async fn the_seed_gives_each_team_its_own_namespace_only_and_the_cluster_user_ro
         assert!(value.is_some_and(|v| v >= 1.0), "{series} = {value:?}");
     }
 
+    // The role is released only when no TeamAccess in the cluster wants the
+    // group, and other tests bind the seed's groups too: tests/azure_roles.rs
+    // checks the release, with groups of its own.
     seed.delete_the_seed().await;
-    for group in [APPDEV, OPSSRE] {
-        let left = seed.emulator.role_assignments().into_iter().filter(|a| a.principal_id == group).count();
-        assert_eq!(left, 0, "the Cluster User Role of {group} went with its last TeamAccess");
-    }
 }
 
 #[tokio::test]
