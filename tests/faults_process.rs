@@ -48,13 +48,17 @@ async fn restart_apiserver_after_compaction(cluster: &OwnCluster) {
         .unwrap();
     assert!(compacted.status().is_success(), "etcd compaction: {}", compacted.text().await.unwrap_or_default());
 
-    // The old process must be gone (or a zombie) before the new one binds its port.
-    wait_for(Duration::from_secs(20), "the killed API server to exit", || async {
-        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-            Err(_) => Ok(()),
-            Ok(stat) if stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')) => Ok(()),
-            Ok(_) => Err("still running".to_string()),
-        }
+    // The old process must be gone before the new one binds its port. A zombie
+    // leader is not enough: the other threads of a killed Go process exit after
+    // it, and the listening socket goes with the last of them. So wait until the
+    // port can be bound (with SO_REUSEADDR, as the API server binds it).
+    let port: u16 = argv
+        .iter()
+        .find_map(|a| a.strip_prefix("--secure-port="))
+        .and_then(|p| p.parse().ok())
+        .expect("the API server's --secure-port");
+    wait_for(Duration::from_secs(20), "the killed API server's port to be free", || async {
+        std::net::TcpListener::bind(("127.0.0.1", port)).map(drop).map_err(|e| e.to_string())
     })
     .await;
     let log_path = cluster.kubeconfig.with_file_name("kube-apiserver.log");
