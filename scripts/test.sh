@@ -39,7 +39,6 @@ finish() {
     echo "==> stopping the local control plane"
     KUBECONFIG="$cluster_started" tests/cluster/cluster.sh down || true
   fi
-  local passed failed
   local passed failed ignored not_run
   read -r passed failed ignored < <(count_reports) || true
   passed=${passed:-0} failed=${failed:-0} ignored=${ignored:-0}
@@ -111,7 +110,7 @@ test_step() {
   return "$rc"
 }
 
-# Runs a step, remembering its failure; test output is also kept for the summary.
+# Runs a step, remembering its failure.
 step() {
   local name="$1" started=$SECONDS
   shift
