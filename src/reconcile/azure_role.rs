@@ -11,7 +11,6 @@
 
 use std::{collections::HashSet, sync::Arc, time::Duration};
 
-use futures::FutureExt;
 use kube::ResourceExt;
 
 use super::{caches::every_teamaccess, context::Context, error::Error};
@@ -104,17 +103,15 @@ struct Wanted {
 }
 
 /// Every TeamAccess that wants a group to hold the role: from the controller's
-/// cache, or, when this operator reconciles only a shard (--selector) or the
-/// cache has not synced yet, from a list of all of them (another shard's
-/// TeamAccess may want the same group).
+/// cache, or, when this operator reconciles only a shard (--selector), from a
+/// list of all of them, since another shard's TeamAccess may want the same group.
 async fn wanted_groups(ctx: &Context) -> Result<Vec<Wanted>, Error> {
     let wanted = |tas: &mut dyn Iterator<Item = &TeamAccess>| {
         tas.filter_map(|ta| wanted_group(ta).map(|group| Wanted { by: ta.name_any(), group })).collect::<Vec<_>>()
     };
-    // Never from a cache that has not synced: it would want no group, and the
-    // sweep would take the role from every group.
-    let synced = ctx.caches.teamaccesses.wait_until_ready().now_or_never().is_some_and(|r| r.is_ok());
-    if ctx.settings.selector.is_none() && synced {
+    // The cache has synced by now: reconciles run, and the sweep starts, only
+    // after it did (crate::controller).
+    if ctx.settings.selector.is_none() {
         return Ok(wanted(&mut ctx.caches.teamaccesses.state().iter().map(|ta| ta.as_ref())));
     }
     Ok(wanted(&mut every_teamaccess(&ctx.client).await?.iter()))
