@@ -62,8 +62,8 @@ pub async fn run(
     }
 
     let (relisted, relists) = tokio::sync::mpsc::unbounded_channel::<()>();
-    let store = ctx.caches.teamaccesses.clone();
-    let mut controller = Controller::for_stream(teamaccess_events(&ctx, feeds.teamaccesses, relisted), store.clone())
+    let events = teamaccess_events(&ctx, feeds.teamaccesses, relisted);
+    let mut controller = Controller::for_stream(events, ctx.caches.teamaccesses.clone())
         // Children map to their owner by its name alone. (kube's owns_stream would
         // give the cluster-scoped owner the child's namespace: a second reference
         // to the same TeamAccess, which the controller would reconcile alongside
@@ -79,7 +79,7 @@ pub async fn run(
         controller = controller.reconcile_all_on(WatchStream::from_changes(changes).map(|_| ()));
     }
     let synced = Arc::new(AtomicBool::new(false));
-    let watchdog = tokio::spawn(watch_readiness(ctx.clone(), store, synced.clone()));
+    let watchdog = tokio::spawn(watch_readiness(ctx.clone(), synced.clone()));
     tokio::select! {
         () = drive(controller, ctx, shutdown.clone()) => {}
         () = stopped_before_sync(shutdown, synced) => {}
@@ -153,7 +153,8 @@ fn teamaccess_events(
 /// Ready once the cache of TeamAccess objects has synced (`synced` then
 /// turns true); then the managed gauge follows it, and the Azure role
 /// assignments are swept.
-async fn watch_readiness(ctx: Arc<Context>, store: reflector::Store<TeamAccess>, synced: Arc<AtomicBool>) {
+async fn watch_readiness(ctx: Arc<Context>, synced: Arc<AtomicBool>) {
+    let store = &ctx.caches.teamaccesses;
     // The store wakes only its latest waiter (the controller's), so poll again
     // now and then rather than wait once.
     let cache_synced = loop {
