@@ -8,170 +8,14 @@ mod support;
 use std::time::Duration;
 
 use azure_emulator::{CLIENT_ID, CLIENT_SECRET, Emulator, Faults, RoleAssignment, TENANT_ID, arm::ArmRequest};
-use kube::{
-    Api,
-    api::{Patch, PatchParams},
-};
 use serde_json::json;
-use support::{operator::TEST_LABEL, process::OperatorProcess, *};
-use teamaccess_operator::{
-    api::TeamAccess,
-    directory::file_format::{DirectoryFile, GroupRecord, UserRecord},
+use support::{
+    arm::{Harness, cluster_id, fresh_group, groups_with_a_member, role_definition_id},
+    operator::TEST_LABEL,
+    process::OperatorProcess,
+    *,
 };
-
-const SUBSCRIPTION: &str = "6f1e2d3c-4b5a-4987-8a6b-5c4d3e2f1a0b";
-const CLUSTER_USER_ROLE: &str = "4abbcc35-e782-43d8-92c5-2d3f1bd2253f";
-const WAIT: Duration = Duration::from_secs(40);
-
-fn cluster_id() -> String {
-    format!(
-        "/subscriptions/{SUBSCRIPTION}/resourceGroups/rg-aks/providers/Microsoft.ContainerService/managedClusters/aks-test"
-    )
-}
-
-fn role_definition_id() -> String {
-    format!("/subscriptions/{SUBSCRIPTION}/providers/Microsoft.Authorization/roleDefinitions/{CLUSTER_USER_ROLE}")
-}
-
-/// A group objectId no other test uses: whether a group is still wanted is
-/// decided over every TeamAccess in the cluster, other tests' included.
-fn fresh_group() -> String {
-    fresh_object_id()
-}
-
-/// A tenant of `n` fresh security groups, each with one member.
-fn tenant(n: usize) -> (DirectoryFile, Vec<String>) {
-    let groups: Vec<String> = (0..n).map(|_| fresh_group()).collect();
-    let directory = DirectoryFile {
-        groups: groups
-            .iter()
-            .enumerate()
-            .map(|(i, id)| GroupRecord {
-                object_id: id.clone(),
-                display_name: format!("arm-team-{i}-{id}"),
-                mail_nickname: None,
-                security_enabled: true,
-                is_assignable_to_role: false,
-                on_premises_sync_enabled: false,
-            })
-            .collect(),
-        users: vec![UserRecord {
-            object_id: fresh_group(),
-            user_principal_name: "member@contoso.com".into(),
-            display_name: Some("member".into()),
-            user_type: None,
-            member_of: groups.clone(),
-        }],
-    };
-    (directory, groups)
-}
-
-struct Harness {
-    emulator: Emulator,
-    op: OperatorProcess,
-    tas: Api<TeamAccess>,
-    label: String,
-}
-
-impl Harness {
-    /// The operator binary on the emulator's Graph and ARM, resyncing every 2 s
-    /// unless `extra` says otherwise.
-    async fn start(directory: DirectoryFile, extra: &[String]) -> Self {
-        let emulator = graph::emulator_of(directory).await;
-        Self::start_on(emulator, extra).await
-    }
-
-    async fn start_on(emulator: Emulator, extra: &[String]) -> Self {
-        let admin = admin_client().await;
-        ensure_crd(&admin).await;
-        let label = unique("arm");
-        let selector = format!("{TEST_LABEL}={label}");
-        let mut args: Vec<String> =
-            ["--selector", &selector, "--max-namespace-deletions", "0"].map(String::from).to_vec();
-        if !extra.iter().any(|a| a == "--resync") {
-            args.extend(["--resync", "2s"].map(String::from));
-        }
-        args.extend(extra.iter().cloned());
-        let op = OperatorProcess::start_on_emulator(&emulator, &args, &label);
-        op.wait_ready().await;
-        Self { emulator, op, tas: Api::all(admin), label }
-    }
-
-    fn arm_args(emulator: &Emulator) -> Vec<String> {
-        vec!["--aks-cluster-resource-id".into(), cluster_id(), "--arm-endpoint".into(), emulator.arm_url().into()]
-    }
-
-    async fn apply(&self, name: &str, group: &str, namespace: &str, cluster_user_role: Option<bool>) {
-        let mut spec =
-            json!({"group": {"objectId": group}, "namespace": namespace, "verbs": ["get", "list", "create"]});
-        if let Some(wanted) = cluster_user_role {
-            spec["clusterUserRole"] = json!(wanted);
-        }
-        let manifest = json!({
-            "apiVersion": "teamaccess.dev/v1alpha1", "kind": "TeamAccess",
-            "metadata": {"name": name, "labels": {TEST_LABEL: self.label}},
-            "spec": spec,
-        });
-        self.tas.patch(name, &PatchParams::apply("arm-test").force(), &Patch::Apply(manifest)).await.unwrap();
-    }
-
-    fn name(&self, suffix: &str) -> String {
-        format!("{}-{suffix}", self.label)
-    }
-
-    /// Waits for condition `type_` to be `status` (with `reason`) for the current generation.
-    async fn wait_condition(&self, name: &str, type_: &str, status: &str, reason: &str) -> TeamAccess {
-        wait_for(WAIT, &format!("{name}: {type_}={status} {reason}"), || async {
-            let ta = self.tas.get(name).await.map_err(|e| e.to_string())?;
-            let conditions = ta.status.clone().map(|s| s.conditions).unwrap_or_default();
-            let found = conditions.iter().any(|c| {
-                c.type_ == type_
-                    && c.status == status
-                    && c.reason == reason
-                    && c.observed_generation == ta.metadata.generation
-            });
-            if found { Ok(ta) } else { Err(format!("{conditions:?}; log: {}", self.op.log_tail())) }
-        })
-        .await
-    }
-
-    async fn delete(&self, name: &str) {
-        self.tas.delete(name, &Default::default()).await.unwrap();
-        wait_gone(&self.tas, name, WAIT).await;
-    }
-
-    /// The Cluster User Role assignments at the cluster, by principal.
-    fn holders(&self) -> Vec<(String, RoleAssignment)> {
-        let mut holders: Vec<(String, RoleAssignment)> = self
-            .emulator
-            .role_assignments()
-            .into_iter()
-            .filter(|a| a.scope == cluster_id() && a.role_definition_id.ends_with(CLUSTER_USER_ROLE))
-            .map(|a| (a.principal_id.clone(), a))
-            .collect();
-        holders.sort_by(|a, b| a.0.cmp(&b.0));
-        holders
-    }
-
-    async fn wait_holders(&self, expected: &[&str]) {
-        let mut expected: Vec<String> = expected.iter().map(|g| g.to_string()).collect();
-        expected.sort();
-        wait_for(WAIT, &format!("the role held by exactly {expected:?}"), || async {
-            let holders: Vec<String> = self.holders().into_iter().map(|(g, _)| g).collect();
-            if holders == expected { Ok(()) } else { Err(format!("{holders:?}; log: {}", self.op.log_tail())) }
-        })
-        .await
-    }
-
-    async fn cleanup(&self, names: &[String]) {
-        for name in names {
-            let _ = self.tas.delete(name, &Default::default()).await;
-        }
-        for name in names {
-            wait_gone(&self.tas, name, WAIT).await;
-        }
-    }
-}
+use teamaccess_operator::directory::file_format::GroupRecord;
 
 /// A client-credentials token from the emulator's Entra ID for `resource`'s audience.
 async fn token(emulator: &Emulator, resource: &str) -> String {
@@ -194,7 +38,7 @@ fn writes(requests: &[ArmRequest]) -> Vec<&ArmRequest> {
 
 #[tokio::test]
 async fn two_teams_of_a_group_share_its_assignment_which_goes_with_the_last_of_them() {
-    let (directory, groups) = tenant(2);
+    let (directory, groups) = groups_with_a_member(2);
     let emulator = graph::emulator_of(directory).await;
     let arm = Harness::arm_args(&emulator);
     let h = Harness::start_on(emulator, &arm).await;
@@ -256,7 +100,7 @@ async fn two_teams_of_a_group_share_its_assignment_which_goes_with_the_last_of_t
 
 #[tokio::test]
 async fn an_assignment_someone_else_made_satisfies_the_group_and_is_never_deleted() {
-    let (directory, groups) = tenant(3);
+    let (directory, groups) = groups_with_a_member(3);
     let emulator = graph::emulator_of(directory).await;
     // Listed before the operator starts: found in the list.
     let listed = RoleAssignment::new(&cluster_id(), &fresh_group(), &role_definition_id(), &groups[0]);
@@ -305,7 +149,7 @@ async fn an_assignment_someone_else_made_satisfies_the_group_and_is_never_delete
 
 #[tokio::test]
 async fn azure_refusals_throttling_and_replication_keep_the_kubernetes_access_and_converge() {
-    let (directory, groups) = tenant(3);
+    let (directory, groups) = groups_with_a_member(3);
     let emulator = graph::emulator_of(directory).await;
     let args = Harness::arm_args(&emulator);
     let h = Harness::start_on(emulator, &args).await;
@@ -366,7 +210,7 @@ async fn azure_refusals_throttling_and_replication_keep_the_kubernetes_access_an
 
 #[tokio::test]
 async fn opting_out_removes_the_assignment_and_without_a_cluster_id_arm_is_never_called() {
-    let (directory, groups) = tenant(1);
+    let (directory, groups) = groups_with_a_member(1);
     let emulator = graph::emulator_of(directory.clone()).await;
     let args = Harness::arm_args(&emulator);
     let h = Harness::start_on(emulator, &args).await;
@@ -424,7 +268,7 @@ async fn a_malformed_cluster_id_stops_the_operator_at_startup_with_what_to_fix()
 
 #[tokio::test]
 async fn arm_and_graph_each_refuse_the_others_token() {
-    let (directory, _) = tenant(1);
+    let (directory, _) = groups_with_a_member(1);
     let emulator = graph::emulator_of(directory).await;
     let http = graph::http(&emulator);
     let graph_token = token(&emulator, emulator.url()).await;
@@ -446,7 +290,7 @@ async fn arm_and_graph_each_refuse_the_others_token() {
 
 #[tokio::test]
 async fn arm_requests_for_100_teams_over_20_groups_cold_and_idle() {
-    let (directory, groups) = tenant(20);
+    let (directory, groups) = groups_with_a_member(20);
     let emulator = graph::emulator_of(directory).await;
     // Pages of 8: the list of 20 takes 3 requests, and every page is followed.
     emulator.set_faults(&Faults { arm_page_size: 8, ..Default::default() });
@@ -487,7 +331,7 @@ async fn arm_requests_for_100_teams_over_20_groups_cold_and_idle() {
 
 #[tokio::test]
 async fn the_emulated_arm_answers_as_the_documented_service() {
-    let (directory, groups) = tenant(1);
+    let (directory, groups) = groups_with_a_member(1);
     let emulator = graph::emulator_of(directory.clone()).await;
     let http = graph::http(&emulator);
     let token = token(&emulator, emulator.arm_url()).await;

@@ -2,6 +2,7 @@
 //! plane named by TEAMACCESS_TEST_KUBECONFIG (`make test` starts one).
 #![allow(dead_code)] // each test binary uses its own part of the helpers
 
+pub mod arm;
 pub mod authors;
 pub mod operator;
 pub mod own_cluster;
