@@ -11,6 +11,9 @@ pub const GROUP_RESOLVED: &str = "GroupResolved";
 /// Whether the group holds the Azure Kubernetes Service Cluster User Role (only
 /// when the operator manages it: --aks-cluster-resource-id).
 pub const CLUSTER_USER_ROLE: &str = "ClusterUserRole";
+/// Present (True) while a grant with spec.expiresAt is within its last
+/// --expiry-warning, so a team is told before it is locked out.
+pub const EXPIRING: &str = "Expiring";
 pub const RECONCILING: &str = "Reconciling";
 pub const STALLED: &str = "Stalled";
 

@@ -25,6 +25,13 @@ pub const FINALIZER: &str = "teamaccess.dev/cleanup";
 /// GUID of the form Entra ID uses for object IDs.
 const GUID_RULE: &str = "self.matches('^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$')";
 
+/// An RFC 3339 date-time with seconds and a zone (Z or an offset): the shape the
+/// operator parses. A form without a zone would name an instant that depends on
+/// whose clock reads it. (A day that does not exist, such as February 30, gets
+/// through the pattern; the operator grants nothing for it and says so.)
+const RFC3339_RULE: &str =
+    "self.matches('^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}([.][0-9]{1,9})?(Z|[+-][0-9]{2}:[0-9]{2})$')";
+
 /// Grants an Entra ID group (and optionally some users) access to one namespace.
 ///
 /// The controller resolves the group's objectId through the directory, then keeps a
@@ -44,6 +51,8 @@ const GUID_RULE: &str = "self.matches('^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F
     printcolumn(name = "Namespace", type_ = "string", json_path = ".spec.namespace"),
     printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
     printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason"),
+    // A string, not a date: kubectl prints a date in the future as <invalid>.
+    printcolumn(name = "Expires", type_ = "string", json_path = ".spec.expiresAt", description = "When the access ends (spec.expiresAt); empty: it does not"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     validation = Rule::new("size(self.metadata.name) <= 200").message("metadata.name must be at most 200 characters: the Role and RoleBinding are named teamaccess-<name>")
 )]
@@ -115,6 +124,22 @@ pub struct TeamAccessSpec {
     /// removed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster_user_role: Option<bool>,
+
+    /// When the access ends: an RFC 3339 date-time with a zone, such as
+    /// 2026-12-04T18:00:00Z or 2026-12-04T19:00:00+01:00. From that instant the
+    /// RoleBinding and Role are removed and the group's Cluster User Role is
+    /// released unless another TeamAccess of the group still wants it; the
+    /// namespace and everything in it stay (expiry is not deletion). Ready turns
+    /// False with reason Expired. During the last --expiry-warning (default 24h)
+    /// the Expiring condition and one Warning Event say so. To renew, move it
+    /// later or remove it: the access is granted again, checked like any spec
+    /// change. A time already past grants nothing. The operator's clock decides.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new(RFC3339_RULE).message("spec.expiresAt must be an RFC 3339 date-time with seconds and a zone, such as 2026-12-04T18:00:00Z or 2026-12-04T19:00:00+01:00"))]
+    // No `format: date-time`: the API server's accepts forms without a zone, and
+    // CEL would then see a timestamp and could no longer require one.
+    #[schemars(length(max = 40))]
+    pub expires_at: Option<String>,
 }
 
 /// Selects one Entra ID group.
@@ -245,7 +270,10 @@ pub struct TeamAccessStatus {
     /// not yet applied) can never turn a Retain into a deletion.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deletion_policy: Option<DeletionPolicy>,
-    /// Ready, GroupResolved, ClusterUserRole, and kstatus' Reconciling and Stalled.
+    /// When the access ends (spec.expiresAt as the operator read it, in UTC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+    /// Ready, GroupResolved, ClusterUserRole, Expiring, and kstatus' Reconciling and Stalled.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
 }
@@ -351,6 +379,7 @@ impl TeamAccessSpec {
             namespace_metadata: None,
             deletion_policy: DeletionPolicy::Delete,
             cluster_user_role: None,
+            expires_at: None,
         }
     }
 }

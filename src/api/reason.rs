@@ -63,6 +63,14 @@ pub enum Reason {
     /// The finalizer itself could not be added or removed.
     FinalizerFailed,
 
+    // Time-bound access (spec.expiresAt).
+    /// The grant's spec.expiresAt has passed: the access is removed, the namespace kept.
+    Expired,
+    /// spec.expiresAt cannot be read as an instant: nothing is granted.
+    InvalidExpiry,
+    /// Expiring: the grant ends within --expiry-warning.
+    ExpiresSoon,
+
     // The Azure Kubernetes Service Cluster User Role (condition ClusterUserRole).
     /// The group holds the role through the assignment this operator made.
     Assigned,

@@ -90,6 +90,12 @@ pub struct RunArgs {
     #[arg(long, env = "TEAMACCESS_RESYNC", default_value = "10m", value_parser = humantime::parse_duration)]
     pub resync: Duration,
 
+    /// How long before its spec.expiresAt a grant says it is about to end: the
+    /// Expiring condition, one Warning Event, teamaccess_grants_expiring. 0 turns
+    /// the warning off.
+    #[arg(long, env = "TEAMACCESS_EXPIRY_WARNING", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub expiry_warning: Duration,
+
     /// More namespaces no TeamAccess may target (comma-separated), added to the
     /// ones always protected: kube-system, kube-public, kube-node-lease, default
     /// and the operator's own.

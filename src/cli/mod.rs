@@ -47,6 +47,7 @@ mod tests {
         let Command::Run(args) = cli.command else { panic!("expected run") };
         assert!(args.protected_namespaces.is_empty());
         assert_eq!(args.resync, Duration::from_secs(600));
+        assert_eq!(args.expiry_warning, crate::reconcile::Settings::DEFAULT_EXPIRY_WARNING);
         let policy = Policy::new(args.protected_namespaces.clone(), None);
         assert!(DEFAULT_PROTECTED_NAMESPACES.iter().all(|ns| policy.protected_namespaces.contains(*ns)));
 

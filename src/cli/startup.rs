@@ -185,6 +185,7 @@ fn settings(args: &RunArgs, own_namespace: Option<&str>) -> Settings {
             .with_escalating_rules(args.allow_escalating_rules)
             .with_strict_group_names(args.strict_group_names),
         resync: args.resync,
+        expiry_warning: args.expiry_warning,
         concurrency: args.concurrency,
         selector: args.selector.clone(),
         max_namespace_deletions: args.max_namespace_deletions,
@@ -201,6 +202,7 @@ fn settings(args: &RunArgs, own_namespace: Option<&str>) -> Settings {
     tracing::info!(
         directory = ?args.directory,
         resync = %humantime::format_duration(settings.resync),
+        expiry_warning = %humantime::format_duration(settings.expiry_warning),
         protected = ?settings.policy.protected_namespaces,
         allowed_cluster_roles = ?settings.policy.allowed_cluster_roles,
         allow_escalating_rules = settings.policy.allow_escalating_rules,

@@ -27,7 +27,7 @@ use tokio_stream::wrappers::WatchStream;
 
 use crate::{
     api::{TeamAccess, labels},
-    reconcile::{Context, admission, authorship, azure_role, caches::Feeds, error_policy, reconcile},
+    reconcile::{Context, admission, authorship, azure_role, caches::Feeds, error_policy, expiry, reconcile},
 };
 
 mod watches;
@@ -151,7 +151,7 @@ fn teamaccess_events(
 }
 
 /// Ready once the cache of TeamAccess objects has synced (`synced` then
-/// turns true); then the managed gauge follows it, and the Azure role
+/// turns true); then the gauges of managed, expiring and expired grants follow it, and the Azure role
 /// assignments are swept.
 async fn watch_readiness(ctx: Arc<Context>, synced: Arc<AtomicBool>) {
     let store = &ctx.caches.teamaccesses;
@@ -174,7 +174,13 @@ async fn watch_readiness(ctx: Arc<Context>, synced: Arc<AtomicBool>) {
     };
     let managed_gauge = async {
         loop {
-            ctx.report.metrics.managed.set(store.len() as i64);
+            let metrics = &ctx.report.metrics;
+            metrics.managed.set(store.len() as i64);
+            let grants = store.state();
+            let tally =
+                expiry::tally(grants.iter().map(|ta| ta.as_ref()), jiff::Timestamp::now(), ctx.settings.expiry_warning);
+            metrics.grants_expiring.set(tally.expiring as i64);
+            metrics.grants_expired.set(tally.expired as i64);
             tokio::time::sleep(Duration::from_secs(5)).await;
         }
     };

@@ -13,7 +13,7 @@ use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use kube::ResourceExt;
 
-use super::{caches::every_teamaccess, context::Context, error::Error};
+use super::{caches::every_teamaccess, context::Context, error::Error, expiry};
 use crate::{
     api::TeamAccess,
     azure::{Assignment, ClusterUserRole, arm::ArmError},
@@ -68,6 +68,17 @@ pub async fn release_deleted(ta: &TeamAccess, ctx: &Context) {
     }
 }
 
+/// `ta` expired: its group may no longer need the role. Asked once, while
+/// status still says the role is held for it; a failure is logged and left to
+/// the sweep, which counts no expired grant as wanting a group.
+pub async fn release_expired(ta: &TeamAccess, ctx: &Context) -> AzureRole {
+    let held = ta.status.as_ref().is_some_and(|s| s.cluster_user_role.is_some());
+    if held {
+        release_deleted(ta, ctx).await;
+    }
+    AzureRole::NotManaged
+}
+
 async fn release(ctx: &Context, role: &ClusterUserRole, group: &str, by: &str) {
     let still_wanted = match wanted_groups(ctx).await {
         Ok(wanted) => wanted.iter().any(|w| w.by != by && w.group.eq_ignore_ascii_case(group)),
@@ -81,10 +92,12 @@ async fn release(ctx: &Context, role: &ClusterUserRole, group: &str, by: &str) {
     }
 }
 
-/// The group a TeamAccess wants the role for: its pinned group, or the objectId
-/// its spec names before one is pinned. None when it is being deleted or opted out.
-pub fn wanted_group(ta: &TeamAccess) -> Option<String> {
-    if ta.metadata.deletion_timestamp.is_some() || !ta.spec.wants_cluster_user_role() {
+/// The group a TeamAccess wants the role for at `now`: its pinned group, or
+/// the objectId its spec names before one is pinned. None when it is being
+/// deleted, opted out, or grants nothing at `now` (expired).
+pub fn wanted_group(ta: &TeamAccess, now: jiff::Timestamp) -> Option<String> {
+    let ended = expiry::judge(ta.spec.expires_at.as_deref(), now, Duration::ZERO).revocation("").is_some();
+    if ta.metadata.deletion_timestamp.is_some() || !ta.spec.wants_cluster_user_role() || ended {
         return None;
     }
     ta.status
@@ -106,8 +119,9 @@ struct Wanted {
 /// cache, or, when this operator reconciles only a shard (--selector), from a
 /// list of all of them, since another shard's TeamAccess may want the same group.
 async fn wanted_groups(ctx: &Context) -> Result<Vec<Wanted>, Error> {
+    let now = jiff::Timestamp::now();
     let wanted = |tas: &mut dyn Iterator<Item = &TeamAccess>| {
-        tas.filter_map(|ta| wanted_group(ta).map(|group| Wanted { by: ta.name_any(), group })).collect::<Vec<_>>()
+        tas.filter_map(|ta| wanted_group(ta, now).map(|group| Wanted { by: ta.name_any(), group })).collect::<Vec<_>>()
     };
     // The cache has synced by now: reconciles run, and the sweep starts, only
     // after it did (crate::controller).
@@ -146,6 +160,8 @@ mod tests {
 
     #[test]
     fn the_wanted_group_is_the_pin_or_the_objectid_and_none_when_going_or_opted_out() {
+        let now = jiff::Timestamp::now();
+        let wanted_group = |ta: &TeamAccess| wanted_group(ta, now);
         let mut ta = TeamAccess::new("t", TeamAccessSpec::new(GroupSelector::by_object_id("AAAA-1"), "dev"));
         assert_eq!(wanted_group(&ta).as_deref(), Some("aaaa-1"), "before a pin: the objectId named");
         ta.status = Some(TeamAccessStatus {
@@ -153,6 +169,13 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(wanted_group(&ta).as_deref(), Some("bbbb-2"), "the pin wins");
+        ta.spec.expires_at = Some((now + jiff::SignedDuration::from_secs(60)).to_string());
+        assert_eq!(wanted_group(&ta).as_deref(), Some("bbbb-2"), "until it expires");
+        ta.spec.expires_at = Some(now.to_string());
+        assert_eq!(wanted_group(&ta), None, "expired");
+        ta.spec.expires_at = Some("no time".into());
+        assert_eq!(wanted_group(&ta), None, "not an instant: grants nothing");
+        ta.spec.expires_at = None;
         ta.spec.cluster_user_role = Some(false);
         assert_eq!(wanted_group(&ta), None, "opted out");
         ta.spec.cluster_user_role = Some(true);

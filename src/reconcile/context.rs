@@ -25,6 +25,8 @@ pub struct Settings {
     pub policy: Policy,
     /// How often every TeamAccess is reconciled even when nothing changed.
     pub resync: Duration,
+    /// How long before its spec.expiresAt a grant reports Expiring.
+    pub expiry_warning: Duration,
     /// How many TeamAccess objects are reconciled at once.
     pub concurrency: u16,
     /// Only TeamAccess objects matching this label selector are reconciled.
@@ -44,6 +46,8 @@ pub struct Settings {
 impl Settings {
     /// The default of `--concurrency`.
     pub const DEFAULT_CONCURRENCY: u16 = 64;
+    /// The default of `--expiry-warning`.
+    pub const DEFAULT_EXPIRY_WARNING: Duration = Duration::from_secs(24 * 3600);
     /// The default of `--max-namespace-deletions` (per `--namespace-deletion-window`, 1 minute).
     pub const DEFAULT_MAX_NAMESPACE_DELETIONS: u32 = 5;
     /// The default of `--deletion-brake-lease`.

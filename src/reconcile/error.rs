@@ -84,6 +84,25 @@ pub enum Error {
     )]
     AuthorNotAllowed { author: String, missing: String },
 
+    #[error(
+        "this grant expired at {at}: its RoleBinding and Role are removed, and namespace {namespace} and everything in it are kept. {}",
+        renewal_refused.as_ref().map_or_else(
+            || "To renew it, move spec.expiresAt later or remove it".to_string(),
+            |why| format!("The later spec.expiresAt is not granted: {why}")
+        )
+    )]
+    Expired {
+        at: String,
+        namespace: String,
+        /// Why a renewal in the spec (a later expiresAt, or none) was not granted.
+        renewal_refused: Option<String>,
+    },
+
+    #[error(
+        "spec.expiresAt {value:?} is not an RFC 3339 date-time with a zone, such as 2026-12-04T18:00:00Z; nothing is granted until it is. Fix or remove spec.expiresAt"
+    )]
+    InvalidExpiry { value: String },
+
     #[error("ClusterRole {name} does not exist; create it or choose another spec.clusterRole")]
     ClusterRoleNotFound { name: String },
 
@@ -116,6 +135,8 @@ impl Error {
             Error::RuleNotAllowed { .. } => Reason::RuleNotAllowed,
             Error::NamespaceTerminating { .. } => Reason::NamespaceTerminating,
             Error::ClusterRoleNotFound { .. } => Reason::ClusterRoleNotFound,
+            Error::Expired { .. } => Reason::Expired,
+            Error::InvalidExpiry { .. } => Reason::InvalidExpiry,
             Error::ChildConflict { .. } => Reason::ChildConflict,
             Error::NamespaceDeletionDelayed { .. } => Reason::NamespaceDeletionDelayed,
             Error::AuthorUnverified { .. } => Reason::AuthorUnverified,
@@ -143,6 +164,16 @@ impl Error {
             Error::Directory(e) => e.retry_after(),
             Error::Arm(e) => e.retry_after(),
             _ => None,
+        }
+    }
+
+    /// An expiry whose renewal in the spec was refused for `why`.
+    pub fn with_renewal_refused(self, why: &Error) -> Self {
+        match self {
+            Error::Expired { at, namespace, .. } => {
+                Error::Expired { at, namespace, renewal_refused: Some(why.to_string()) }
+            }
+            other => other,
         }
     }
 

@@ -2,7 +2,7 @@
 //! each step taking what the previous one returned (docs/architecture.md tells
 //! why):
 //!
-//! validate → resolve → build → authorship → apply → azure_role → status
+//! expiry → validate → resolve → build → authorship → apply → azure_role → status
 //!
 //! Deletion goes through the finalizer to `cleanup`. The steps import from
 //! `context` and `error` below them, never from this module. What runs it
@@ -32,6 +32,7 @@ pub mod cleanup;
 pub mod context;
 pub mod default_set;
 pub mod error;
+pub mod expiry;
 pub mod memory;
 pub mod policy;
 pub mod publish;
@@ -105,16 +106,22 @@ pub fn error_policy(ta: Arc<TeamAccess>, error: &ReconcileError, ctx: Arc<Contex
 /// the next look decided from how it ended.
 async fn grant(ta: &TeamAccess, ctx: &Context) -> Result<Action, Error> {
     let started = std::time::Instant::now();
+    let now = jiff::Timestamp::now();
     let ta = &*ctx.memory.with_own_status(ta);
-    let outcome = pipeline(ta, ctx).await;
-    let (new_status, events) = status::compute(&outcome, &Time(jiff::Timestamp::now()));
+    let outcome = pipeline(ta, ctx, now).await;
+    let (new_status, events) = status::compute(&outcome, &Time(now));
     publish::publish(ta, &new_status, events, ctx).await?;
 
     let error = outcome.error();
     let reason = error.map_or(Reason::Reconciled, Error::reason);
     ctx.report.metrics.reconciled(error.is_none(), reason, started.elapsed().as_secs_f64());
     let name = ta.name_any();
-    let next = requeue::next_action(error, ctx.memory.failures(&name), ctx.settings.resync, fastrand::f64());
+    let mut next = requeue::next_action(error, ctx.memory.failures(&name), ctx.settings.resync, fastrand::f64());
+    // Whatever else happened, look again when the clock alone changes the
+    // answer: a grant is revoked at its expiry, not at the next resync or backoff.
+    if let Some(change) = outcome.expiry().next_change(now) {
+        next.after = next.after.min(change);
+    }
     if next.failed {
         ctx.memory.record_failure(&name);
     } else {
@@ -123,22 +130,58 @@ async fn grant(ta: &TeamAccess, ctx: &Context) -> Result<Action, Error> {
     Ok(Action::requeue(next.after))
 }
 
+/// expiry, then the grant; the outcome carries the expiry in force at `now`.
+async fn pipeline<'a>(ta: &'a TeamAccess, ctx: &Context, now: jiff::Timestamp) -> status::Outcome<'a> {
+    let warning = ctx.settings.expiry_warning;
+    let wanted = expiry::judge(ta.spec.expires_at.as_deref(), now, warning);
+    if let Some(ended) = wanted.revocation(&ta.spec.namespace) {
+        return expire(ta, ctx, ended, wanted).await;
+    }
+    // A later expiresAt than the one granted (status.expiresAt), or none, is
+    // more access although every object is already in place: its author must
+    // be able to grant the spec. Until then the expiry granted stays in force.
+    let granted = ta.status.as_ref().and_then(|s| s.expires_at.as_deref());
+    if expiry::extends(granted, ta.spec.expires_at.as_deref())
+        && let Err(refused) = authorize(ta, ctx).await
+    {
+        let in_force = expiry::judge(granted, now, warning);
+        return match in_force.revocation(&ta.spec.namespace) {
+            Some(ended) => expire(ta, ctx, ended.with_renewal_refused(&refused), in_force).await,
+            None => status::Outcome::held(ta, refused).with_expiry(in_force),
+        };
+    }
+    grant_pipeline(ta, ctx).await.with_expiry(wanted)
+}
+
+/// The grant ended (`ended`): the access goes, the namespace and its data
+/// stay, and so does the pin (a renewal binds the same group). The group's
+/// Azure role goes too unless another live grant wants it.
+async fn expire<'a>(ta: &'a TeamAccess, ctx: &Context, ended: Error, expiry: expiry::Expiry) -> status::Outcome<'a> {
+    let outcome = take_back(ta, ctx, ended).await;
+    let azure = azure_role::release_expired(ta, ctx).await;
+    outcome.with_azure_role(azure).with_expiry(expiry)
+}
+
+/// Takes back the access of `ta` (never its namespace), when there is any,
+/// and reports `why` (or the failed removal, so it is tried again).
+async fn take_back<'a>(ta: &'a TeamAccess, ctx: &Context, why: Error) -> status::Outcome<'a> {
+    let removal = if cleanup::has_access(ta, &ctx.caches) {
+        cleanup::remove_access(ta, &ctx.client).await.map(|_| ())
+    } else {
+        Ok(())
+    };
+    status::Outcome::refused(ta, why, removal)
+}
+
 /// validate → resolve → build → authorship (when something new would be
 /// granted) → apply → Azure role; each step stops the pipeline with what it
 /// knows, and the outcome says how far it got.
-async fn pipeline<'a>(ta: &'a TeamAccess, ctx: &Context) -> status::Outcome<'a> {
+async fn grant_pipeline<'a>(ta: &'a TeamAccess, ctx: &Context) -> status::Outcome<'a> {
     let validated = match validate::validate(ta, &ctx.settings.policy) {
         Ok(validated) => validated,
         // A namespace protected, or a grant refused, after access was granted:
-        // take the access back (never the namespace), when there is any.
-        Err(error) => {
-            let removal = if cleanup::has_access(ta, &ctx.caches) {
-                cleanup::remove_access(ta, &ctx.client).await.map(|_| ())
-            } else {
-                Ok(())
-            };
-            return status::Outcome::refused(ta, error, removal);
-        }
+        // take the access back (never the namespace).
+        Err(error) => return take_back(ta, ctx, error).await,
     };
     let resolved = match resolve::resolve(
         validated,

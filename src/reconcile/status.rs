@@ -12,11 +12,12 @@ use super::{
     apply::{Applied, ApplyFailed},
     azure_role::AzureRole,
     error::Error,
+    expiry::Expiry,
     resolve::{GroupReport, Resolved, Unresolved},
 };
 use crate::api::{
     ClusterUserRoleStatus, Reason, ResolvedGroup, TeamAccess, TeamAccessStatus,
-    conditions::{self, CLUSTER_USER_ROLE, DesiredCondition, GROUP_RESOLVED, READY, RECONCILING, STALLED},
+    conditions::{self, CLUSTER_USER_ROLE, DesiredCondition, EXPIRING, GROUP_RESOLVED, READY, RECONCILING, STALLED},
 };
 
 /// An Event to publish about the TeamAccess.
@@ -55,6 +56,8 @@ pub struct Outcome<'a> {
     namespace_created: bool,
     /// The group's Azure Cluster User Role.
     azure: AzureRole,
+    /// What spec.expiresAt said when the reconcile began.
+    expiry: Expiry,
     error: Option<Error>,
 }
 
@@ -87,6 +90,7 @@ impl<'a> Outcome<'a> {
             access_removed,
             namespace_created: false,
             azure: AzureRole::NotReached,
+            expiry: Expiry::Never,
             error: Some(error),
         }
     }
@@ -113,6 +117,7 @@ impl<'a> Outcome<'a> {
             access_removed: false,
             namespace_created: false,
             azure: AzureRole::NotReached,
+            expiry: Expiry::Never,
             error: Some(error),
         }
     }
@@ -138,6 +143,7 @@ impl<'a> Outcome<'a> {
             access_removed: false,
             namespace_created,
             azure: AzureRole::NotReached,
+            expiry: Expiry::Never,
             error,
         }
     }
@@ -150,6 +156,17 @@ impl<'a> Outcome<'a> {
         }
         self.azure = azure;
         self
+    }
+
+    /// What spec.expiresAt said, for status (the time, the Expiring condition).
+    pub fn with_expiry(mut self, expiry: Expiry) -> Self {
+        self.expiry = expiry;
+        self
+    }
+
+    /// What spec.expiresAt said when the reconcile began.
+    pub fn expiry(&self) -> &Expiry {
+        &self.expiry
     }
 
     /// Why the reconcile did not end Ready, if it did not.
@@ -205,6 +222,7 @@ pub fn compute(outcome: &Outcome, now: &Time) -> (TeamAccessStatus, Vec<Note>) {
         } else {
             Some(ta.spec.deletion_policy)
         },
+        expires_at: outcome.expiry.at().map(|at| at.to_string()),
         conditions,
     };
 
@@ -254,6 +272,7 @@ fn desired_conditions(outcome: &Outcome) -> Vec<DesiredCondition> {
     let mut desired = vec![ready_condition(outcome)];
     desired.extend(group_condition(outcome));
     desired.extend(cluster_user_role_condition(&outcome.azure));
+    desired.extend(expiring_condition(&outcome.expiry));
     if let Some(e) = &outcome.error {
         let kind = if e.is_transient() { RECONCILING } else { STALLED };
         desired.push(DesiredCondition::new(kind, true, e.reason(), e.to_string()));
@@ -269,7 +288,7 @@ fn ready_condition(outcome: &Outcome) -> DesiredCondition {
             true,
             Reason::Reconciled,
             format!(
-                "group {} ({}) has {} in namespace {}{}",
+                "group {} ({}) has {} in namespace {}{}{}",
                 report.pin.display_name.as_deref().unwrap_or("?"),
                 report.pin.object_id,
                 describe_access(ta),
@@ -278,7 +297,8 @@ fn ready_condition(outcome: &Outcome) -> DesiredCondition {
                     " and the Azure Kubernetes Service Cluster User Role on the cluster"
                 } else {
                     ""
-                }
+                },
+                outcome.expiry.at().map(|at| format!(" until {at}")).unwrap_or_default()
             ),
         ),
         (Some(e), _) => DesiredCondition::new(READY, false, e.reason(), e.to_string()),
@@ -333,21 +353,39 @@ fn cluster_user_role_condition(azure: &AzureRole) -> Option<DesiredCondition> {
     })
 }
 
-/// One Event per Ready, GroupResolved or ClusterUserRole condition whose status
-/// or reason changed; a failure that Ready already reports is not repeated, and
-/// a plain successful resolution or assignment is not news (Ready's says it).
+/// Expiring, while the grant is within its last --expiry-warning. The message
+/// names the instant, not the time left, so status stays the same between
+/// reconciles and the Warning Event goes out once, on entering the window.
+fn expiring_condition(expiry: &Expiry) -> Option<DesiredCondition> {
+    let Expiry::Until { at, warning: true, .. } = expiry else { return None };
+    Some(DesiredCondition::new(
+        EXPIRING,
+        true,
+        Reason::ExpiresSoon,
+        format!(
+            "this grant ends at {at} (spec.expiresAt): its RoleBinding and Role are removed then. To keep the access, move spec.expiresAt later or remove it"
+        ),
+    ))
+}
+
+/// One Event per Ready, GroupResolved, ClusterUserRole or Expiring condition
+/// whose status or reason changed; a failure that Ready already reports is not
+/// repeated, and a plain successful resolution or assignment is not news
+/// (Ready's says it).
 fn transition_events(previous: &[Condition], desired: &[DesiredCondition]) -> Vec<Note> {
     let ready_reason = desired.iter().find(|d| d.type_ == READY).map(|d| d.reason);
     desired
         .iter()
-        .filter(|d| [READY, GROUP_RESOLVED, CLUSTER_USER_ROLE].contains(&d.type_))
+        .filter(|d| [READY, GROUP_RESOLVED, CLUSTER_USER_ROLE, EXPIRING].contains(&d.type_))
         .filter(|d| {
             let status = if d.status { "True" } else { "False" };
             conditions::find(previous, d.type_)
                 .is_none_or(|p| p.status != status || p.reason != Reason::as_str(d.reason))
         })
         .filter(|d| d.type_ == READY || Some(d.reason) != ready_reason)
-        .filter(|d| !(d.type_ != READY && d.status && d.reason != Reason::GroupNotSecurityEnabled))
+        .filter(|d| {
+            d.type_ == READY || !d.status || matches!(d.reason, Reason::GroupNotSecurityEnabled | Reason::ExpiresSoon)
+        })
         .map(|d| {
             let healthy = d.status && matches!(d.reason, Reason::Reconciled | Reason::Resolved);
             let type_ = if healthy { EventType::Normal } else { EventType::Warning };
@@ -565,5 +603,49 @@ mod tests {
         let (status, _) = compute(&Outcome::refused(&ta, protected(), failed), &now());
         assert_eq!(status.role_binding.as_deref(), Some("rb"));
         assert_eq!(condition(&status, READY).unwrap().reason, "Forbidden");
+    }
+
+    #[test]
+    fn a_grant_entering_its_warning_window_warns_once_and_stays_ready() {
+        let mut ta = seed_team();
+        let at: jiff::Timestamp = "2026-11-28T18:00:00Z".parse().unwrap();
+        let expiring = || Expiry::Until { at, warn_from: "2026-11-27T18:00:00Z".parse().unwrap(), warning: true };
+        fn granted(ta: &TeamAccess, expiry: Expiry) -> Outcome<'_> {
+            Outcome::resolved(resolved(ta, report(true)), Ok(applied())).with_expiry(expiry)
+        }
+        let (status, notes) = compute(&granted(&ta, expiring()), &now());
+        assert_eq!(condition(&status, READY).unwrap().status, "True");
+        assert!(condition(&status, READY).unwrap().message.ends_with(" until 2026-11-28T18:00:00Z"));
+        let warning = condition(&status, EXPIRING).expect("the Expiring condition");
+        assert_eq!((warning.status.as_str(), warning.reason.as_str()), ("True", "ExpiresSoon"));
+        assert_eq!(status.expires_at.as_deref(), Some("2026-11-28T18:00:00Z"));
+        let warnings: Vec<_> = notes.iter().filter(|n| n.reason == Reason::ExpiresSoon).collect();
+        assert_eq!(warnings.len(), 1, "{notes:?}");
+        assert_eq!(warnings[0].type_, EventType::Warning);
+
+        ta.status = Some(status.clone());
+        let (again, notes) = compute(&granted(&ta, expiring()), &now());
+        assert!(!notes.iter().any(|n| n.reason == Reason::ExpiresSoon), "no second Warning in the window: {notes:?}");
+        assert_eq!(again, status, "the same state writes identical status");
+    }
+
+    #[test]
+    fn an_expired_grant_is_stalled_without_children_and_keeps_its_pin() {
+        let mut ta = seed_team();
+        let (granted, _) = compute(&Outcome::resolved(resolved(&ta, report(true)), Ok(applied())), &now());
+        ta.status = Some(granted);
+        let expiry = Expiry::Expired { at: "2026-11-27T18:00:00Z".parse().unwrap() };
+        let error = expiry.revocation("dev").unwrap();
+        let (status, notes) = compute(&Outcome::refused(&ta, error, Ok(())).with_expiry(expiry), &now());
+        let ready = condition(&status, READY).unwrap();
+        assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "Expired"));
+        assert_eq!(condition(&status, STALLED).unwrap().reason, "Expired", "renewal needs the user");
+        assert!(condition(&status, EXPIRING).is_none(), "Ready says it now");
+        assert_eq!((status.role.clone(), status.role_binding.clone()), (None, None));
+        assert!(status.children.is_empty());
+        assert_eq!(status.group.as_ref().unwrap().object_id, APPDEV, "renewal binds the same group");
+        assert_eq!(status.expires_at.as_deref(), Some("2026-11-27T18:00:00Z"));
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        assert_eq!((notes[0].type_, notes[0].reason), (EventType::Warning, Reason::Expired));
     }
 }

@@ -59,6 +59,9 @@ pub struct Metrics {
     pub directory_cache: Family<CacheLabels, Counter>,
     pub kube_requests: Family<KubeRequestLabels, Counter>,
     pub managed: Gauge,
+    /// Grants within their last --expiry-warning, and grants past spec.expiresAt.
+    pub grants_expiring: Gauge,
+    pub grants_expired: Gauge,
     pub leader: Gauge,
     pub namespace_deletions_delayed: Counter,
     pub admission_policies_missing: Gauge,
@@ -89,6 +92,18 @@ impl Default for Metrics {
         );
         let managed = Gauge::default();
         registry.register("managed_teamaccesses", "TeamAccess objects this operator manages", managed.clone());
+        let grants_expiring = Gauge::default();
+        registry.register(
+            "grants_expiring",
+            "TeamAccess grants whose spec.expiresAt falls within --expiry-warning",
+            grants_expiring.clone(),
+        );
+        let grants_expired = Gauge::default();
+        registry.register(
+            "grants_expired",
+            "TeamAccess grants past their spec.expiresAt: access removed, namespace kept",
+            grants_expired.clone(),
+        );
         let namespace_deletions_delayed = Counter::default();
         registry.register(
             "namespace_deletions_delayed",
@@ -116,6 +131,8 @@ impl Default for Metrics {
             directory_cache,
             kube_requests,
             managed,
+            grants_expiring,
+            grants_expired,
             leader,
             namespace_deletions_delayed,
             admission_policies_missing,

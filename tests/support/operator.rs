@@ -106,6 +106,7 @@ impl TestOperator {
         let settings = Settings {
             policy,
             resync: self.resync,
+            expiry_warning: Settings::DEFAULT_EXPIRY_WARNING,
             concurrency: Settings::DEFAULT_CONCURRENCY,
             selector: Some(format!("{TEST_LABEL}={}", self.label)),
             max_namespace_deletions: self.namespace_deletions.0,

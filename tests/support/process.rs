@@ -94,6 +94,17 @@ impl OperatorProcess {
         })
     }
 
+    /// Waits until metric `series` reads `value` (gauges follow the caches every few seconds).
+    pub async fn wait_metric(&self, series: &str, value: f64) {
+        wait_for(Duration::from_secs(15), &format!("{series} to be {value}"), || async {
+            match self.metric(series).await {
+                Some(n) if n == value => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        })
+        .await
+    }
+
     /// What the operator's own Kubernetes client has sent so far
     /// (`teamaccess_kube_requests_total`), by kind of request.
     pub async fn kube_requests(&self) -> KubeRequests {
