@@ -112,6 +112,14 @@ async fn a_grant_written_while_the_policies_were_absent_is_not_honoured_after_th
     let old_epoch =
         ready.annotations().get(&stamp_key(PREFIX, "epoch")).cloned().expect("the admin's write is stamped");
 
+    // A grant the admin gave until a set time.
+    let (temporary, temporary_ns) = (unique("temporary"), unique("temporary"));
+    let ends = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(20);
+    let mut until = op.team(&temporary, by_name("appdev"), &temporary_ns);
+    until.spec.expires_at = Some(ends.to_string());
+    op.apply(&until).await;
+    op.wait_ready(&temporary).await;
+
     // The gap: the policies are gone, the CRD and the operator stay.
     delete_teamaccess_policies(&admin).await;
     // The attacker, who may only write TeamAccess objects, makes appdev admin of
@@ -124,6 +132,18 @@ async fn a_grant_written_while_the_policies_were_absent_is_not_honoured_after_th
     let widen = json!({"metadata": {"annotations": forged_stamp(&old_epoch)},
                        "spec": {"verbs": null, "clusterRole": "admin"}});
     patch_as(&attacker, &team, &widen, None).expect("nothing refuses a write while the policies are absent");
+
+    // The attacker also makes the temporary grant last for ever: more access,
+    // although everything is in place, so it ends when the admin said.
+    let for_ever = json!({"spec": {"expiresAt": null}});
+    patch_as(&attacker, &temporary, &for_ever, None).expect("nothing refuses a write while the policies are absent");
+    tokio::time::sleep(std::time::Duration::try_from(jiff::Timestamp::now().duration_until(ends)).unwrap_or_default())
+        .await;
+    wait_allowed(&admin, AKSDEV, &[APPDEV], "create", "", "pods", &temporary_ns, false).await;
+    let expired = op.wait_condition(&temporary, "Ready", "False", Some("Expired"), SHORT).await;
+    let ready = expired.status.unwrap().conditions.into_iter().find(|c| c.type_ == "Ready").unwrap();
+    assert!(ready.message.contains("The later spec.expiresAt is not granted"), "{}", ready.message);
+    assert!(ready.message.contains("authorship policy"), "says why: {}", ready.message);
 
     // Nothing new is granted while the policies are absent, and the team keeps
     // what it was given.
@@ -173,4 +193,5 @@ async fn a_grant_written_while_the_policies_were_absent_is_not_honoured_after_th
 
     op.delete(&grab).await;
     op.delete(&team).await;
+    op.delete(&temporary).await;
 }
