@@ -167,6 +167,21 @@ fn invalid_cases() -> Vec<Case> {
             expected: "spec.deletionPolicy: Unsupported value: \"Purge\"",
         },
         Case {
+            what: "an expiry without a zone",
+            spec: with(json!({"expiresAt": "2026-12-04T18:00:00"})),
+            expected: "spec.expiresAt must be an RFC 3339 date-time with seconds and a zone",
+        },
+        Case {
+            what: "an expiry as a date only",
+            spec: with(json!({"expiresAt": "2026-12-04"})),
+            expected: "spec.expiresAt must be an RFC 3339 date-time with seconds and a zone",
+        },
+        Case {
+            what: "an expiry without seconds",
+            spec: with(json!({"expiresAt": "2026-12-04T18:00Z"})),
+            expected: "spec.expiresAt must be an RFC 3339 date-time with seconds and a zone",
+        },
+        Case {
             what: "too many users",
             spec: with(
                 json!({"users": (0..33).map(|i| json!({"userPrincipalName": format!("u{i}@contoso.com")})).collect::<Vec<_>>()}),
@@ -216,7 +231,9 @@ async fn valid_objects_of_every_shape_are_accepted() {
         valid_spec(),
         json!({"group": {"displayName": "appdev"}, "namespace": "dev", "verbs": ["*"],
                "users": [{"userPrincipalName": "aksdev@contoso.com"}, {"objectId": APPDEV}],
-               "namespaceMetadata": {"labels": {"team": "appdev"}}, "deletionPolicy": "Retain"}),
+               "namespaceMetadata": {"labels": {"team": "appdev"}}, "deletionPolicy": "Retain",
+               "expiresAt": "2026-12-04T18:00:00Z"}),
+        with(json!({"expiresAt": "2026-12-04T19:00:00.250+01:00"})),
         json!({"group": {"mailNickname": "appdev"}, "namespace": "dev", "clusterRole": "edit"}),
         json!({"group": {"objectId": APPDEV.to_uppercase()}, "namespace": "d", "rules": [
             {"apiGroups": [""], "resources": ["pods", "pods/log"], "verbs": ["get", "list"], "resourceNames": ["a"]}]}),
