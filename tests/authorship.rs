@@ -148,6 +148,10 @@ async fn a_grant_written_while_the_policies_were_absent_is_not_honoured_after_th
     // Nothing new is granted while the policies are absent, and the team keeps
     // what it was given.
     wait_unverified(&op, &grab, "not installed").await;
+    // Created with no policy to add the cleanup finalizer, it has it from the
+    // operator (and is cleaned up below, at the end).
+    let finalizers = op.api().get(&grab).await.unwrap().metadata.finalizers.unwrap_or_default();
+    assert_eq!(finalizers, [teamaccess_operator::api::FINALIZER], "the operator added it");
     wait_unverified(&op, &team, "not installed").await;
     let may_bind = |ns: String| {
         let admin = admin.clone();

@@ -61,6 +61,35 @@ async fn seed_scenario_each_team_gets_in_to_its_own_namespace_only() {
     }
 }
 
+/// The shipped authorship policy adds the cleanup finalizer in the create itself
+/// (a dry run shows what admission made of the object), next to any other.
+#[tokio::test]
+async fn the_api_server_adds_the_cleanup_finalizer_on_create_beside_any_other() {
+    use kube::api::PostParams;
+    let client = admin_client().await;
+    ensure_crd(&client).await;
+    let api = Api::<TeamAccess>::all(client.clone());
+    let dry_run = PostParams { dry_run: true, ..Default::default() };
+    let create = |finalizers: Option<Vec<String>>| {
+        let mut ta = TeamAccess::new(
+            &unique("finalized"),
+            teamaccess_operator::api::TeamAccessSpec::new(by_name("appdev"), unique("fin")),
+        );
+        ta.metadata.finalizers = finalizers;
+        let (api, dry_run) = (api.clone(), dry_run.clone());
+        async move { api.create(&dry_run, &ta).await.unwrap().metadata.finalizers.unwrap_or_default() }
+    };
+    wait_for(SHORT, "the authorship policy to be loaded", || async {
+        let made = create(None).await;
+        if made == [teamaccess_operator::api::FINALIZER] { Ok(()) } else { Err(format!("{made:?}")) }
+    })
+    .await;
+    let made = create(Some(vec!["example.com/keep".into()])).await;
+    assert_eq!(made, ["example.com/keep", teamaccess_operator::api::FINALIZER]);
+    let made = create(Some(vec![teamaccess_operator::api::FINALIZER.into()])).await;
+    assert_eq!(made, [teamaccess_operator::api::FINALIZER], "never doubled");
+}
+
 #[tokio::test]
 async fn deleting_a_teamaccess_removes_its_children_and_the_namespace_it_created() {
     let op = TestOperator::start(SEED_DIRECTORY).await;

@@ -67,8 +67,20 @@ impl ReconcileError {
 /// One reconcile of `ta`: its finalizer, then the pipeline or the cleanup.
 pub async fn reconcile(ta: Arc<TeamAccess>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
     let api = Api::<TeamAccess>::all(ctx.client.clone());
-    // On first sight this pass only adds the finalizer; its watch event brings the
-    // next one, while the group lookup started when the object was seen.
+    // The admission policy adds the finalizer on create; without it (a cluster
+    // before 1.36, the policy turned off) it is added here, and the grant goes
+    // on in the same pass with the object the patch returned. kube-runtime's
+    // helper below then finds it and only ever grants or cleans up.
+    let has_finalizer = ta.finalizers().iter().any(|f| f == FINALIZER);
+    let ta = if has_finalizer || ta.metadata.deletion_timestamp.is_some() {
+        ta
+    } else {
+        let mut added = write::add_finalizer(&api, &ta)
+            .await
+            .map_err(|e| ReconcileError(Box::new(finalizer::Error::AddFinalizer(e))))?;
+        added.metadata.managed_fields = None;
+        Arc::new(added)
+    };
     let result = finalizer(&api, FINALIZER, ta, |event| async {
         match event {
             finalizer::Event::Apply(ta) => grant(&ta, &ctx).await,

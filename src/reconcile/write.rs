@@ -1,6 +1,7 @@
-//! The two writes the apply and cleanup steps make: server-side apply under the
-//! operator's field manager, and a delete that only ever removes an object this
-//! TeamAccess owns (by owner reference, or by the uid recorded when it was made).
+//! The writes the reconcile makes besides status: server-side apply under the
+//! operator's field manager, a delete that only ever removes an object this
+//! TeamAccess owns (by owner reference, or by the uid recorded when it was
+//! made), and adding the cleanup finalizer when admission did not.
 
 use std::fmt::Debug;
 
@@ -12,7 +13,29 @@ use kube::{
 use serde::{Serialize, de::DeserializeOwned};
 
 use super::error::Error;
-use crate::api::labels::FIELD_MANAGER;
+use crate::api::{FINALIZER, TeamAccess, labels::FIELD_MANAGER};
+
+/// Adds the cleanup finalizer to `ta` and returns the object as the API server
+/// then holds it. The same JSON patch kube-runtime's `finalizer()` helper sends
+/// (a `test` of the list as read, so a finalizer someone added meanwhile is
+/// neither lost nor doubled; the conflict is retried), but this returns the
+/// patched object, so the reconcile grants in the same pass rather than waiting
+/// for the patch's watch event, as the helper does.
+pub async fn add_finalizer(api: &Api<TeamAccess>, ta: &TeamAccess) -> Result<TeamAccess, kube::Error> {
+    let patch: json_patch::Patch = serde_json::from_value(if ta.finalizers().is_empty() {
+        serde_json::json!([
+            {"op": "test", "path": "/metadata/finalizers", "value": null},
+            {"op": "add", "path": "/metadata/finalizers", "value": [FINALIZER]},
+        ])
+    } else {
+        serde_json::json!([
+            {"op": "test", "path": "/metadata/finalizers", "value": ta.finalizers()},
+            {"op": "add", "path": "/metadata/finalizers/-", "value": FINALIZER},
+        ])
+    })
+    .expect("a JSON patch of two operations");
+    api.patch(&ta.name_any(), &PatchParams::default(), &Patch::Json::<()>(patch)).await
+}
 
 pub async fn server_side_apply<K>(api: &Api<K>, name: &str, obj: &K) -> Result<K, kube::Error>
 where
