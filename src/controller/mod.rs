@@ -34,8 +34,11 @@ mod watches;
 
 /// How long the controller waits after a trigger before it reconciles, so the
 /// watch events of the children a reconcile just wrote fold into one look (by
-/// then the caches hold them all), well inside the drift-repair budget.
-const DEBOUNCE: Duration = Duration::from_millis(250);
+/// then the caches hold them all). Every new object waits this long too, so it
+/// is the floor of apply → Ready: the events of a reconcile's writes arrive
+/// within a few milliseconds of each write, so 100 ms folds them (250 ms cost a
+/// new object 150 ms more for nothing, `make bench`'s latency rows).
+const DEBOUNCE: Duration = Duration::from_millis(100);
 
 /// Runs the controller until `shutdown` completes, filling the caches of `ctx`
 /// through `feeds` (the writers `Caches::new` returned with them).
