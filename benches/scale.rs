@@ -18,7 +18,8 @@
 //! The operator's own requests are read from its `teamaccess_kube_requests_total`
 //! (its client counts them), so nobody else's load is in them. BENCH_BIND=1 adds
 //! TeamAccess objects binding `edit` into namespaces that exist, against one
-//! client creating the same RoleBindings.
+//! client creating the same RoleBindings. First of all, one object at a time on an
+//! idle operator, apply → Ready (BENCH_LATENCY_SAMPLES, default 20, per directory).
 //!
 //! Prints a table and writes it (with the machine and the command) to OUTPUT.md,
 //! keeping a "## Where the time goes" section already there.
@@ -27,6 +28,9 @@
 // launcher, kubeconfig client, readiness wait and tenant generator.
 #[path = "../tests/support/mod.rs"]
 mod support;
+
+#[path = "scale/latency.rs"]
+mod latency;
 
 use std::{
     collections::BTreeMap,
@@ -119,6 +123,8 @@ struct Settings {
     /// Measure the ideal client too (BENCH_IDEAL, default 1). Without it the last
     /// sample's namespaces are not waited for either: a quick look at a large N.
     ideal: bool,
+    /// Single objects timed apply → Ready, per directory (BENCH_LATENCY_SAMPLES).
+    latency_samples: usize,
 }
 
 impl Settings {
@@ -133,6 +139,8 @@ impl Settings {
             require_idle_zero: var("BENCH_REQUIRE_IDLE_ZERO").is_some_and(|v| v == "1"),
             bind: var("BENCH_BIND").is_some_and(|v| v == "1"),
             ideal: var("BENCH_IDEAL").is_none_or(|v| v != "0"),
+            latency_samples: var("BENCH_LATENCY_SAMPLES")
+                .map_or(20, |v| v.parse().expect("BENCH_LATENCY_SAMPLES is a number")),
         };
         assert!(settings.samples >= 1, "BENCH_SAMPLES must be at least 1");
         assert!(
@@ -160,12 +168,19 @@ async fn main() {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/release/teamaccess-operator"));
     assert!(operator_bin.exists(), "build the operator first: cargo build --release ({})", operator_bin.display());
 
+    let mut latencies = Vec::new();
+    for lookup in [latency::Lookup::StaticFile, latency::Lookup::Graph] {
+        let row = latency::measure(&client, &kubeconfig, &operator_bin, lookup, settings.latency_samples).await;
+        latencies.push(row);
+    }
+    let latency_table = latency::LatencyRow::render(&latencies);
+    println!("{latency_table}");
     let mut rows = Vec::new();
     for n in sizes {
         eprintln!("== N = {n}");
         rows.push(measure(&client, &kubeconfig, &operator_bin, n, &settings).await);
         // Written after every N, so a long run that is stopped keeps what it measured.
-        let table = render(&rows);
+        let table = format!("{}{latency_table}", render(&rows));
         println!("{table}");
         if let Some(path) = &output {
             write_report(path, &table, &settings);
@@ -194,7 +209,7 @@ fn write_report(path: &Path, table: &str, settings: &Settings) {
             .unwrap_or_default()
     );
     let doc = format!(
-        "# Benchmarks\n\nCommand: `make bench` (scripts/bench.sh → `cargo bench --bench scale`).\nMachine: {machine}.\nControl plane: local etcd + kube-apiserver + kube-controller-manager v1.37.2 (tests/cluster), the admission policies installed. Graph: the emulator with 50 ms added latency per request. Operator: the release binary, default settings, static leader (no election).\n\n{table}\n\nColumns: figures given as `median ±half-spread (samples)` are repeated under the same conditions (one sample at N ≥ 5000). T = apply of N TeamAccess (each its own new namespace) to all Ready, each sample with a new operator process (cold Graph cache); T0 = the ideal client server-side-applying the same N Namespaces, Roles and RoleBindings directly, at its best concurrency from a sweep (in brackets), its samples alternating with T's; every sample starts once the namespaces of the previous one are gone. Graph = Graph HTTP requests (to /v1.0; the one token request to Entra ID is not counted) for the cold resolution. reads / writes / events per TA = the requests the operator itself sent during T (its `teamaccess_kube_requests_total`, counted in its own client: get and list / create, update, patch, delete / Events), per TeamAccess, from the median sample. RSS = the operator's peak resident memory over all samples; CPU = its CPU seconds during T; restart = a new process until every object is reconciled again, and everything it sent meanwhile (lists and probes + watches / writes); idle = {idle} s with N objects and --resync {resync} (the bench checks every object was resynced at least twice): operator CPU seconds, reads and writes, per 60 s; drift repair = a RoleBinding deleted by hand until the operator has made it again (from its watch event).\n",
+        "# Benchmarks\n\nCommand: `make bench` (scripts/bench.sh → `cargo bench --bench scale`).\nMachine: {machine}.\nControl plane: local etcd + kube-apiserver + kube-controller-manager v1.37.2 (tests/cluster), the admission policies installed. Graph: the emulator with 50 ms added latency per request. Operator: the release binary, default settings, static leader (no election).\n\n{table}\n\nColumns: figures given as `median ±half-spread (samples)` are repeated under the same conditions (one sample at N ≥ 5000). T = apply of N TeamAccess (each its own new namespace) to all Ready, each sample with a new operator process (cold Graph cache); T0 = the ideal client server-side-applying the same N Namespaces, Roles and RoleBindings directly, at its best concurrency from a sweep (in brackets), its samples alternating with T's; every sample starts once the namespaces of the previous one are gone. Graph = Graph HTTP requests (to /v1.0; the one token request to Entra ID is not counted) for the cold resolution. reads / writes / reviews / events per TA = the requests the operator itself sent during T (its `teamaccess_kube_requests_total`, counted in its own client: get and list / create, update, patch, delete / SubjectAccessReviews of the authorship step / Events), per TeamAccess, from the median sample. RSS = the operator's peak resident memory over all samples; CPU = its CPU seconds during T; restart = a new process until every object is reconciled again, and everything it sent meanwhile (lists and probes + watches / writes); idle = {idle} s with N objects and --resync {resync} (the bench checks every object was resynced at least twice): operator CPU seconds, reads and writes, per 60 s; drift repair = a RoleBinding deleted by hand until the operator has made it again (from its watch event).\n",
         idle = settings.idle.as_secs(),
         resync = humantime::format_duration(settings.resync),
     );
@@ -210,11 +225,11 @@ fn write_report(path: &Path, table: &str, settings: &Settings) {
 
 fn render(rows: &[Row]) -> String {
     let mut t = String::from(
-        "| N | T (s) | T0 (s) [conc.] | T/T0 | Graph requests | reads / writes / events per TA | peak RSS (MiB) | CPU (s) | restart (s) | restart requests (reads + watches / writes) | idle CPU (s/60s) | idle reads / writes (/60s) | drift repair (s) |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| N | T (s) | T0 (s) [conc.] | T/T0 | Graph requests | reads / writes / reviews / events per TA | peak RSS (MiB) | CPU (s) | restart (s) | restart requests (reads + watches / writes) | idle CPU (s/60s) | idle reads / writes (/60s) | drift repair (s) |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in rows {
         t.push_str(&format!(
-            "| {} | {} | {} | {} | {:.0} | {:.2} / {:.2} / {:.2} | {:.1} | {:.2} | {:.2} | {:.0} + {:.0} / {:.0} | {:.2} | {:.0} / {:.0} | {:.2} |\n",
+            "| {} | {} | {} | {} | {:.0} | {:.2} / {:.2} / {:.2} / {:.2} | {:.1} | {:.2} | {:.2} | {:.0} + {:.0} / {:.0} | {:.2} | {:.0} / {:.0} | {:.2} |\n",
             r.n,
             r.t.show(),
             if r.t0.median().is_nan() {
@@ -226,6 +241,7 @@ fn render(rows: &[Row]) -> String {
             r.graph_requests.median(),
             r.per_ta.reads,
             r.per_ta.writes,
+            r.per_ta.reviews,
             r.per_ta.events,
             r.peak_rss_mib,
             r.cpu_seconds.median(),
@@ -242,18 +258,19 @@ fn render(rows: &[Row]) -> String {
     let binds: Vec<&Row> = rows.iter().filter(|r| r.bind.is_some()).collect();
     if !binds.is_empty() {
         t.push_str(
-            "\nBindings of ClusterRole edit into N namespaces that exist, against one client creating the same N RoleBindings (concurrency 64):\n\n| N | T (s) | T0 (s) | T/T0 | reads / writes / events per TA |\n|---|---|---|---|---|\n",
+            "\nBindings of ClusterRole edit into N namespaces that exist, against one client creating the same N RoleBindings (concurrency 64):\n\n| N | T (s) | T0 (s) | T/T0 | reads / writes / reviews / events per TA |\n|---|---|---|---|---|\n",
         );
         for r in binds {
             let b = r.bind.as_ref().unwrap();
             t.push_str(&format!(
-                "| {} | {:.2} | {:.2} | {:.2} | {:.2} / {:.2} / {:.2} |\n",
+                "| {} | {:.2} | {:.2} | {:.2} | {:.2} / {:.2} / {:.2} / {:.2} |\n",
                 r.n,
                 b.t,
                 b.t0,
                 b.t / b.t0,
                 b.per_ta.reads,
                 b.per_ta.writes,
+                b.per_ta.reviews,
                 b.per_ta.events
             ));
         }
@@ -447,13 +464,7 @@ async fn measure_drift_repair(client: &Client, name: &str) -> f64 {
 }
 
 fn per_object(requests: KubeRequests, n: usize) -> KubeRequests {
-    let n = n as f64;
-    KubeRequests {
-        reads: requests.reads / n,
-        watches: requests.watches / n,
-        writes: requests.writes / n,
-        events: requests.events / n,
-    }
+    requests.scaled(1.0 / n as f64)
 }
 
 /// N namespaces made first, then N TeamAccess binding `edit` in them (timed, with
@@ -642,15 +653,10 @@ async fn restart_and_idle(
         settings.idle
     );
     if settings.require_idle_zero {
-        assert_eq!((idle.reads, idle.writes), (0.0, 0.0), "an idle resync sent reads or writes: {idle:?}");
+        assert_eq!((idle.reads, idle.writes, idle.reviews), (0.0, 0.0, 0.0), "an idle resync sent requests: {idle:?}");
     }
     let per_minute = 60.0 / settings.idle.as_secs_f64();
-    let idle = KubeRequests {
-        reads: idle.reads * per_minute,
-        watches: idle.watches * per_minute,
-        writes: idle.writes * per_minute,
-        events: idle.events * per_minute,
-    };
+    let idle = idle.scaled(per_minute);
     (operator, (restart, restart_requests, (cpu1 - cpu0) * per_minute, idle))
 }
 

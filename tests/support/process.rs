@@ -201,8 +201,10 @@ pub struct KubeRequests {
     pub reads: f64,
     /// Watches (long-lived; started at startup and after a watch ends).
     pub watches: f64,
-    /// create, update, patch, delete of anything but Events.
+    /// create, update, patch, delete of anything but Events and access reviews.
     pub writes: f64,
+    /// SubjectAccessReviews (the authorship step's checks): answered, never stored.
+    pub reviews: f64,
     /// Events published.
     pub events: f64,
 }
@@ -218,6 +220,7 @@ impl KubeRequests {
                 |name: &str| labels.split(',').find_map(|kv| kv.strip_prefix(&format!("{name}=\""))?.strip_suffix('"'));
             match (label("verb").unwrap_or_default(), label("resource").unwrap_or_default()) {
                 (_, "events") => sum.events += value,
+                (_, "subjectaccessreviews") => sum.reviews += value,
                 ("get" | "list", _) => sum.reads += value,
                 ("watch", _) => sum.watches += value,
                 _ => sum.writes += value,
@@ -227,7 +230,18 @@ impl KubeRequests {
     }
 
     pub fn total(&self) -> f64 {
-        self.reads + self.watches + self.writes + self.events
+        self.reads + self.watches + self.writes + self.reviews + self.events
+    }
+
+    /// Every count times `factor` (per object, per minute).
+    pub fn scaled(&self, factor: f64) -> Self {
+        Self {
+            reads: self.reads * factor,
+            watches: self.watches * factor,
+            writes: self.writes * factor,
+            reviews: self.reviews * factor,
+            events: self.events * factor,
+        }
     }
 
     /// What was sent since `earlier`.
@@ -236,6 +250,7 @@ impl KubeRequests {
             reads: self.reads - earlier.reads,
             watches: self.watches - earlier.watches,
             writes: self.writes - earlier.writes,
+            reviews: self.reviews - earlier.reviews,
             events: self.events - earlier.events,
         }
     }
