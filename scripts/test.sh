@@ -174,9 +174,10 @@ if [[ -n "$node_started" ]]; then
   step "node-down left the machine as it was" diff -u "$machine_before" "$machine_after"
 fi
 # The benchmark at a small N, as a smoke test (make bench gives the real figures).
-# Two samples of T and T0, a 2 s resync inside a 5 s idle window (two resyncs,
-# checked), and any write during that window fails it.
-step "benchmark smoke test" env BENCH_N=10 BENCH_FLOOD_N=50 BENCH_SAMPLES=2 BENCH_RESYNC=2s BENCH_IDLE_SECS=5 \
+# Two samples of T and T0, three single objects timed apply → Ready per directory,
+# a 2 s resync inside a 5 s idle window (two resyncs, checked), and any write
+# during that window fails it.
+step "benchmark smoke test" env BENCH_N=10 BENCH_FLOOD_N=50 BENCH_SAMPLES=2 BENCH_LATENCY_SAMPLES=3 BENCH_RESYNC=2s BENCH_IDLE_SECS=5 \
   BENCH_REQUIRE_IDLE_ZERO=1 BENCH_OUT="$(mktemp -d)/benchmarks.md" scripts/bench.sh
 step "cargo fmt --check" cargo fmt --all -- --check
 step "cargo clippy" cargo clippy --locked --workspace --all-targets -- -D warnings
