@@ -3,7 +3,8 @@
 #
 #   1. unit tests
 #   2. generated files (CRD copies, deploy/operator.yaml) match their sources
-#   3. a local control plane of its own, unless TEAMACCESS_TEST_KUBECONFIG names one
+#   3. a local control plane of its own, unless TEAMACCESS_TEST_KUBECONFIG names one,
+#      and the GitOps tools (tests/gitops), unless TEAMACCESS_GITOPS_BIN names them
 #   4. the integration tests against that control plane
 #   5. the demo (make demo), which checks what it prints
 #   6. the node tests (tests/node.rs): the images as the Dockerfile makes them (amd64,
@@ -132,6 +133,13 @@ if [[ -z "${TEAMACCESS_TEST_KUBECONFIG:-}" ]]; then
   line="$(tests/cluster/cluster.sh up | tail -n 1)" || { failed_steps+=("cluster-up"); exit 1; }
   cluster_started="${line#KUBECONFIG=}"
   export TEAMACCESS_TEST_KUBECONFIG="$cluster_started"
+fi
+
+# The GitOps tools (Argo CD's health assessment), built once into the cache, so
+# that no test's time includes their build.
+if [[ -z "${TEAMACCESS_GITOPS_BIN:-}" ]]; then
+  gitops_bin="$(tests/gitops/gitops.sh bin | tail -n 1)" || { failed_steps+=("gitops tools"); exit 1; }
+  export TEAMACCESS_GITOPS_BIN="$gitops_bin"
 fi
 
 # Every integration test binary but node.rs, which needs the node and runs alone.

@@ -7,12 +7,12 @@ use std::time::Duration;
 
 use azure_emulator::Faults;
 use k8s_openapi::api::{
-    core::v1::{ConfigMap, Namespace},
+    core::v1::Namespace,
     rbac::v1::{Role, RoleBinding},
 };
 use kube::{
     Api,
-    api::{DeleteParams, ObjectMeta, Patch, PatchParams, PostParams},
+    api::{DeleteParams, Patch, PatchParams, PostParams},
 };
 use support::{graph::*, operator::*, *};
 use teamaccess_operator::{api::TeamAccess, directory::graph::GraphSettings};
@@ -28,16 +28,7 @@ async fn a_namespace_stuck_terminating_is_reported_with_what_blocks_it() {
     op.wait_ready(&name).await;
 
     // Someone else's finalizer holds content in the namespace; then the namespace is deleted by hand.
-    let configmaps = Api::<ConfigMap>::namespaced(op.client.clone(), &ns);
-    let held = ConfigMap {
-        metadata: ObjectMeta {
-            name: Some("held".into()),
-            finalizers: Some(vec!["example.com/hold".into()]),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    configmaps.create(&PostParams::default(), &held).await.unwrap();
+    hold_namespace(&op.client, &ns).await;
     delete_namespace(&op.client, &ns).await;
 
     let ta = op.wait_condition(&name, "Ready", "False", Some("NamespaceTerminating"), Duration::from_secs(60)).await;
@@ -56,10 +47,7 @@ async fn a_namespace_stuck_terminating_is_reported_with_what_blocks_it() {
     assert!(conditions.iter().any(|c| c.type_ == "Reconciling" && c.status == "True"), "{conditions:?}");
 
     // Released: the namespace goes, and the operator creates it again with the access.
-    configmaps
-        .patch("held", &PatchParams::default(), &Patch::Merge(serde_json::json!({"metadata": {"finalizers": null}})))
-        .await
-        .unwrap();
+    release_namespace(&op.client, &ns).await;
     op.wait_condition(&name, "Ready", "True", None, Duration::from_secs(120)).await;
     // The team has its access in the new namespace, as the API server decides it.
     wait_allowed(&op.client, AKSDEV, &[APPDEV], "create", "", "pods", &ns, true).await;

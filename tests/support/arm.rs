@@ -72,7 +72,7 @@ pub struct Harness {
 
 impl Harness {
     /// The operator binary on the emulator's Graph and ARM, resyncing every 2 s
-    /// unless `extra` says otherwise.
+    /// and with no deletion brake unless `extra` says otherwise.
     pub async fn start(directory: DirectoryFile, extra: &[String]) -> Self {
         let emulator = graph::emulator_of(directory).await;
         Self::start_on(emulator, extra).await
@@ -88,8 +88,11 @@ impl Harness {
         let admin = admin_client().await;
         ensure_crd(&admin).await;
         let selector = format!("{TEST_LABEL}={label}");
-        let mut args: Vec<String> =
-            ["--selector", &selector, "--max-namespace-deletions", "0"].map(String::from).to_vec();
+        let mut args: Vec<String> = ["--selector", &selector].map(String::from).to_vec();
+        // The brake is lifted unless `extra` sets it: other tests' deletions share its Lease.
+        if !extra.iter().any(|a| a == "--max-namespace-deletions") {
+            args.extend(["--max-namespace-deletions", "0"].map(String::from));
+        }
         if !extra.iter().any(|a| a == "--resync") {
             args.extend(["--resync", "2s"].map(String::from));
         }

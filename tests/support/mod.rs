@@ -153,6 +153,24 @@ pub async fn write_team_data(client: &Client, namespace: &str) {
     Api::<ConfigMap>::namespaced(client.clone(), namespace).create(&PostParams::default(), &data).await.unwrap();
 }
 
+/// Puts a ConfigMap that someone else's finalizer holds into `namespace`: once
+/// deleted, the namespace stays Terminating until `release_namespace`.
+pub async fn hold_namespace(client: &Client, namespace: &str) {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    let held: ConfigMap =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "held", "finalizers": ["example.com/hold"]}}))
+            .unwrap();
+    Api::<ConfigMap>::namespaced(client.clone(), namespace).create(&PostParams::default(), &held).await.unwrap();
+}
+
+/// Lets the namespace `hold_namespace` held finish deleting.
+pub async fn release_namespace(client: &Client, namespace: &str) {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    let release = kube::api::Patch::Merge(serde_json::json!({"metadata": {"finalizers": null}}));
+    let configmaps = Api::<ConfigMap>::namespaced(client.clone(), namespace);
+    configmaps.patch("held", &kube::api::PatchParams::default(), &release).await.unwrap();
+}
+
 /// `namespace` is there, not being deleted, and still holds its team data.
 pub async fn assert_team_data_kept(client: &Client, namespace: &str) {
     use k8s_openapi::api::core::v1::ConfigMap;
@@ -530,14 +548,25 @@ pub mod graph {
 /// A binary built with the control plane (kubectl, helm): from TEAMACCESS_TEST_BIN,
 /// else the cached build (tests/cluster/cluster.sh bin builds it when missing).
 pub fn cluster_tool(name: &str) -> PathBuf {
-    let dir = match std::env::var_os("TEAMACCESS_TEST_BIN") {
+    cached_tool("TEAMACCESS_TEST_BIN", "tests/cluster/cluster.sh", name)
+}
+
+/// A GitOps tool built from tests/gitops (argocd-health): from TEAMACCESS_GITOPS_BIN,
+/// else the cached build (tests/gitops/gitops.sh bin builds it when missing).
+pub fn gitops_tool(name: &str) -> PathBuf {
+    cached_tool("TEAMACCESS_GITOPS_BIN", "tests/gitops/gitops.sh", name)
+}
+
+/// `name` in the directory `env` names, else in the one `script bin` prints last.
+fn cached_tool(env: &str, script: &str, name: &str) -> PathBuf {
+    let dir = match std::env::var_os(env) {
         Some(dir) => PathBuf::from(dir),
         None => {
-            let out = std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/cluster/cluster.sh"))
+            let out = std::process::Command::new(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(script))
                 .arg("bin")
                 .output()
-                .expect("run tests/cluster/cluster.sh bin");
-            assert!(out.status.success(), "cluster.sh bin failed: {}", String::from_utf8_lossy(&out.stderr));
+                .unwrap_or_else(|e| panic!("run {script} bin: {e}"));
+            assert!(out.status.success(), "{script} bin failed: {}", String::from_utf8_lossy(&out.stderr));
             PathBuf::from(String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or_default().trim())
         }
     };
