@@ -30,9 +30,12 @@ const WAIT: Duration = Duration::from_secs(90);
 /// The deletion brake's window in the prune test (--namespace-deletion-window).
 const WINDOW: Duration = Duration::from_secs(30);
 
-/// Flux's two controllers and a Git server, for one test; stopped on drop.
+/// Flux's two controllers and a Git server, for one test; stopped (and their
+/// directory removed) on drop.
 struct Flux {
     processes: Vec<Child>,
+    /// The Git server's root, the artifact storage, the work tree and the logs.
+    dir: PathBuf,
     /// The namespace of the GitRepository and the Kustomizations.
     namespace: String,
     repo: Repo,
@@ -51,6 +54,7 @@ impl Drop for Flux {
             let _ = child.kill();
             let _ = child.wait();
         }
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -91,11 +95,15 @@ impl Repo {
 impl Flux {
     async fn start(admin: &Client) -> Self {
         let bin = gitops_tool("");
-        let crds = std::fs::read_dir(bin.join("flux-crds")).unwrap();
-        for crd in crds {
+        let crds = bin.join("flux-crds");
+        for crd in std::fs::read_dir(&crds).unwrap() {
             let text = std::fs::read_to_string(crd.unwrap().path()).unwrap();
             authors::admin_apply(&text);
         }
+        // A controller that starts before its kinds are served exits.
+        let established = ["wait", "--for=condition=Established", "--timeout=60s", "-f", crds.to_str().unwrap()];
+        let (ok, out, err) = run_tool("kubectl", &established, None);
+        assert!(ok, "Flux's CRDs not established:\n{out}\n{err}");
         let namespace = create_namespace(admin, "flux").await;
         let dir = std::env::temp_dir().join(unique("flux"));
         let (root, storage, work, logs) = (dir.join("git"), dir.join("storage"), dir.join("work"), dir.join("logs"));
@@ -144,7 +152,7 @@ impl Flux {
             ],
         ));
         processes.push(flux_process("kustomize-controller", &["--no-remote-bases".into()]));
-        Self { processes, namespace, repo, logs }
+        Self { processes, dir, namespace, repo, logs }
     }
 
     /// Deletes the Kustomizations (pruning what they applied) and the
