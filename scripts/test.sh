@@ -135,8 +135,8 @@ if [[ -z "${TEAMACCESS_TEST_KUBECONFIG:-}" ]]; then
   export TEAMACCESS_TEST_KUBECONFIG="$cluster_started"
 fi
 
-# The GitOps tools (Argo CD's health assessment), built once into the cache, so
-# that no test's time includes their build.
+# The GitOps tools (Argo CD's health assessment, Flux's controllers), built once
+# into the cache, so that no test's time includes their build.
 if [[ -z "${TEAMACCESS_GITOPS_BIN:-}" ]]; then
   gitops_bin="$(tests/gitops/gitops.sh bin | tail -n 1)" || { failed_steps+=("gitops tools"); exit 1; }
   export TEAMACCESS_GITOPS_BIN="$gitops_bin"
