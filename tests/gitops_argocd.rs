@@ -12,18 +12,13 @@ use std::collections::BTreeMap;
 
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::ConfigMap;
-use kube::{
-    Api, Client,
-    api::{Patch, PatchParams, PostParams},
-};
+use kube::{Api, Client, api::PostParams};
 use serde::Deserialize;
 use serde_json::json;
 use support::{
-    arm::{Harness, groups_with_a_member},
-    operator::TEST_LABEL,
+    arm::{Harness, apply_labelled, groups_with_a_member},
     *,
 };
-use teamaccess_operator::api::TeamAccess;
 
 const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/examples/argocd-application.yaml");
 
@@ -75,16 +70,6 @@ fn assert_health(judged: &BTreeMap<String, Health>, name: &str, status: &str, sa
     assert!(health.message.contains(says), "{name}: {health:?} should say {says:?}");
 }
 
-/// Applies a TeamAccess as a GitOps tool would, whether or not an operator runs.
-async fn apply(tas: &Api<TeamAccess>, label: &str, name: &str, spec: serde_json::Value) {
-    let manifest = json!({
-        "apiVersion": "teamaccess.dev/v1alpha1", "kind": "TeamAccess",
-        "metadata": {"name": name, "labels": {TEST_LABEL: label}},
-        "spec": spec,
-    });
-    tas.patch(name, &PatchParams::apply("argocd-test").force(), &Patch::Apply(manifest)).await.unwrap();
-}
-
 #[tokio::test]
 async fn argo_cd_is_healthy_only_for_a_grant_ready_at_its_generation_and_degraded_or_suspended_as_the_operator_says() {
     let (directory, groups) = groups_with_a_member(1);
@@ -99,13 +84,13 @@ async fn argo_cd_is_healthy_only_for_a_grant_ready_at_its_generation_and_degrade
 
     // Ready for its generation; refused by the guardrails (Stalled); its
     // namespace stuck terminating (Reconciling); ended (spec.expiresAt).
-    apply(&h.tas, &h.label, &ready, Harness::spec(group, &ready_ns)).await;
+    apply_labelled(&h.tas, &h.label, &ready, Harness::spec(group, &ready_ns)).await;
     let cluster_admin = json!({"group": {"objectId": group}, "namespace": refused_ns, "clusterRole": "cluster-admin"});
-    apply(&h.tas, &h.label, &refused, cluster_admin).await;
-    apply(&h.tas, &h.label, &stuck, Harness::spec(group, &stuck_ns)).await;
+    apply_labelled(&h.tas, &h.label, &refused, cluster_admin).await;
+    apply_labelled(&h.tas, &h.label, &stuck, Harness::spec(group, &stuck_ns)).await;
     let mut past = Harness::spec(group, &ended_ns);
     past["expiresAt"] = json!((Timestamp::now() - SignedDuration::from_secs(60)).to_string());
-    apply(&h.tas, &h.label, &ended, past).await;
+    apply_labelled(&h.tas, &h.label, &ended, past).await;
     h.wait_condition(&ready, "Ready", "True", "Reconciled").await;
     h.wait_condition(&refused, "Stalled", "True", "ClusterRoleNotAllowed").await;
     h.wait_condition(&stuck, "Ready", "True", "Reconciled").await;
@@ -126,8 +111,8 @@ async fn argo_cd_is_healthy_only_for_a_grant_ready_at_its_generation_and_degrade
     let (emulator, label) = h.stop().await;
     let mut changed = Harness::spec(group, &ready_ns);
     changed["verbs"] = json!(["get", "list"]);
-    apply(&tas, &label, &ready, changed).await;
-    apply(&tas, &label, &fresh, Harness::spec(group, &fresh_ns)).await;
+    apply_labelled(&tas, &label, &ready, changed).await;
+    apply_labelled(&tas, &label, &fresh, Harness::spec(group, &fresh_ns)).await;
     let judged = argo_health(&argocd, &[&ready, &fresh]);
     assert_health(&judged, &ready, "Progressing", "Reconciled: ");
     assert_health(&judged, &fresh, "Progressing", "Waiting for the operator");
@@ -161,11 +146,11 @@ async fn argo_cd_shows_a_teamaccess_being_deleted_or_held_by_the_brake_as_pendin
     let argocd = argocd_with_the_shipped_health_check(&admin).await;
     let [first, braked, pending] = ["first", "braked", "pending"].map(|n| h.name(n));
     let [first_ns, braked_ns, pending_ns] = ["argo-del-first", "argo-del-braked", "argo-del-pending"].map(unique);
-    apply(&h.tas, &h.label, &first, Harness::spec(&groups[0], &first_ns)).await;
-    apply(&h.tas, &h.label, &braked, Harness::spec(&groups[0], &braked_ns)).await;
+    apply_labelled(&h.tas, &h.label, &first, Harness::spec(&groups[0], &first_ns)).await;
+    apply_labelled(&h.tas, &h.label, &braked, Harness::spec(&groups[0], &braked_ns)).await;
     let mut retain = Harness::spec(&groups[0], &pending_ns);
     retain["deletionPolicy"] = json!("Retain");
-    apply(&h.tas, &h.label, &pending, retain).await;
+    apply_labelled(&h.tas, &h.label, &pending, retain).await;
     for name in [&first, &braked, &pending] {
         h.wait_condition(name, "Ready", "True", "Reconciled").await;
     }

@@ -12,14 +12,13 @@ use std::{
     time::Duration,
 };
 
-use k8s_openapi::api::core::v1::Namespace;
 use kube::{
     Api, Client,
     api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams},
 };
 use serde_json::json;
 use support::{
-    arm::{Harness, groups_with_a_member},
+    arm::{Harness, groups_with_a_member, labelled_manifest},
     operator::TEST_LABEL,
     *,
 };
@@ -287,23 +286,11 @@ fn ready_for_its_generation(ta: &teamaccess_operator::api::TeamAccess) -> bool {
 
 /// A TeamAccess file for the repository, with the test operator's label.
 fn team_file(label: &str, name: &str, spec: serde_json::Value) -> (String, String) {
-    let manifest = json!({
-        "apiVersion": "teamaccess.dev/v1alpha1", "kind": "TeamAccess",
-        "metadata": {"name": name, "labels": {TEST_LABEL: label}},
-        "spec": spec,
-    });
-    (format!("{name}.yaml"), serde_json::to_string_pretty(&manifest).unwrap())
+    (format!("{name}.yaml"), serde_json::to_string_pretty(&labelled_manifest(label, name, spec)).unwrap())
 }
 
 async fn member_allowed(admin: &Client, group: &str, verb: &str, namespace: &str) -> bool {
     allowed(admin, MEMBER, &[group], verb, "", "pods", namespace).await
-}
-
-async fn namespace_going(admin: &Client, namespace: &str) -> bool {
-    match Api::<Namespace>::all(admin.clone()).get_opt(namespace).await.unwrap() {
-        None => true,
-        Some(ns) => ns.metadata.deletion_timestamp.is_some(),
-    }
 }
 
 #[tokio::test]

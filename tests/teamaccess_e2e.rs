@@ -666,14 +666,11 @@ async fn a_bulk_delete_is_braked_to_a_few_namespaces_per_window() {
     for name in &names {
         op.wait_condition(name, "Ready", "True", None, Duration::from_secs(60)).await;
     }
-    let namespaces = Api::<Namespace>::all(op.client.clone());
     let going = || async {
         let mut going = 0;
         for ns in &names {
-            match namespaces.get_opt(ns).await.unwrap() {
-                None => going += 1,
-                Some(live) if live.metadata.deletion_timestamp.is_some() => going += 1,
-                Some(_) => {}
+            if namespace_going(&op.client, ns).await {
+                going += 1;
             }
         }
         going

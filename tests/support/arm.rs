@@ -63,6 +63,22 @@ pub fn groups_with_a_member(n: usize) -> (DirectoryFile, Vec<String>) {
     (directory, groups)
 }
 
+/// A TeamAccess `name` with `spec`, labelled for the operator of `label`.
+pub fn labelled_manifest(label: &str, name: &str, spec: serde_json::Value) -> serde_json::Value {
+    json!({
+        "apiVersion": "teamaccess.dev/v1alpha1", "kind": "TeamAccess",
+        "metadata": {"name": name, "labels": {TEST_LABEL: label}},
+        "spec": spec,
+    })
+}
+
+/// Applies `labelled_manifest` as its only field manager, whether or not an
+/// operator runs (a harness stopped for a while has handed its label back).
+pub async fn apply_labelled(tas: &Api<TeamAccess>, label: &str, name: &str, spec: serde_json::Value) {
+    let manifest = labelled_manifest(label, name, spec);
+    tas.patch(name, &PatchParams::apply("arm-test").force(), &Patch::Apply(manifest)).await.unwrap();
+}
+
 pub struct Harness {
     pub emulator: Emulator,
     pub op: OperatorProcess,
@@ -128,12 +144,7 @@ impl Harness {
 
     /// Applies a TeamAccess of this harness's label with `spec`, as its only field manager.
     pub async fn apply_spec(&self, name: &str, spec: serde_json::Value) {
-        let manifest = json!({
-            "apiVersion": "teamaccess.dev/v1alpha1", "kind": "TeamAccess",
-            "metadata": {"name": name, "labels": {TEST_LABEL: self.label}},
-            "spec": spec,
-        });
-        self.tas.patch(name, &PatchParams::apply("arm-test").force(), &Patch::Apply(manifest)).await.unwrap();
+        apply_labelled(&self.tas, &self.label, name, spec).await;
     }
 
     pub fn name(&self, suffix: &str) -> String {

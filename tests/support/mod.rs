@@ -144,6 +144,14 @@ pub async fn wait_namespace_gone(client: &Client, name: &str, timeout: Duration)
     .await
 }
 
+/// Whether `namespace` is gone or being deleted.
+pub async fn namespace_going(client: &Client, namespace: &str) -> bool {
+    match Api::<Namespace>::all(client.clone()).get_opt(namespace).await.unwrap() {
+        None => true,
+        Some(ns) => ns.metadata.deletion_timestamp.is_some(),
+    }
+}
+
 /// Writes a ConfigMap of "team data" into `namespace`: what no uninstall may touch.
 pub async fn write_team_data(client: &Client, namespace: &str) {
     use k8s_openapi::api::core::v1::ConfigMap;
