@@ -11,6 +11,7 @@ pub mod directory;
 pub mod reconcile;
 pub mod server;
 pub mod telemetry;
+pub mod watched_file;
 
 use kube::CustomResourceExt;
 
