@@ -742,7 +742,7 @@ async fn apply_ideal(client: &Client, name: &str, i: usize) {
         )
         .unwrap(),
     );
-    let mut ns = build::build_namespace(&ta);
+    let mut ns = build::build_namespace(&ta, &build::no_profile());
     ns.metadata.labels = Some(BTreeMap::from([(LABEL.to_string(), "ideal".to_string())]));
     Api::<Namespace>::all(client.clone()).patch(name, &pp, &Patch::Apply(&ns)).await.unwrap();
     let role: Role = build::build_role(&ta).unwrap();

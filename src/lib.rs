@@ -8,6 +8,8 @@ pub mod backoff;
 pub mod cli;
 pub mod controller;
 pub mod directory;
+pub mod hash;
+pub mod profiles;
 pub mod reconcile;
 pub mod server;
 pub mod telemetry;

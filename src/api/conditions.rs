@@ -14,6 +14,9 @@ pub const CLUSTER_USER_ROLE: &str = "ClusterUserRole";
 /// Present (True) while a grant with spec.expiresAt is within its last
 /// --expiry-warning, so a team is told before it is locked out.
 pub const EXPIRING: &str = "Expiring";
+/// Whether the namespace carries the namespace profile this TeamAccess asks for
+/// (present when a profile is asked for, or configured as the default).
+pub const NAMESPACE_PROFILE: &str = "NamespaceProfile";
 pub const RECONCILING: &str = "Reconciling";
 pub const STALLED: &str = "Stalled";
 

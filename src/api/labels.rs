@@ -20,6 +20,12 @@ pub const CREATED_BY_ANNOTATION: &str = "teamaccess.dev/created-by";
 /// fate is its creator's to decide, also when another TeamAccess is the last to go.
 pub const DELETION_POLICY_ANNOTATION: &str = "teamaccess.dev/deletion-policy";
 
+/// On a namespace a TeamAccess created with a namespace profile, and on the
+/// guardrails the profile put in it: the profile's name, and its revision (a
+/// hash of its content, so an edited profile is applied again).
+pub const PROFILE_ANNOTATION: &str = "teamaccess.dev/namespace-profile";
+pub const PROFILE_REVISION_ANNOTATION: &str = "teamaccess.dev/namespace-profile-revision";
+
 /// The API group of Roles, RoleBindings and ClusterRoles.
 pub const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
 
@@ -31,6 +37,11 @@ pub fn is_managed(meta: &ObjectMeta) -> bool {
 /// The TeamAccess that created a managed namespace.
 pub fn created_by(meta: &ObjectMeta) -> Option<&str> {
     meta.annotations.as_ref().and_then(|a| a.get(CREATED_BY_ANNOTATION)).map(String::as_str)
+}
+
+/// The namespace profile a namespace was created with, if any.
+pub fn profile_of(meta: &ObjectMeta) -> Option<&str> {
+    meta.annotations.as_ref().and_then(|a| a.get(PROFILE_ANNOTATION)).map(String::as_str)
 }
 
 /// The controller reference of a child to the TeamAccess that made it, if it

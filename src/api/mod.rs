@@ -54,6 +54,7 @@ const RFC3339_RULE: &str =
     // A string, not a date: kubectl prints a date in the future as <invalid>.
     printcolumn(name = "Expires", type_ = "string", json_path = ".spec.expiresAt", description = "When the access ends (spec.expiresAt); empty: it does not"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    printcolumn(name = "Profile", type_ = "string", json_path = ".status.namespaceProfile", priority = 1, description = "The namespace profile in force on the namespace (-o wide)"),
     validation = Rule::new("size(self.metadata.name) <= 200").message("metadata.name must be at most 200 characters: the Role and RoleBinding are named teamaccess-<name>")
 )]
 #[x_kube(
@@ -140,6 +141,21 @@ pub struct TeamAccessSpec {
     // CEL would then see a timestamp and could no longer require one.
     #[schemars(length(max = 40))]
     pub expires_at: Option<String>,
+
+    /// The namespace profile a namespace this operator creates arrives with: its
+    /// Pod Security level, ResourceQuota, LimitRange, NetworkPolicies, labels and
+    /// annotations, as the admin configured the profile (the operator's
+    /// --namespace-profiles, the chart's namespaceProfiles). Unset: the default
+    /// profile, if one is configured. Naming any other profile needs `use` on
+    /// namespaceprofiles/<name> in API group teamaccess.dev. The team cannot
+    /// undo it: the operator restores what is deleted or changed. A namespace
+    /// that existed before is never changed (status.namespaceProfile stays
+    /// empty and the NamespaceProfile condition says so); in a namespace another
+    /// TeamAccess created, that one's profile is in force.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')").message("spec.namespaceProfile must be a profile name: lower-case letters, digits and '-'"))]
+    #[schemars(length(min = 1, max = 63))]
+    pub namespace_profile: Option<String>,
 }
 
 /// Selects one Entra ID group.
@@ -273,7 +289,13 @@ pub struct TeamAccessStatus {
     /// When the access ends (spec.expiresAt as the operator read it, in UTC).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<String>,
-    /// Ready, GroupResolved, ClusterUserRole, Expiring, and kstatus' Reconciling and Stalled.
+    /// The namespace profile in force on the namespace: the one this TeamAccess
+    /// applied to the namespace it created, or the one its creator applied.
+    /// Empty for a namespace that existed before (never changed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace_profile: Option<String>,
+    /// Ready, GroupResolved, ClusterUserRole, Expiring, NamespaceProfile, and
+    /// kstatus' Reconciling and Stalled.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
 }
@@ -380,6 +402,7 @@ impl TeamAccessSpec {
             deletion_policy: DeletionPolicy::Delete,
             cluster_user_role: None,
             expires_at: None,
+            namespace_profile: None,
         }
     }
 }

@@ -85,6 +85,20 @@ pub enum Reason {
     ArmAuthenticationFailed,
     ArmRequestRejected,
 
+    // Namespace profiles (condition NamespaceProfile).
+    /// The namespace this TeamAccess created carries its profile.
+    ProfileApplied,
+    /// The namespace existed before (or is another TeamAccess's): its profile,
+    /// if any, is not this TeamAccess's to set, and nothing was changed.
+    ProfileNotApplied,
+    /// The namespace's creator applied another profile than the one this TeamAccess asks for.
+    ProfileConflict,
+    /// spec.namespaceProfile names a profile the operator is not configured with.
+    ProfileNotFound,
+    /// A guardrail of the profile was deleted or changed in the namespace, and
+    /// the operator put it back (an Event).
+    ProfileRestored,
+
     // Events that report an action rather than a state.
     GroupRenamed,
     NamespaceCreated,

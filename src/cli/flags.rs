@@ -151,6 +151,14 @@ pub struct RunArgs {
     #[arg(long, env = "TEAMACCESS_ADMISSION_POLICY_PREFIX", default_value = "teamaccess-operator")]
     pub admission_policy_prefix: String,
 
+    /// A YAML file of namespace profiles (Pod Security level, ResourceQuota,
+    /// LimitRange, network policy presets, labels and annotations) that the
+    /// namespaces the operator creates arrive with; re-read when it changes.
+    /// Unset: namespaces are created bare, and a TeamAccess naming a profile is
+    /// held (ProfileNotFound).
+    #[arg(long, env = "TEAMACCESS_NAMESPACE_PROFILES")]
+    pub namespace_profiles: Option<PathBuf>,
+
     /// The namespace the operator runs in (protected). Read from the service account
     /// when running in a pod.
     #[arg(long, env = "TEAMACCESS_OPERATOR_NAMESPACE")]

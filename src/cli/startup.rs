@@ -20,6 +20,7 @@ use crate::{
         graph::{GraphDirectory, GraphSettings},
         static_file::StaticDirectory,
     },
+    profiles::NamespaceProfiles,
     reconcile::{Context, Identity, Policy, Settings, caches::Caches},
     server,
     telemetry::{self, Health, Telemetry, metrics::Metrics},
@@ -105,7 +106,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .operator_namespace
         .clone()
         .or_else(|| std::fs::read_to_string(SERVICE_ACCOUNT_NAMESPACE_FILE).ok().map(|s| s.trim().to_string()));
-    let settings = settings(&args, own_namespace.as_deref());
+    let namespace_profiles = match &args.namespace_profiles {
+        Some(path) => Some(Arc::new(NamespaceProfiles::load(path).await?)),
+        None => None,
+    };
+    let settings = settings(&args, own_namespace.as_deref(), namespace_profiles);
     let instance = std::env::var("POD_NAME").ok().or_else(|| std::env::var("HOSTNAME").ok());
     let (caches, feeds) = Caches::new();
     let ctx = Arc::new(Context::new(client, settings, identity, caches, telemetry.clone(), instance.clone()));
@@ -178,7 +183,11 @@ async fn directory_and_arm(args: &RunArgs, metrics: &Arc<Metrics>) -> anyhow::Re
 }
 
 /// The controller's settings from the flags, logged as it starts.
-fn settings(args: &RunArgs, own_namespace: Option<&str>) -> Settings {
+fn settings(
+    args: &RunArgs,
+    own_namespace: Option<&str>,
+    namespace_profiles: Option<Arc<NamespaceProfiles>>,
+) -> Settings {
     let settings = Settings {
         policy: Policy::new(args.protected_namespaces.clone(), own_namespace)
             .with_allowed_cluster_roles(args.allowed_cluster_roles.clone())
@@ -198,6 +207,7 @@ fn settings(args: &RunArgs, own_namespace: Option<&str>) -> Settings {
             args.deletion_brake_lease.clone(),
         ),
         admission_policy_prefix: Some(args.admission_policy_prefix.clone()).filter(|p| !p.is_empty()),
+        namespace_profiles,
     };
     tracing::info!(
         directory = ?args.directory,

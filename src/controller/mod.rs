@@ -54,10 +54,11 @@ pub async fn run(
         .admission_policy_prefix
         .clone()
         .map(|prefix| tokio::spawn(admission::watch(ctx.clone(), prefix, admission::PERIOD)));
-    let watches = watches::start(&ctx.client, feeds.children).await;
+    let profiles = ctx.settings.namespace_profiles.clone();
+    let watches = watches::start(&ctx.client, feeds.children, profiles.is_some()).await;
     let tasks = watches.tasks;
     tokio::select! {
-        () = watches::wait_synced(&ctx.caches) => {}
+        () = watches::wait_synced(&ctx.caches, profiles.is_some()) => {}
         () = shutdown.clone() => {
             tasks.iter().for_each(JoinHandle::abort);
             return Ok(());
@@ -80,6 +81,24 @@ pub async fn run(
     if let Some(changes) = ctx.identity.directory.changes() {
         // A reloaded directory may resolve groups differently: look at every object again.
         controller = controller.reconcile_all_on(WatchStream::from_changes(changes).map(|_| ()));
+    }
+    if let Some(guardrails) = watches.guardrails {
+        // A guardrail changed or went: the namespace's creator puts it back.
+        let creator = |namespaces: &reflector::Store<_>| {
+            let namespaces = namespaces.clone();
+            move |namespace: Option<String>| creator_of(&namespaces, namespace.as_deref())
+        };
+        let quotas = creator(&ctx.caches.namespaces);
+        let limits = creator(&ctx.caches.namespaces);
+        let policies = creator(&ctx.caches.namespaces);
+        controller = controller
+            .watches_stream(guardrails.quotas, move |q| quotas(q.metadata.namespace.clone()))
+            .watches_stream(guardrails.limit_ranges, move |l| limits(l.metadata.namespace.clone()))
+            .watches_stream(guardrails.network_policies, move |p| policies(p.metadata.namespace.clone()));
+    }
+    if let Some(profiles) = &profiles {
+        // An edited profile changes what every namespace of it should carry.
+        controller = controller.reconcile_all_on(WatchStream::from_changes(profiles.changes()).map(|_| ()));
     }
     let synced = Arc::new(AtomicBool::new(false));
     let watchdog = tokio::spawn(watch_readiness(ctx.clone(), synced.clone()));
@@ -230,6 +249,15 @@ async fn stopped_before_sync(shutdown: impl Future<Output = ()>, synced: Arc<Ato
         futures::future::pending::<()>().await;
     }
     tracing::info!("stopped before the TeamAccess cache synced");
+}
+
+/// The TeamAccess that created `namespace`, which keeps its profile's guardrails.
+fn creator_of(
+    namespaces: &reflector::Store<kube::core::PartialObjectMeta<k8s_openapi::api::core::v1::Namespace>>,
+    namespace: Option<&str>,
+) -> Option<ObjectRef<TeamAccess>> {
+    let ns = namespaces.get(&ObjectRef::new(namespace?))?;
+    labels::is_managed(&ns.metadata).then(|| labels::created_by(&ns.metadata).map(ObjectRef::new))?
 }
 
 /// The TeamAccess controlling a child, by the child's controller reference.

@@ -8,7 +8,8 @@ use std::{fmt::Debug, time::Duration};
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::{
-    core::v1::Namespace,
+    core::v1::{LimitRange, Namespace, ResourceQuota},
+    networking::v1::NetworkPolicy,
     rbac::v1::{Role, RoleBinding},
 };
 use kube::{
@@ -16,7 +17,7 @@ use kube::{
     core::PartialObjectMeta,
     runtime::{
         WatchStreamExt,
-        reflector::{Store, store::Writer},
+        reflector::{ObjectRef, Store, store::Writer},
         watcher,
     },
 };
@@ -25,7 +26,11 @@ use tokio::{sync::mpsc, task::JoinHandle};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use crate::{
-    api::labels::{MANAGED_BY_LABEL, MANAGED_BY_SELECTOR, OWNER_ANNOTATION, teamaccess_controller},
+    api::labels::{
+        MANAGED_BY_LABEL, MANAGED_BY_SELECTOR, OWNER_ANNOTATION, PROFILE_ANNOTATION, PROFILE_REVISION_ANNOTATION,
+        teamaccess_controller,
+    },
+    profiles::render::is_guardrail_name,
     reconcile::caches::{Caches, ChildFeeds},
 };
 
@@ -42,33 +47,82 @@ pub struct Watches {
     pub roles: UnboundedReceiverStream<Result<Role, watcher::Error>>,
     pub bindings: UnboundedReceiverStream<Result<RoleBinding, watcher::Error>>,
     pub namespaces: UnboundedReceiverStream<Result<PartialObjectMeta<Namespace>, watcher::Error>>,
+    /// The namespace profiles' guardrails, watched only while profiles are configured.
+    pub guardrails: Option<GuardrailWatches>,
     pub tasks: Vec<JoinHandle<()>>,
 }
 
-/// Starts the reflectors and returns once every cache holds its first list.
-pub async fn start(client: &Client, feeds: ChildFeeds) -> Watches {
+pub struct GuardrailWatches {
+    pub quotas: UnboundedReceiverStream<Result<ResourceQuota, watcher::Error>>,
+    pub limit_ranges: UnboundedReceiverStream<Result<LimitRange, watcher::Error>>,
+    pub network_policies: UnboundedReceiverStream<Result<NetworkPolicy, watcher::Error>>,
+}
+
+/// Starts the reflectors (the guardrails' too, with `guardrails`) and returns
+/// once every cache holds its first list.
+pub async fn start(client: &Client, feeds: ChildFeeds, guardrails: bool) -> Watches {
     let children = watcher::Config::default().labels(MANAGED_BY_SELECTOR).page_size(LIST_PAGE_SIZE);
     let (roles, roles_task) = {
         let (api, config) = (Api::<Role>::all(client.clone()), children.clone());
-        reflect("Role", move || watcher(api.clone(), config.clone()), feeds.roles, strip_role)
+        reflect("Role", move || watcher(api.clone(), config.clone()), feeds.roles, strip_role, never_same)
     };
     let (bindings, bindings_task) = {
-        let api = Api::<RoleBinding>::all(client.clone());
-        reflect("RoleBinding", move || watcher(api.clone(), children.clone()), feeds.bindings, strip_binding)
+        let (api, config) = (Api::<RoleBinding>::all(client.clone()), children.clone());
+        reflect("RoleBinding", move || watcher(api.clone(), config.clone()), feeds.bindings, strip_binding, never_same)
     };
     let (namespaces, namespaces_task) = {
         let api = Api::<PartialObjectMeta<Namespace>>::all(client.clone());
         let config = watcher::Config::default().page_size(LIST_PAGE_SIZE);
-        reflect("Namespace", move || watcher(api.clone(), config.clone()), feeds.namespaces, strip_namespace)
+        reflect(
+            "Namespace",
+            move || watcher(api.clone(), config.clone()),
+            feeds.namespaces,
+            strip_namespace,
+            never_same,
+        )
     };
-    Watches { roles, bindings, namespaces, tasks: vec![roles_task, bindings_task, namespaces_task] }
+    let mut tasks = vec![roles_task, bindings_task, namespaces_task];
+    let guardrails = guardrails.then(|| {
+        let (quotas, quotas_task) = {
+            let (api, config) = (Api::<ResourceQuota>::all(client.clone()), children.clone());
+            reflect("ResourceQuota", move || watcher(api.clone(), config.clone()), feeds.quotas, strip_quota, same)
+        };
+        let (limit_ranges, limit_ranges_task) = {
+            let (api, config) = (Api::<LimitRange>::all(client.clone()), children.clone());
+            let make = move || watcher(api.clone(), config.clone());
+            reflect("LimitRange", make, feeds.limit_ranges, strip_guardrail, same)
+        };
+        let (network_policies, network_policies_task) = {
+            let (api, config) = (Api::<NetworkPolicy>::all(client.clone()), children.clone());
+            let make = move || watcher(api.clone(), config.clone());
+            reflect("NetworkPolicy", make, feeds.network_policies, strip_guardrail, same)
+        };
+        tasks.extend([quotas_task, limit_ranges_task, network_policies_task]);
+        GuardrailWatches { quotas, limit_ranges, network_policies }
+    });
+    Watches { roles, bindings, namespaces, guardrails, tasks }
+}
+
+fn same<K: PartialEq>(a: &K, b: &K) -> bool {
+    a == b
+}
+
+/// Roles, RoleBindings and Namespaces keep their resourceVersion: every event differs.
+fn never_same<K>(_: &K, _: &K) -> bool {
+    false
 }
 
 /// Waits until every cache has its first list, saying now and then what it waits for.
-pub async fn wait_synced(caches: &Caches) {
+pub async fn wait_synced(caches: &Caches, guardrails: bool) {
     wait_for_list("Roles", &caches.roles).await;
     wait_for_list("RoleBindings", &caches.bindings).await;
     wait_for_list("Namespaces", &caches.namespaces).await;
+    if guardrails {
+        let stores = &caches.guardrails;
+        wait_for_list("ResourceQuotas", &stores.quotas).await;
+        wait_for_list("LimitRanges", &stores.limit_ranges).await;
+        wait_for_list("NetworkPolicies", &stores.network_policies).await;
+    }
 }
 
 async fn wait_for_list<K>(what: &str, store: &Store<K>)
@@ -105,6 +159,37 @@ fn strip_binding(binding: RoleBinding) -> Option<RoleBinding> {
 fn strip_namespace(mut ns: PartialObjectMeta<Namespace>) -> Option<PartialObjectMeta<Namespace>> {
     ns.metadata.managed_fields = None;
     Some(ns)
+}
+
+/// What the cache keeps of a guardrail of a namespace profile: only one under
+/// a name the operator reserves for them (so a namespace holds at most four,
+/// however many labelled objects its team writes), with its spec, our label
+/// and the profile's annotations. Its resourceVersion is dropped, so an event
+/// that changed nothing the reconcile reads is not passed on.
+fn strip_guardrail<K: Resource>(mut guardrail: K) -> Option<K> {
+    let meta = guardrail.meta_mut();
+    if !is_guardrail_name(meta.name.as_deref().unwrap_or_default()) {
+        return None;
+    }
+    meta.managed_fields = None;
+    meta.finalizers = None;
+    meta.resource_version = None;
+    meta.owner_references = None;
+    if let Some(labels) = &mut meta.labels {
+        labels.retain(|k, _| k == MANAGED_BY_LABEL);
+    }
+    if let Some(annotations) = &mut meta.annotations {
+        annotations.retain(|k, _| k == PROFILE_ANNOTATION || k == PROFILE_REVISION_ANNOTATION);
+    }
+    Some(guardrail)
+}
+
+/// A ResourceQuota without its status: the quota controller rewrites it at
+/// every pod the team makes, and the reconcile reads only the spec.
+fn strip_quota(quota: ResourceQuota) -> Option<ResourceQuota> {
+    let mut quota = strip_guardrail(quota)?;
+    quota.status = None;
+    Some(quota)
 }
 
 /// The bounds of what `build` makes, from the CRD's limits on spec.rules.
@@ -148,7 +233,8 @@ fn strip_child<K: Resource>(mut child: K) -> Option<K> {
 
 /// One reflector in a task of its own: each object is stripped to what the
 /// reconcile reads (`strip` says None for one not kept: it leaves the cache as
-/// if deleted), the cache is updated, then the event is passed on. When the
+/// if deleted), the cache is updated, then the event is passed on, unless
+/// `same` says the object is what the cache held already. When the
 /// API server says the watch's revision is gone (410), a new watcher lists
 /// afresh: kube-runtime's watcher can otherwise keep retrying a watch from that
 /// revision after the API server came back to a compacted etcd.
@@ -157,6 +243,7 @@ fn reflect<K, S>(
     make: impl Fn() -> S + Send + 'static,
     mut feed: Writer<K>,
     strip: fn(K) -> Option<K>,
+    same: fn(&K, &K) -> bool,
 ) -> (UnboundedReceiverStream<Result<K, watcher::Error>>, JoinHandle<()>)
 where
     K: Resource + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
@@ -164,6 +251,7 @@ where
     S: Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
 {
     let (tx, rx) = mpsc::unbounded_channel();
+    let cached = feed.as_reader();
     let task = tokio::spawn(async move {
         loop {
             let events = make().default_backoff();
@@ -173,8 +261,14 @@ where
                     Ok(event) => {
                         let passed = match step(event, strip) {
                             Step::Store(event) => {
+                                let unchanged = match &event {
+                                    watcher::Event::Apply(obj) => {
+                                        cached.get(&ObjectRef::from_obj(obj)).is_some_and(|before| same(&before, obj))
+                                    }
+                                    _ => false,
+                                };
                                 feed.apply_watcher_event(&event);
-                                touched(event)
+                                if unchanged { None } else { touched(event) }
                             }
                             Step::PassOn(obj) => Some(obj),
                         };

@@ -21,11 +21,12 @@ use super::{
     build::Desired,
     caches::Caches,
     error::Error,
+    profile::{self, Plan, ProfileState},
     write::{Ours, delete_owned, server_side_apply},
 };
 use crate::api::{
     ChildRecord,
-    labels::{self, FIELD_MANAGER},
+    labels::{self, FIELD_MANAGER, PROFILE_REVISION_ANNOTATION},
 };
 
 /// What is in place after a successful apply.
@@ -39,6 +40,8 @@ pub struct Applied {
     pub children: Vec<ChildRecord>,
     /// The namespace was created by this apply.
     pub namespace_created: bool,
+    /// The namespace profile, as this apply left it.
+    pub profile: ProfileState,
 }
 
 /// A failed apply, and whether it got as far as creating the namespace.
@@ -48,10 +51,17 @@ pub struct ApplyFailed {
     pub namespace_created: bool,
 }
 
+/// The namespace, then its profile's guardrails, then the Role and RoleBinding:
+/// the team never sees its namespace without the guardrails.
 pub async fn apply(desired: Desired, client: &Client, caches: &Caches) -> Result<Applied, ApplyFailed> {
+    let before = caches.namespace(&desired.namespace.name_any()).map(|ns| ns.metadata);
     let namespace_created = match ensure_namespace(&desired, client, caches).await {
         Ok(created) => created,
         Err(error) => return Err(ApplyFailed { error, namespace_created: false }),
+    };
+    let profile = match keep_profile(&desired, before.as_ref(), namespace_created, client, caches).await {
+        Ok(profile) => profile,
+        Err(error) => return Err(ApplyFailed { error, namespace_created }),
     };
     match apply_rbac(&desired, client, caches).await {
         Ok(children) => Ok(Applied {
@@ -59,9 +69,38 @@ pub async fn apply(desired: Desired, client: &Client, caches: &Caches) -> Result
             role_binding: desired.role_binding.name_any(),
             children,
             namespace_created,
+            profile,
         }),
         Err(error) => Err(ApplyFailed { error, namespace_created }),
     }
+}
+
+/// Keeps the profile's guardrails in a namespace this TeamAccess created
+/// (`before`: the namespace as cached before this apply). A namespace someone
+/// else made in the instant between the plan and the create is used as it is.
+async fn keep_profile(
+    desired: &Desired,
+    before: Option<&ObjectMeta>,
+    namespace_created: bool,
+    client: &Client,
+    caches: &Caches,
+) -> Result<ProfileState, Error> {
+    let rendered = match &desired.profile {
+        Plan::Skip(state) => return Ok(state.clone()),
+        Plan::Apply(rendered) => rendered,
+    };
+    let name = desired.namespace.name_any();
+    let made_before =
+        before.is_some_and(|meta| labels::is_managed(meta) && labels::created_by(meta) == Some(desired.owner.as_str()));
+    if !namespace_created && !made_before {
+        let live = caches.namespace(&name).map(|ns| ns.metadata);
+        return Ok(profile::not_ours(Some(rendered), live.as_ref()));
+    }
+    let namespace_revision = before
+        .filter(|_| !namespace_created)
+        .and_then(|meta| meta.annotations.as_ref()?.get(PROFILE_REVISION_ANNOTATION).cloned());
+    let restored = profile::keep_guardrails(rendered, &name, namespace_revision.as_deref(), client, caches).await?;
+    Ok(ProfileState::Applied { name: rendered.name.clone(), restored })
 }
 
 /// Whether `desired` is in place as the caches see it: applying it would write
@@ -381,13 +420,13 @@ mod tests {
 
     #[test]
     fn a_missing_namespace_is_created() {
-        let desired = build::build_namespace(&team());
+        let desired = build::build_namespace(&team(), &build::no_profile());
         assert_eq!(namespace_action(None, &desired, "appdev-dev"), NamespaceAction::Create);
     }
 
     #[test]
     fn our_namespace_is_kept_while_it_matches_and_updated_when_it_drifts() {
-        let desired = build::build_namespace(&team());
+        let desired = build::build_namespace(&team(), &build::no_profile());
         assert_eq!(namespace_action(Some(&desired.metadata), &desired, "appdev-dev"), NamespaceAction::Keep);
         let with_extra = with_label(desired.clone(), "added-by", "someone");
         assert_eq!(namespace_action(Some(&with_extra.metadata), &desired, "appdev-dev"), NamespaceAction::Keep);
@@ -398,7 +437,7 @@ mod tests {
 
     #[test]
     fn a_namespace_we_did_not_create_is_used_as_it_is() {
-        let desired = build::build_namespace(&team());
+        let desired = build::build_namespace(&team(), &build::no_profile());
         let foreign = ObjectMeta { name: Some("dev".into()), ..Default::default() };
         assert_eq!(namespace_action(Some(&foreign), &desired, "appdev-dev"), NamespaceAction::Keep);
         // Created by another TeamAccess: that one keeps its metadata, not us.
@@ -407,7 +446,7 @@ mod tests {
 
     #[test]
     fn a_terminating_namespace_names_what_holds_it() {
-        let desired = build::build_namespace(&team());
+        let desired = build::build_namespace(&team(), &build::no_profile());
         let mut live = desired.clone();
         live.metadata.deletion_timestamp = Some(Time(jiff::Timestamp::now()));
         live.status = Some(NamespaceStatus {

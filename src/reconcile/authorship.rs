@@ -148,12 +148,14 @@ impl Requirement {
 /// The rights Kubernetes would ask of the author making by hand what the
 /// operator makes for `ta`: the RoleBinding (create, and bind on the role it
 /// names, or every permission of that role), the Role (escalate, or every
-/// permission), the namespace when it is created or relabelled, and the Azure
-/// Cluster User Role when the operator assigns it.
+/// permission), the namespace when it is created or relabelled, the Azure
+/// Cluster User Role when the operator assigns it, and `use` on the namespace
+/// profile it names when that is not the default (`profile`).
 pub fn requirements(
     ta: &TeamAccess,
     live_namespace: Option<&PartialObjectMeta<Namespace>>,
     assigns_cluster_user_role: bool,
+    profile: Option<&str>,
 ) -> Vec<Requirement> {
     let ns = ta.spec.namespace.as_str();
     let rbac = RBAC_GROUP;
@@ -190,6 +192,11 @@ pub fn requirements(
     if assigns_cluster_user_role && ta.spec.wants_cluster_user_role() {
         needs
             .push(Requirement::one(Permission::new("assign", "teamaccess.dev", "clusteruserroles", "").cluster_wide()));
+    }
+    if let Some(profile) = profile {
+        needs.push(Requirement::one(
+            Permission::new("use", "teamaccess.dev", "namespaceprofiles", "").named(profile).cluster_wide(),
+        ));
     }
     needs
 }
@@ -427,7 +434,7 @@ mod tests {
             }))
             .unwrap(),
         ]);
-        let needs = requirements(&ta, None, false);
+        let needs = requirements(&ta, None, false, None);
         assert_eq!(
             needs[0],
             Requirement::one(Permission::new("create", "rbac.authorization.k8s.io", "rolebindings", "web"))
@@ -448,13 +455,21 @@ mod tests {
         ta.spec.verbs = None;
         ta.spec.cluster_role = Some("admin".into());
         let live = PartialObjectMeta::<Namespace> { metadata: kube::api::ObjectMeta::default(), ..Default::default() };
-        let needs = requirements(&ta, Some(&live), true);
+        let needs = requirements(&ta, Some(&live), true, None);
         assert_eq!(
             needs[1].any_of[0][0].to_string(),
             "bind clusterroles.rbac.authorization.k8s.io named admin in namespace web"
         );
         assert_eq!(needs[2].any_of[0][0].to_string(), "assign clusteruserroles.teamaccess.dev");
         assert_eq!(needs.len(), 3);
+    }
+
+    #[test]
+    fn a_profile_other_than_the_default_needs_use_on_it() {
+        let ta = TeamAccess::new("web", TeamAccessSpec::new(GroupSelector::by_object_id("g"), "web"));
+        let needs = requirements(&ta, None, false, Some("open"));
+        assert_eq!(needs.last().unwrap().any_of[0][0].to_string(), "use namespaceprofiles.teamaccess.dev named open");
+        assert_eq!(needs.len(), requirements(&ta, None, false, None).len() + 1);
     }
 
     #[test]

@@ -12,7 +12,7 @@ use k8s_openapi::{
 };
 use kube::{Resource, ResourceExt};
 
-use super::{default_set::default_rules, resolve::Resolved};
+use super::{default_set::default_rules, profile::Plan, resolve::Resolved};
 use crate::api::{
     TeamAccess,
     labels::{
@@ -46,9 +46,12 @@ pub struct Desired {
     /// Our bindings to a role the TeamAccess no longer names: removed only after
     /// the new binding exists, so access never lapses during a switch.
     pub stale_bindings: Vec<String>,
+    /// The namespace profile: applied (its labels are in `namespace`, its
+    /// guardrails written before the RoleBinding), or why not.
+    pub profile: Plan,
 }
 
-pub fn build(resolved: &Resolved) -> Desired {
+pub fn build(resolved: &Resolved, profile: Plan) -> Desired {
     let ta = resolved.ta;
     let role = build_role(ta);
     let binding = binding_name(ta);
@@ -65,12 +68,18 @@ pub fn build(resolved: &Resolved) -> Desired {
         owner: ta.name_any(),
         owner_uid: ta.metadata.uid.clone(),
         recorded: ta.recorded_children(),
-        namespace: build_namespace(ta),
+        namespace: build_namespace(ta, &profile),
         remove_role: role.is_none() && ta.status.as_ref().is_some_and(|s| s.role.is_some()),
         role,
         role_binding: build_role_binding(ta, &resolved.group_object_id, &resolved.user_subjects),
         cluster_role: ta.spec.cluster_role.clone(),
+        profile,
     }
+}
+
+/// No namespace profile: the namespace as it was made before profiles existed.
+pub fn no_profile() -> Plan {
+    Plan::Skip(Default::default())
 }
 
 /// The rules of the Role, or None when a ClusterRole is bound instead.
@@ -123,14 +132,13 @@ pub fn binding_name(ta: &TeamAccess) -> String {
         None => ta.child_name(),
         Some(cluster_role) => {
             let readable = format!("{}-{cluster_role}", ta.child_name());
-            if readable.len() <= 253 { readable } else { format!("{}-{:016x}", ta.child_name(), fnv1a(cluster_role)) }
+            if readable.len() <= 253 {
+                readable
+            } else {
+                format!("{}-{:016x}", ta.child_name(), crate::hash::fnv1a(cluster_role))
+            }
         }
     }
-}
-
-/// FNV-1a, 64 bits: a hash that stays the same across Rust releases and platforms.
-fn fnv1a(text: &str) -> u64 {
-    text.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3))
 }
 
 pub fn role_ref(ta: &TeamAccess) -> RoleRef {
@@ -157,13 +165,19 @@ pub fn build_role_binding(ta: &TeamAccess, group_object_id: &str, user_subjects:
     RoleBinding { metadata, role_ref: role_ref(ta), subjects: Some(subjects) }
 }
 
-/// The namespace as we create it: our label, the creator, and the user's metadata.
-/// Our own keys are set last so namespaceMetadata cannot disown the namespace.
-pub fn build_namespace(ta: &TeamAccess) -> Namespace {
+/// The namespace as we create it: our label, the creator, the user's metadata
+/// and the profile's. The profile's keys override namespaceMetadata's (a team
+/// lead cannot lower the Pod Security level through it), and our own are set
+/// last so neither can disown the namespace.
+pub fn build_namespace(ta: &TeamAccess, profile: &Plan) -> Namespace {
     let extra = ta.spec.namespace_metadata.clone().unwrap_or_default();
     let mut labels = extra.labels;
-    labels.insert(MANAGED_BY_LABEL.into(), MANAGED_BY.into());
     let mut annotations = extra.annotations;
+    if let Plan::Apply(rendered) = profile {
+        labels.extend(rendered.labels.clone());
+        annotations.extend(rendered.annotations.clone());
+    }
+    labels.insert(MANAGED_BY_LABEL.into(), MANAGED_BY.into());
     annotations.insert(CREATED_BY_ANNOTATION.into(), ta.name_any());
     annotations.insert(DELETION_POLICY_ANNOTATION.into(), ta.spec.deletion_policy.as_str().into());
     Namespace {
@@ -278,7 +292,7 @@ mod tests {
             ]),
             annotations: BTreeMap::new(),
         });
-        let ns = build_namespace(&ta);
+        let ns = build_namespace(&ta, &no_profile());
         assert!(is_managed(&ns.metadata));
         assert_eq!(created_by(&ns.metadata), Some("appdev-dev"));
         assert_eq!(ns.metadata.labels.unwrap()["team"], "appdev");
@@ -287,17 +301,17 @@ mod tests {
     #[test]
     fn a_role_left_from_before_a_cluster_role_is_removed_and_only_then() {
         let mut ta = team("editors", "dev");
-        let desired = build(&resolved(&ta));
+        let desired = build(&resolved(&ta), no_profile());
         assert!(desired.role.is_some() && !desired.remove_role);
 
         ta.spec.verbs = None;
         ta.spec.cluster_role = Some("edit".into());
-        let desired = build(&resolved(&ta));
+        let desired = build(&resolved(&ta), no_profile());
         assert_eq!((desired.role.is_none(), desired.remove_role), (true, false), "no Role was ever made");
         assert_eq!(desired.cluster_role.as_deref(), Some("edit"));
 
         ta.status = Some(TeamAccessStatus { role: Some("teamaccess-editors".into()), ..Default::default() });
-        assert!(build(&resolved(&ta)).remove_role, "status says our Role is still there");
+        assert!(build(&resolved(&ta), no_profile()).remove_role, "status says our Role is still there");
     }
 
     #[test]
@@ -305,7 +319,7 @@ mod tests {
         let ta = team("appdev-dev", "dev");
         let mut r = resolved(&ta);
         r.user_subjects = vec!["aksdev@contoso.com".into()];
-        let desired = build(&r);
+        let desired = build(&r, no_profile());
         assert_eq!((desired.owner.as_str(), desired.owner_uid.as_deref()), ("appdev-dev", Some("0000-uid")));
         let names: Vec<&str> = desired.role_binding.subjects.iter().flatten().map(|s| s.name.as_str()).collect();
         assert_eq!(names, [APPDEV, "aksdev@contoso.com"]);
@@ -324,19 +338,16 @@ mod tests {
         let long = binding_name(&ta);
         assert!(long.len() <= 253 && long.starts_with("teamaccess-appdev-dev-"), "{long}");
         assert_eq!(long, binding_name(&ta), "stable");
-        // The published FNV-1a 64 test vectors.
-        assert_eq!(fnv1a(""), 0xcbf2_9ce4_8422_2325);
-        assert_eq!(fnv1a("a"), 0xaf63_dc4c_8601_ec8c);
     }
 
     #[test]
     fn a_switch_of_role_marks_the_previous_binding_stale() {
         let mut ta = team("appdev-dev", "dev");
         ta.status = Some(TeamAccessStatus { role_binding: Some("teamaccess-appdev-dev".into()), ..Default::default() });
-        assert!(build(&resolved(&ta)).stale_bindings.is_empty(), "unchanged");
+        assert!(build(&resolved(&ta), no_profile()).stale_bindings.is_empty(), "unchanged");
         ta.spec.verbs = None;
         ta.spec.cluster_role = Some("edit".into());
-        let desired = build(&resolved(&ta));
+        let desired = build(&resolved(&ta), no_profile());
         assert_eq!(desired.stale_bindings, ["teamaccess-appdev-dev"]);
         assert_eq!(desired.role_binding.metadata.name.as_deref(), Some("teamaccess-appdev-dev-edit"));
     }

@@ -7,8 +7,11 @@
 
 use std::time::Duration;
 
+use std::{collections::HashMap, sync::Mutex};
+
 use k8s_openapi::api::{
-    core::v1::Namespace,
+    core::v1::{LimitRange, Namespace, ResourceQuota},
+    networking::v1::NetworkPolicy,
     rbac::v1::{ClusterRole, Role, RoleBinding},
 };
 use kube::{
@@ -33,6 +36,11 @@ pub struct Caches {
     pub roles: Store<Role>,
     pub bindings: Store<RoleBinding>,
     pub namespaces: Store<PartialObjectMeta<Namespace>>,
+    /// The guardrails of namespace profiles (only their reserved names, only
+    /// while namespace profiles are configured).
+    pub guardrails: GuardrailStores,
+    /// What the API server makes of each guardrail spec the operator writes.
+    pub spec_forms: std::sync::Arc<SpecForms>,
     /// ClusterRoles seen to exist lately (found ones only: a missing one is read
     /// again next time, so creating it is noticed at the next retry).
     cluster_roles: moka::future::Cache<String, ()>,
@@ -49,6 +57,68 @@ pub struct ChildFeeds {
     pub(crate) roles: Writer<Role>,
     pub(crate) bindings: Writer<RoleBinding>,
     pub(crate) namespaces: Writer<PartialObjectMeta<Namespace>>,
+    pub(crate) quotas: Writer<ResourceQuota>,
+    pub(crate) limit_ranges: Writer<LimitRange>,
+    pub(crate) network_policies: Writer<NetworkPolicy>,
+}
+
+/// The readers of the guardrails' caches.
+#[derive(Clone)]
+pub struct GuardrailStores {
+    pub quotas: Store<ResourceQuota>,
+    pub limit_ranges: Store<LimitRange>,
+    pub network_policies: Store<NetworkPolicy>,
+}
+
+impl GuardrailStores {
+    pub fn quota(&self, namespace: &str, name: &str) -> Option<ResourceQuota> {
+        self.quotas.get(&ObjectRef::new(name).within(namespace)).map(|o| (*o).clone())
+    }
+
+    pub fn limit_range(&self, namespace: &str, name: &str) -> Option<LimitRange> {
+        self.limit_ranges.get(&ObjectRef::new(name).within(namespace)).map(|o| (*o).clone())
+    }
+
+    pub fn network_policy(&self, namespace: &str, name: &str) -> Option<NetworkPolicy> {
+        self.network_policies.get(&ObjectRef::new(name).within(namespace)).map(|o| (*o).clone())
+    }
+}
+
+/// The API server writes a spec back in its own form (a quantity of 1000m
+/// reads 1, a missing field gets its default), so a guardrail read from the
+/// cache may differ from what `render` makes while meaning the same. Each
+/// spec the operator wrote is remembered with the form the server returned,
+/// keyed by kind and the rendered spec: one write per profile and kind after a
+/// restart teaches it, however many namespaces share the profile, and a live
+/// spec is in place when it equals either form. What anyone else writes is
+/// compared, never trusted: a team cannot make its own spec pass for ours.
+#[derive(Default)]
+pub struct SpecForms {
+    forms: Mutex<HashMap<(String, String), serde_json::Value>>,
+}
+
+/// More distinct rendered specs than any real set of profiles has: the memory
+/// starts over rather than grow without bound.
+const MAX_SPEC_FORMS: usize = 1024;
+
+impl SpecForms {
+    /// Whether `live` is what writing `rendered` would leave.
+    pub fn matches(&self, kind: &str, rendered: &serde_json::Value, live: &serde_json::Value) -> bool {
+        if rendered == live {
+            return true;
+        }
+        let forms = self.forms.lock().unwrap_or_else(|e| e.into_inner());
+        forms.get(&(kind.to_string(), rendered.to_string())).is_some_and(|server| server == live)
+    }
+
+    /// Remembers what the API server made of `rendered`.
+    pub fn learn(&self, kind: &str, rendered: &serde_json::Value, server: serde_json::Value) {
+        let mut forms = self.forms.lock().unwrap_or_else(|e| e.into_inner());
+        if forms.len() >= MAX_SPEC_FORMS {
+            forms.clear();
+        }
+        forms.insert((kind.to_string(), rendered.to_string()), server);
+    }
 }
 
 impl Caches {
@@ -57,12 +127,30 @@ impl Caches {
         let (roles, roles_feed) = reflector::store();
         let (bindings, bindings_feed) = reflector::store();
         let (namespaces, namespaces_feed) = reflector::store();
+        let (quotas, quotas_feed) = reflector::store();
+        let (limit_ranges, limit_ranges_feed) = reflector::store();
+        let (network_policies, network_policies_feed) = reflector::store();
         let cluster_roles = moka::future::Cache::builder().time_to_live(CLUSTER_ROLE_MEMORY).build();
         (
-            Self { teamaccesses, roles, bindings, namespaces, cluster_roles },
+            Self {
+                teamaccesses,
+                roles,
+                bindings,
+                namespaces,
+                guardrails: GuardrailStores { quotas, limit_ranges, network_policies },
+                spec_forms: Default::default(),
+                cluster_roles,
+            },
             Feeds {
                 teamaccesses: teamaccesses_feed,
-                children: ChildFeeds { roles: roles_feed, bindings: bindings_feed, namespaces: namespaces_feed },
+                children: ChildFeeds {
+                    roles: roles_feed,
+                    bindings: bindings_feed,
+                    namespaces: namespaces_feed,
+                    quotas: quotas_feed,
+                    limit_ranges: limit_ranges_feed,
+                    network_policies: network_policies_feed,
+                },
             },
         )
     }

@@ -304,10 +304,13 @@ mod tests {
     use crate::api::{GroupSelector, TeamAccessSpec};
 
     fn ours() -> Namespace {
-        build::build_namespace(&TeamAccess::new(
-            "t",
-            TeamAccessSpec::new(GroupSelector::by_object_id("5f0a1d3e-8f8a-4c1e-9d55-0b0c2d7c1a01"), "dev"),
-        ))
+        build::build_namespace(
+            &TeamAccess::new(
+                "t",
+                TeamAccessSpec::new(GroupSelector::by_object_id("5f0a1d3e-8f8a-4c1e-9d55-0b0c2d7c1a01"), "dev"),
+            ),
+            &build::no_profile(),
+        )
     }
 
     #[test]
@@ -375,7 +378,7 @@ mod tests {
     fn created_by(creator: &str, policy: DeletionPolicy) -> Namespace {
         let mut spec = TeamAccessSpec::new(GroupSelector::by_object_id("5f0a1d3e-8f8a-4c1e-9d55-0b0c2d7c1a01"), "dev");
         spec.deletion_policy = policy;
-        build::build_namespace(&TeamAccess::new(creator, spec))
+        build::build_namespace(&TeamAccess::new(creator, spec), &build::no_profile())
     }
 
     #[test]

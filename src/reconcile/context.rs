@@ -16,6 +16,7 @@ use crate::{
     api::labels::FIELD_MANAGER,
     azure::ClusterUserRole,
     directory::Directory,
+    profiles::NamespaceProfiles,
     telemetry::{Health, Telemetry, metrics::Metrics},
 };
 
@@ -41,6 +42,9 @@ pub struct Settings {
     /// when missing, and whose authorship stamps name each grant's author; None
     /// looks for none and trusts every writer.
     pub admission_policy_prefix: Option<String>,
+    /// The namespace profiles (`--namespace-profiles`), re-read while the
+    /// operator runs; None: namespaces are created without a profile.
+    pub namespace_profiles: Option<Arc<NamespaceProfiles>>,
 }
 
 impl Settings {

@@ -103,6 +103,17 @@ pub enum Error {
     )]
     InvalidExpiry { value: String },
 
+    #[error(
+        "spec.namespaceProfile {name} is not a profile the operator is configured with ({}); nothing new is granted and what was granted before is kept. Choose one of those, or ask the cluster admin to add {name} to the namespace profiles",
+        if known.is_empty() { "it has none: --namespace-profiles is not set".to_string() } else { format!("it has {}", known.join(", ")) }
+    )]
+    ProfileNotFound { name: String, known: Vec<String> },
+
+    #[error(
+        "the access is in place, but namespace {namespace} was created by TeamAccess {creator} with namespace profile {in_force}, not {wanted}; a namespace has one profile, its creator's. Set spec.namespaceProfile to {in_force}, or ask the owner of {creator} to change theirs"
+    )]
+    ProfileConflict { namespace: String, creator: String, in_force: String, wanted: String },
+
     #[error("ClusterRole {name} does not exist; create it or choose another spec.clusterRole")]
     ClusterRoleNotFound { name: String },
 
@@ -135,6 +146,8 @@ impl Error {
             Error::RuleNotAllowed { .. } => Reason::RuleNotAllowed,
             Error::NamespaceTerminating { .. } => Reason::NamespaceTerminating,
             Error::ClusterRoleNotFound { .. } => Reason::ClusterRoleNotFound,
+            Error::ProfileNotFound { .. } => Reason::ProfileNotFound,
+            Error::ProfileConflict { .. } => Reason::ProfileConflict,
             Error::Expired { .. } => Reason::Expired,
             Error::InvalidExpiry { .. } => Reason::InvalidExpiry,
             Error::ChildConflict { .. } => Reason::ChildConflict,

@@ -2,7 +2,7 @@
 //! each step taking what the previous one returned (docs/architecture.md tells
 //! why):
 //!
-//! expiry → validate → resolve → build → authorship → apply → azure_role → status
+//! expiry → validate → profile → resolve → build → authorship → apply → azure_role → status
 //!
 //! Deletion goes through the finalizer to `cleanup`. The steps import from
 //! `context` and `error` below them, never from this module. What runs it
@@ -35,6 +35,7 @@ pub mod error;
 pub mod expiry;
 pub mod memory;
 pub mod policy;
+pub mod profile;
 pub mod publish;
 pub mod requeue;
 pub mod resolve;
@@ -185,7 +186,7 @@ async fn take_back<'a>(ta: &'a TeamAccess, ctx: &Context, why: Error) -> status:
     status::Outcome::refused(ta, why, removal)
 }
 
-/// validate → resolve → build → authorship (when something new would be
+/// validate → profile → resolve → build → authorship (when something new would be
 /// granted) → apply → Azure role; each step stops the pipeline with what it
 /// knows, and the outcome says how far it got.
 async fn grant_pipeline<'a>(ta: &'a TeamAccess, ctx: &Context) -> status::Outcome<'a> {
@@ -195,6 +196,14 @@ async fn grant_pipeline<'a>(ta: &'a TeamAccess, ctx: &Context) -> status::Outcom
         // take the access back (never the namespace).
         Err(error) => return take_back(ta, ctx, error).await,
     };
+    // A profile the operator does not know grants nothing new and costs no
+    // lookup; what was granted before is kept.
+    let chosen = match profile::choose(ta, &ctx.settings) {
+        Ok(chosen) => chosen,
+        Err(error) => return status::Outcome::held(ta, error),
+    };
+    let live_namespace = ctx.caches.namespace(&ta.spec.namespace).map(|ns| ns.metadata);
+    let plan = profile::plan(chosen, ta, live_namespace.as_ref());
     let resolved = match resolve::resolve(
         validated,
         ctx.identity.directory.as_ref(),
@@ -205,7 +214,7 @@ async fn grant_pipeline<'a>(ta: &'a TeamAccess, ctx: &Context) -> status::Outcom
         Ok(resolved) => resolved,
         Err(unresolved) => return status::Outcome::unresolved(ta, unresolved),
     };
-    let desired = build::build(&resolved);
+    let desired = build::build(&resolved, plan);
     // A spec is served only as far as its author could grant it by hand. What
     // is already in place grants nothing new, so a restart or a resync asks
     // nothing; the Azure role is asked for whenever it is wanted, since status
@@ -231,6 +240,8 @@ async fn grant_pipeline<'a>(ta: &'a TeamAccess, ctx: &Context) -> status::Outcom
 async fn authorize(ta: &TeamAccess, ctx: &Context) -> Result<(), Error> {
     let Some(prefix) = &ctx.settings.admission_policy_prefix else { return Ok(()) };
     let live = ctx.caches.namespace(&ta.spec.namespace);
-    let needs = authorship::requirements(ta, live.as_ref(), ctx.identity.cluster_user_role.is_some());
+    let profile = profile::needing_use(ta, &ctx.settings);
+    let needs =
+        authorship::requirements(ta, live.as_ref(), ctx.identity.cluster_user_role.is_some(), profile.as_deref());
     authorship::verify(ta, prefix, &needs, &ctx.client, &ctx.memory.verified).await
 }

@@ -13,11 +13,15 @@ use super::{
     azure_role::AzureRole,
     error::Error,
     expiry::Expiry,
+    profile::ProfileState,
     resolve::{GroupReport, Resolved, Unresolved},
 };
 use crate::api::{
     ClusterUserRoleStatus, Reason, ResolvedGroup, TeamAccess, TeamAccessStatus,
-    conditions::{self, CLUSTER_USER_ROLE, DesiredCondition, EXPIRING, GROUP_RESOLVED, READY, RECONCILING, STALLED},
+    conditions::{
+        self, CLUSTER_USER_ROLE, DesiredCondition, EXPIRING, GROUP_RESOLVED, NAMESPACE_PROFILE, READY, RECONCILING,
+        STALLED,
+    },
 };
 
 /// An Event to publish about the TeamAccess.
@@ -132,7 +136,8 @@ impl<'a> Outcome<'a> {
         let (applied, namespace_created, error) = match applied {
             Ok(applied) => {
                 let created = applied.namespace_created;
-                (Some(applied), created, missing_users)
+                let conflict = profile_conflict(&resolved.ta.spec.namespace, &applied.profile);
+                (Some(applied), created, missing_users.or(conflict))
             }
             Err(failed) => (None, failed.namespace_created, Some(failed.error)),
         };
@@ -175,6 +180,24 @@ impl<'a> Outcome<'a> {
     }
 }
 
+/// A profile other than the one in force asked for in a namespace another
+/// TeamAccess created: the access is in place, the profile is not.
+fn profile_conflict(namespace: &str, state: &ProfileState) -> Option<Error> {
+    match state {
+        ProfileState::NotOurs { wanted: Some(wanted), creator: Some(creator), in_force: Some(in_force) }
+            if wanted != in_force =>
+        {
+            Some(Error::ProfileConflict {
+                namespace: namespace.into(),
+                creator: creator.clone(),
+                in_force: in_force.clone(),
+                wanted: wanted.clone(),
+            })
+        }
+        _ => None,
+    }
+}
+
 /// The status to write and the Events to publish for `outcome`.
 pub fn compute(outcome: &Outcome, now: &Time) -> (TeamAccessStatus, Vec<Note>) {
     let ta = outcome.ta;
@@ -206,6 +229,15 @@ pub fn compute(outcome: &Outcome, now: &Time) -> (TeamAccessStatus, Vec<Note>) {
     {
         conditions.push(kept.clone());
     }
+    if outcome.applied.is_none()
+        && let Some(kept) = conditions::find(&previous.conditions, NAMESPACE_PROFILE)
+    {
+        conditions.push(kept.clone());
+    }
+    let namespace_profile = match &outcome.applied {
+        Some(applied) => applied.profile.in_force().map(String::from),
+        None => previous.namespace_profile.clone(),
+    };
     let status = TeamAccessStatus {
         observed_generation: generation,
         group,
@@ -223,6 +255,7 @@ pub fn compute(outcome: &Outcome, now: &Time) -> (TeamAccessStatus, Vec<Note>) {
             Some(ta.spec.deletion_policy)
         },
         expires_at: outcome.expiry.at().map(|at| at.to_string()),
+        namespace_profile,
         conditions,
     };
 
@@ -244,6 +277,16 @@ fn events(outcome: &Outcome, previous: &[Condition], desired: &[DesiredCondition
                 pin.display_name.as_deref().unwrap_or("?")
             ),
         });
+    }
+    if let Some(Applied { profile: ProfileState::Applied { name, restored }, .. }) = &outcome.applied {
+        notes.extend(restored.iter().map(|what| Note {
+            type_: EventType::Warning,
+            reason: Reason::ProfileRestored,
+            message: format!(
+                "{what} of namespace profile {name} had been deleted or changed in namespace {}; it is put back as the profile says",
+                outcome.ta.spec.namespace
+            ),
+        }));
     }
     if outcome.namespace_created {
         // One Event per transition: a first Ready says the namespace was made too.
@@ -273,6 +316,9 @@ fn desired_conditions(outcome: &Outcome) -> Vec<DesiredCondition> {
     desired.extend(group_condition(outcome));
     desired.extend(cluster_user_role_condition(&outcome.azure));
     desired.extend(expiring_condition(&outcome.expiry));
+    if let Some(applied) = &outcome.applied {
+        desired.extend(profile_condition(&outcome.ta.spec.namespace, &applied.profile));
+    }
     if let Some(e) = &outcome.error {
         let kind = if e.is_transient() { RECONCILING } else { STALLED };
         desired.push(DesiredCondition::new(kind, true, e.reason(), e.to_string()));
@@ -353,6 +399,50 @@ fn cluster_user_role_condition(azure: &AzureRole) -> Option<DesiredCondition> {
     })
 }
 
+/// NamespaceProfile, when a profile is asked for or in force.
+fn profile_condition(namespace: &str, state: &ProfileState) -> Option<DesiredCondition> {
+    let (status, reason, message) = match state {
+        ProfileState::None => return None,
+        ProfileState::Applied { name, .. } => {
+            (true, Reason::ProfileApplied, format!("namespace {namespace} carries namespace profile {name}"))
+        }
+        ProfileState::Predates { wanted } => (
+            false,
+            Reason::ProfileNotApplied,
+            format!(
+                "namespace {namespace} was created by this TeamAccess before namespace profiles were configured, so the default profile {wanted} is not applied to it on its own; set spec.namespaceProfile to apply one"
+            ),
+        ),
+        ProfileState::NotOurs { wanted, creator: Some(creator), in_force: Some(in_force) } => match wanted {
+            Some(wanted) if wanted != in_force => {
+                let conflict = profile_conflict(namespace, state).expect("a conflict");
+                (false, Reason::ProfileConflict, conflict.to_string())
+            }
+            _ => (
+                true,
+                Reason::ProfileApplied,
+                format!(
+                    "namespace {namespace} carries namespace profile {in_force}, applied by TeamAccess {creator}, which created it"
+                ),
+            ),
+        },
+        ProfileState::NotOurs { wanted: None, .. } => return None,
+        ProfileState::NotOurs { wanted: Some(wanted), creator, .. } => (
+            false,
+            Reason::ProfileNotApplied,
+            match creator {
+                Some(creator) => format!(
+                    "namespace {namespace} was created by TeamAccess {creator} without a namespace profile; a namespace has its creator's profile, so {wanted} is not applied"
+                ),
+                None => format!(
+                    "namespace {namespace} existed before this TeamAccess, so namespace profile {wanted} is not applied: the operator never changes a namespace it did not create"
+                ),
+            },
+        ),
+    };
+    Some(DesiredCondition::new(NAMESPACE_PROFILE, status, reason, message))
+}
+
 /// Expiring, while the grant is within its last --expiry-warning. The message
 /// names the instant, not the time left, so status stays the same between
 /// reconciles and the Warning Event goes out once, on entering the window.
@@ -368,7 +458,7 @@ fn expiring_condition(expiry: &Expiry) -> Option<DesiredCondition> {
     ))
 }
 
-/// One Event per Ready, GroupResolved, ClusterUserRole or Expiring condition
+/// One Event per Ready, GroupResolved, ClusterUserRole, Expiring or NamespaceProfile condition
 /// whose status or reason changed; a failure that Ready already reports is not
 /// repeated, and a plain successful resolution or assignment is not news
 /// (Ready's says it).
@@ -376,7 +466,7 @@ fn transition_events(previous: &[Condition], desired: &[DesiredCondition]) -> Ve
     let ready_reason = desired.iter().find(|d| d.type_ == READY).map(|d| d.reason);
     desired
         .iter()
-        .filter(|d| [READY, GROUP_RESOLVED, CLUSTER_USER_ROLE, EXPIRING].contains(&d.type_))
+        .filter(|d| [READY, GROUP_RESOLVED, CLUSTER_USER_ROLE, EXPIRING, NAMESPACE_PROFILE].contains(&d.type_))
         .filter(|d| {
             let status = if d.status { "True" } else { "False" };
             conditions::find(previous, d.type_)
@@ -440,6 +530,7 @@ mod tests {
                 uid: "binding-uid".into(),
             }],
             namespace_created: true,
+            profile: ProfileState::None,
         }
     }
 

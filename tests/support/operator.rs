@@ -12,6 +12,7 @@ use kube::{
 use teamaccess_operator::{
     api::{GroupSelector, TeamAccess, TeamAccessSpec},
     directory::{Directory, static_file::StaticDirectory},
+    profiles::NamespaceProfiles,
     reconcile::{Context, Identity, Policy, Settings, caches::Caches},
     telemetry::{Telemetry, metrics::Metrics},
 };
@@ -43,6 +44,8 @@ pub struct TestOperator {
     pub strict_group_names: bool,
     /// The brake on namespace deletions (max per window), from the next `resume` on.
     pub namespace_deletions: (u32, Duration),
+    /// --namespace-profiles (a file `write_profiles` wrote), from the next `resume` on.
+    pub namespace_profiles: Option<PathBuf>,
     metrics: Arc<Metrics>,
     running: Option<(oneshot::Sender<()>, JoinHandle<()>)>,
 }
@@ -85,6 +88,7 @@ impl TestOperator {
             allow_escalating_rules: false,
             strict_group_names: false,
             namespace_deletions: (Settings::DEFAULT_MAX_NAMESPACE_DELETIONS, Duration::from_secs(60)),
+            namespace_profiles: None,
             metrics: Arc::default(),
             running: None,
         };
@@ -115,6 +119,10 @@ impl TestOperator {
             deletion_brake_lease: ("default".into(), format!("brake-{}", self.label)),
             // deploy/admission-policy.yaml's, which ensure_crd installs.
             admission_policy_prefix: Some("teamaccess-operator".into()),
+            namespace_profiles: match &self.namespace_profiles {
+                Some(path) => Some(Arc::new(NamespaceProfiles::load(path).await.expect("load the profiles file"))),
+                None => None,
+            },
         };
         let identity = Identity { directory: self.directory.clone(), cluster_user_role: None };
         let telemetry = Telemetry { metrics: self.metrics.clone(), health: Arc::default() };
@@ -163,6 +171,16 @@ impl TestOperator {
 
     pub fn write_directory(&self, yaml: &str) {
         std::fs::write(&self.directory_file, yaml).unwrap();
+    }
+
+    /// Writes the namespace profiles file beside the directory file (the
+    /// running operator re-reads it) and returns its path, for
+    /// `namespace_profiles`.
+    pub fn write_profiles(&self, yaml: &str) -> PathBuf {
+        let path = std::env::temp_dir().join(format!("teamaccess-test-{}", self.label)).join("profiles.yaml");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, yaml).unwrap();
+        path
     }
 
     pub fn api(&self) -> Api<TeamAccess> {

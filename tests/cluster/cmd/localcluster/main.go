@@ -212,8 +212,10 @@ func (l *launch) start() error {
 }
 
 // baseControllers are the controllers a cluster without a node needs:
-// clusterrole-aggregation fills the built-in admin, edit and view ClusterRoles.
-const baseControllers = "namespace,garbagecollector,serviceaccount,serviceaccount-token,clusterrole-aggregation"
+// clusterrole-aggregation fills the built-in admin, edit and view ClusterRoles;
+// resourcequota computes a ResourceQuota's status, without which the quota
+// admission plugin refuses every pod in its namespace (namespace profiles).
+const baseControllers = "namespace,garbagecollector,serviceaccount,serviceaccount-token,clusterrole-aggregation,resourcequota"
 
 // kcmArgs are the controller-manager's flags; node-up restarts it with the
 // controllers that pods need added (nodeControllers).
