@@ -9,6 +9,9 @@
 # and prints the access matrix as the API server decides it, and the Azure role
 # assignments the operator made through the emulator's Azure Resource Manager
 # (each group's "Azure Kubernetes Service Cluster User Role" on the cluster).
+# The operator runs with the chart's default namespace profile, so the seed's
+# namespaces arrive with Pod Security "restricted", a quota, default limits and
+# same-namespace ingress, and the demo shows a privileged pod refused in dev.
 # Then it cleans up; KEEP=1 leaves everything running.
 #
 # NODE=1 (root) runs the operator as users do: the image made as the Dockerfile
@@ -95,6 +98,11 @@ else
   kubectl apply --server-side -f deploy/admission-policy.yaml
 fi
 
+# The chart's default namespace profiles, as its ConfigMap carries them.
+profiles="$state/namespace-profiles.yaml"
+helm template teamaccess-operator charts/teamaccess-operator --show-only templates/namespace-profiles-configmap.yaml |
+  kubectl create --dry-run=client -f - -o jsonpath='{.data.profiles\.yaml}' >"$profiles"
+
 # Starts the emulator with the seed's tenant on the given address; its files
 # (URLs, CA, tenant and client) land in $emu.
 emu="$state/azure-emulator"
@@ -128,6 +136,7 @@ elif [[ "$directory_kind" == static ]]; then
   say "starting the operator (static directory: $seed/directory.yaml)"
   cp "$seed/directory.yaml" "$state/directory.yaml"
   "$operator" run --directory static --directory-file "$state/directory.yaml" --resync 10m \
+    --namespace-profiles "$profiles" \
     --metrics-addr 127.0.0.1:0 \
     >"$state/operator.log" 2>&1 &
   operator_pid=$!
@@ -140,7 +149,7 @@ else
     "$operator" run --directory graph --credential secret --client-secret-file "$emu/client-secret" \
     --graph-endpoint "$(cat "$emu/url")" --authority-host "$(cat "$emu/url")" --ca-file "$emu/ca.crt" \
     --aks-cluster-resource-id "$aks_cluster_id" --arm-endpoint "$(cat "$emu/arm-url")" \
-    --resync 10m --metrics-addr 127.0.0.1:0 >"$state/operator.log" 2>&1 &
+    --namespace-profiles "$profiles" --resync 10m --metrics-addr 127.0.0.1:0 >"$state/operator.log" 2>&1 &
   operator_pid=$!
 fi
 
@@ -162,8 +171,8 @@ kubectl wait --for=condition=Ready teamaccess/appdev-dev teamaccess/opssre-sre -
 ready_at=$(date +%s.%N)
 awk -v a="$applied_at" -v r="$ready_at" 'BEGIN { printf "both Ready %.2fs after apply\n", r - a }'
 
-say "kubectl get teamaccess"
-kubectl get teamaccess
+say "kubectl get teamaccess -o wide"
+kubectl get teamaccess -o wide
 
 appdev_id=$(kubectl get teamaccess appdev-dev -o jsonpath='{.status.group.objectId}')
 opssre_id=$(kubectl get teamaccess opssre-sre -o jsonpath='{.status.group.objectId}')
@@ -196,6 +205,20 @@ if ((failures)); then
   exit 1
 fi
 echo "the access matrix matches the seed: each team gets in to its own namespace only"
+
+say "the namespaces arrived with the chart's default namespace profile"
+kubectl get namespace dev sre -o custom-columns='NAME:.metadata.name,POD-SECURITY:.metadata.labels.pod-security\.kubernetes\.io/enforce,PROFILE:.metadata.annotations.teamaccess\.dev/namespace-profile'
+kubectl get resourcequota,limitrange,networkpolicy -n dev
+for _ in $(seq 1 50); do kubectl get serviceaccount default -n dev >/dev/null 2>&1 && break; sleep 0.2; done
+say "aksdev (appdev) tries to run a privileged pod in dev"
+privileged=$(kubectl run root-shell -n dev --image=mcr.microsoft.com/oss/nginx/nginx:1.15.5-alpine --restart=Never \
+  --overrides='{"spec":{"containers":[{"name":"root-shell","image":"mcr.microsoft.com/oss/nginx/nginx:1.15.5-alpine","securityContext":{"privileged":true}}]}}' \
+  --as aksdev@contoso.com --as-group "$appdev_id" 2>&1 || true)
+echo "$privileged" | fold -s -w 120 | sed 's/^/  /'
+if ! grep -q 'violates PodSecurity "restricted:latest"' <<<"$privileged"; then
+  echo "the namespace profile did not refuse a privileged pod" >&2
+  exit 1
+fi
 
 if [[ "$directory_kind" != static ]]; then
   say "Azure role assignments on the AKS cluster (the emulator's ARM), so members can fetch a kubeconfig"

@@ -4,7 +4,9 @@
 //! - the access matrix as the API server decides it (SubjectAccessReview): each
 //!   team gets into its own namespace only, and the namespace stays the admin's;
 //! - each group holds the Cluster User Role on the cluster exactly once (ARM);
-//! - the operator's /metrics show it asked Graph and missed its cache first.
+//! - the operator's /metrics show it asked Graph and missed its cache first;
+//! - with the chart's default namespace profile, the seed's namespaces enforce
+//!   Pod Security "restricted": a privileged pod of appdev's is refused in dev.
 //!
 //! The demo's last check, that a user who may only write TeamAccess objects
 //! cannot grant cluster-admin, is `security::an_author_who_may_only_write_teamaccesses_can_grant_nothing`.
@@ -18,9 +20,10 @@ mod support;
 use std::time::Duration;
 
 use azure_emulator::Emulator;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::{
-    Api, Client,
-    api::{DeleteParams, Patch, PatchParams},
+    Api, Client, ResourceExt,
+    api::{DeleteParams, Patch, PatchParams, PostParams},
 };
 use support::{
     operator::{AKSDEV, AKSSRE, APPDEV, OPSSRE, SEED_DIRECTORY, TEST_LABEL},
@@ -56,9 +59,14 @@ impl Seed {
         let emulator = graph::emulator(SEED_DIRECTORY).await;
         let label = unique("seed");
         let selector = format!("{TEST_LABEL}={label}");
+        let profiles = std::env::temp_dir().join(format!("{label}-profiles.yaml"));
+        std::fs::write(&profiles, chart_namespace_profiles()).unwrap();
+        let profiles = profiles.display().to_string();
         let args = [
             "--selector",
             &selector,
+            "--namespace-profiles",
+            &profiles,
             "--resync",
             "10m",
             "--aks-cluster-resource-id",
@@ -126,6 +134,21 @@ async fn access_matrix_mismatches(admin: &Client, checks: &[Check<'_>]) -> Vec<S
     wrong
 }
 
+/// What the API server answers `user` creating a privileged pod in `namespace`.
+async fn privileged_pod_refusal(user: &str, groups: &[&str], namespace: &str) -> String {
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": unique("privileged")},
+        "spec": {"containers": [{"name": "root", "image": "mcr.microsoft.com/oss/nginx/nginx:1.15.5-alpine",
+                                 "securityContext": {"privileged": true}}]}
+    }))
+    .unwrap();
+    let client = impersonating(user, groups).await;
+    match Api::<Pod>::namespaced(client, namespace).create(&PostParams::default(), &pod).await {
+        Ok(_) => "admitted".into(),
+        Err(e) => e.to_string(),
+    }
+}
+
 #[tokio::test]
 async fn the_seed_gives_each_team_its_own_namespace_only_and_the_cluster_user_role_once() {
     let seed = Seed::start().await;
@@ -181,6 +204,14 @@ async fn the_seed_gives_each_team_its_own_namespace_only_and_the_cluster_user_ro
         let value = seed.op.metric(series).await;
         assert!(value.is_some_and(|v| v >= 1.0), "{series} = {value:?}");
     }
+
+    // The chart's default namespace profile: Pod Security "restricted" in the
+    // seed's namespaces, as the API server enforces it on appdev's own request.
+    let namespace = Api::<Namespace>::all(seed.admin.clone()).get(dev).await.unwrap();
+    assert_eq!(namespace.labels()["pod-security.kubernetes.io/enforce"], "restricted");
+    wait_default_service_account(&seed.admin, dev).await;
+    let refusal = privileged_pod_refusal(AKSDEV, &[APPDEV], dev).await;
+    assert!(refusal.contains("violates PodSecurity \"restricted:latest\""), "{refusal}");
 
     // The role is released only when no TeamAccess in the cluster wants the
     // group, and other tests bind the seed's groups too: tests/azure_roles.rs

@@ -378,7 +378,12 @@ pub async fn create_pod_as(user: &str, groups: &[&str], namespace: &str) -> u16 
     let pod: Pod = serde_json::from_value(serde_json::json!({
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": unique("nginx")},
-        "spec": {"containers": [{"name": "nginx", "image": "mcr.microsoft.com/oss/nginx/nginx:1.15.5-alpine"}]}
+        // Within Pod Security "restricted", which the chart's default namespace
+        // profile enforces: a refusal here is RBAC's, never the profile's.
+        "spec": {"containers": [{"name": "nginx", "image": "mcr.microsoft.com/oss/nginx/nginx:1.15.5-alpine",
+                                 "securityContext": {"allowPrivilegeEscalation": false, "runAsNonRoot": true,
+                                                     "runAsUser": 101, "capabilities": {"drop": ["ALL"]},
+                                                     "seccompProfile": {"type": "RuntimeDefault"}}}]}
     }))
     .unwrap();
     let client = impersonating(user, groups).await;
@@ -390,6 +395,16 @@ pub async fn create_pod_as(user: &str, groups: &[&str], namespace: &str) -> u16 
         Err(kube::Error::Api(s)) => s.code,
         Err(e) => panic!("create pod as {user}: {e}"),
     }
+}
+
+/// The namespace profiles file the chart's default values render
+/// (namespaceProfiles), as the operator reads it.
+pub fn chart_namespace_profiles() -> String {
+    let args = ["template", "t", "charts/teamaccess-operator", "--show-only", "templates/namespace-profiles-configmap.yaml"];
+    let (ok, rendered, err) = run_tool("helm", &args, None);
+    assert!(ok, "{err}");
+    let configmap: serde_json::Value = serde_saphyr::from_str(&rendered).expect("the ConfigMap parses");
+    configmap["data"]["profiles.yaml"].as_str().expect("data.profiles.yaml").to_string()
 }
 
 /// Lists pods across all namespaces as `user` in `groups` and returns the HTTP status.
