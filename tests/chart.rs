@@ -8,7 +8,7 @@ use std::{path::PathBuf, time::Duration};
 
 use k8s_openapi::api::{
     authentication::v1::{TokenRequest, TokenRequestSpec},
-    core::v1::ServiceAccount,
+    core::v1::{ResourceQuota, ServiceAccount},
     rbac::v1::ClusterRole,
 };
 use kube::{
@@ -209,9 +209,14 @@ async fn the_operator_runs_the_seed_scenario_with_only_the_charts_rbac() {
     let label = unique("chart");
     let seed_file = seed_directory_file();
     let selector = format!("{TEST_LABEL}={label}");
+    // The chart's default namespace profile: its RBAC must cover the guardrails too.
+    let profiles = std::env::temp_dir().join(format!("{label}-profiles.yaml"));
+    std::fs::write(&profiles, chart_namespace_profiles()).unwrap();
     let operator = OperatorProcess::start(
         &kubeconfig,
         &[
+            "--namespace-profiles",
+            profiles.to_str().unwrap(),
             "--directory",
             "static",
             "--directory-file",
@@ -244,6 +249,9 @@ async fn the_operator_runs_the_seed_scenario_with_only_the_charts_rbac() {
     }
     wait_teamaccess_ready(&tas, &appdev, Duration::from_secs(30)).await;
     wait_teamaccess_ready(&tas, &opssre, Duration::from_secs(30)).await;
+    // The default profile's guardrails, written with only the chart's RBAC.
+    let quota = Api::<ResourceQuota>::namespaced(admin.clone(), &dev).get_opt("teamaccess-profile").await.unwrap();
+    assert!(quota.is_some(), "the chart's default namespace profile is applied");
     for namespace in [&dev, &sre] {
         wait_default_service_account(&admin, namespace).await;
     }

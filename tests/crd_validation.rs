@@ -182,6 +182,11 @@ fn invalid_cases() -> Vec<Case> {
             expected: "spec.expiresAt must be an RFC 3339 date-time with seconds and a zone",
         },
         Case {
+            what: "a namespace profile that is no name",
+            spec: with(json!({"namespaceProfile": "Open Season"})),
+            expected: "spec.namespaceProfile must be a profile name",
+        },
+        Case {
             what: "too many users",
             spec: with(
                 json!({"users": (0..33).map(|i| json!({"userPrincipalName": format!("u{i}@contoso.com")})).collect::<Vec<_>>()}),
