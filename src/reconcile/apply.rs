@@ -107,11 +107,17 @@ async fn keep_profile(
 /// nothing (no namespace made or relabelled, no Role or RoleBinding made or
 /// changed, none removed). A spec whose author the operator cannot vouch for is
 /// still served when this holds, since serving it grants nothing new.
+///
+/// A namespace profile counts by its name alone: choosing another profile is the
+/// author's act and is checked, while bringing a namespace to an edited profile
+/// (the admin's act) or putting a guardrail back grants nothing, and must not
+/// wait for an author who can no longer be verified.
 pub fn in_place(desired: &Desired, caches: &Caches) -> bool {
     let namespace = desired.namespace.name_any();
     let live = caches.namespace(&namespace);
-    let namespace_kept = namespace_action(live.as_ref().map(|ns| &ns.metadata), &desired.namespace, &desired.owner)
-        == NamespaceAction::Keep;
+    let authored = authored_part(&desired.namespace, &desired.profile);
+    let namespace_kept =
+        namespace_action(live.as_ref().map(|ns| &ns.metadata), &authored, &desired.owner) == NamespaceAction::Keep;
     let role_kept = desired.role.as_ref().is_none_or(|role| {
         role_action(caches.role(&namespace, &role.name_any()).as_ref(), role, &desired.recorded) == Write::Skip
     });
@@ -122,6 +128,23 @@ pub fn in_place(desired: &Desired, caches: &Caches) -> bool {
     let nothing_to_remove = desired.stale_bindings.iter().all(|stale| caches.binding(&namespace, stale).is_none())
         && !(desired.remove_role && caches.role(&namespace, &desired.role_name).is_some());
     live.is_some() && namespace_kept && role_kept && binding_kept && nothing_to_remove
+}
+
+/// The namespace as its TeamAccess's author decides it: without what the
+/// profile's content adds (its labels, annotations and revision), keeping only
+/// the profile's name.
+fn authored_part(namespace: &Namespace, profile: &Plan) -> Namespace {
+    let mut authored = namespace.clone();
+    if let Plan::Apply(rendered) = profile {
+        let meta = &mut authored.metadata;
+        if let Some(labels) = &mut meta.labels {
+            labels.retain(|k, _| !rendered.labels.contains_key(k));
+        }
+        if let Some(annotations) = &mut meta.annotations {
+            annotations.retain(|k, _| k == labels::PROFILE_ANNOTATION || !rendered.annotations.contains_key(k));
+        }
+    }
+    authored
 }
 
 /// What to do about the namespace, given the live one.
@@ -416,6 +439,26 @@ mod tests {
     fn with_label(mut ns: Namespace, key: &str, value: &str) -> Namespace {
         ns.metadata.labels.get_or_insert_default().insert(key.into(), value.into());
         ns
+    }
+
+    /// The namespace `team()` creates with profile `name` of `profile_yaml`.
+    fn profiled(name: &str, profile_yaml: &str) -> (Namespace, Plan) {
+        let file = crate::profiles::ProfilesFile::parse(&format!("profiles:\n  {name}: {profile_yaml}\n")).unwrap();
+        let rendered = crate::profiles::render::render(&file.choose(Some(name)).unwrap().unwrap(), "dev");
+        let plan = Plan::Apply(Box::new(rendered));
+        (build::build_namespace(&team(), &plan), plan)
+    }
+
+    #[test]
+    fn an_edited_profile_is_no_new_grant_but_another_profile_is() {
+        let (live, _) = profiled("standard", "{podSecurity: {enforce: restricted}}");
+        let (edited, edited_plan) = profiled("standard", "{podSecurity: {enforce: baseline}, labels: {tier: a}}");
+        let authored = authored_part(&edited, &edited_plan);
+        assert_eq!(namespace_action(Some(&live.metadata), &edited, "appdev-dev"), NamespaceAction::Update);
+        assert_eq!(namespace_action(Some(&live.metadata), &authored, "appdev-dev"), NamespaceAction::Keep);
+        let (other, other_plan) = profiled("open", "{podSecurity: {enforce: restricted}}");
+        let authored = authored_part(&other, &other_plan);
+        assert_eq!(namespace_action(Some(&live.metadata), &authored, "appdev-dev"), NamespaceAction::Update);
     }
 
     #[test]

@@ -400,7 +400,8 @@ pub async fn create_pod_as(user: &str, groups: &[&str], namespace: &str) -> u16 
 /// The namespace profiles file the chart's default values render
 /// (namespaceProfiles), as the operator reads it.
 pub fn chart_namespace_profiles() -> String {
-    let args = ["template", "t", "charts/teamaccess-operator", "--show-only", "templates/namespace-profiles-configmap.yaml"];
+    let args =
+        ["template", "t", "charts/teamaccess-operator", "--show-only", "templates/namespace-profiles-configmap.yaml"];
     let (ok, rendered, err) = run_tool("helm", &args, None);
     assert!(ok, "{err}");
     let configmap: serde_json::Value = serde_saphyr::from_str(&rendered).expect("the ConfigMap parses");
