@@ -367,3 +367,71 @@ async fn an_edited_profile_reaches_its_namespaces_and_an_unknown_one_grants_noth
         op.wait_deleted(name, SHORT).await;
     }
 }
+
+/// A profile written in a form the API server rewrites (1000m is 1, 1024Mi is
+/// 1Gi) costs one write per guardrail, then nothing: resyncs of a namespace in
+/// place read caches and write nothing, however the server spells its specs.
+#[tokio::test]
+async fn an_idle_resync_of_a_profiled_namespace_writes_nothing() {
+    let admin = admin_client().await;
+    ensure_crd(&admin).await;
+    let label = unique("idle");
+    let dir = std::env::temp_dir().join(&label);
+    std::fs::create_dir_all(&dir).unwrap();
+    let profiles = dir.join("profiles.yaml");
+    std::fs::write(
+        &profiles,
+        r#"
+default: default
+profiles:
+  default:
+    podSecurity: {enforce: baseline}
+    resourceQuota: {hard: {requests.cpu: "1000m", requests.memory: 1024Mi, pods: "10"}}
+    limitRange: {defaultRequest: {cpu: "0.1", memory: 64Mi}, default: {cpu: 200m, memory: 0.125Gi}}
+    networkPolicy: {ingress: DenyAll, egress: AllowSameNamespace}
+"#,
+    )
+    .unwrap();
+    let selector = format!("{TEST_LABEL}={label}");
+    let seed = seed_directory_file();
+    let args = [
+        "--directory",
+        "static",
+        "--directory-file",
+        seed.to_str().unwrap(),
+        "--namespace-profiles",
+        profiles.to_str().unwrap(),
+        "--selector",
+        &selector,
+        "--resync",
+        "2s",
+    ];
+    let operator = support::process::OperatorProcess::start(&kubeconfig_path(), &args, &[], &dir);
+    operator.wait_ready().await;
+    wait_authorship_stamps(&admin, "teamaccess-operator").await;
+    let (name, ns) = (format!("{label}-team"), unique("idle"));
+    let tas = Api::<TeamAccess>::all(admin.clone());
+    tas.patch(
+        &name,
+        &PatchParams::apply("idle-test"),
+        &Patch::Apply(team_manifest(&name, &label, "appdev", &ns, &["*"])),
+    )
+    .await
+    .unwrap();
+    wait_teamaccess_ready(&tas, &name, SHORT).await;
+    let quota = Api::<ResourceQuota>::namespaced(admin.clone(), &ns).get("teamaccess-profile").await.unwrap();
+    println!("the server's form of the quota: {:?}", quota.spec.unwrap().hard);
+
+    // Let the first resyncs learn the server's forms, then count.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let reconciles = "teamaccess_reconcile_duration_seconds_count";
+    let (writes, before) = (operator.kube_requests().await.writes, operator.metric(reconciles).await.unwrap());
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let (writes_after, after) = (operator.kube_requests().await.writes, operator.metric(reconciles).await.unwrap());
+    assert!(after >= before + 2.0, "resynced at least twice: {before} -> {after}");
+    assert_eq!(writes_after, writes, "an idle resync writes nothing");
+
+    tas.delete(&name, &DeleteParams::default()).await.unwrap();
+    wait_gone(&tas, &name, SHORT).await;
+    operator.stop().await;
+}
