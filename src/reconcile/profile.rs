@@ -273,6 +273,49 @@ mod tests {
 
     use super::*;
 
+    fn chosen() -> Option<Rendered> {
+        let file = crate::profiles::ProfilesFile::parse("default: standard\nprofiles: {standard: {}}\n").unwrap();
+        file.choose(None).unwrap().map(|c| render::render(&c, "dev"))
+    }
+
+    fn namespace(creator: &str, profile: Option<&str>) -> kube::api::ObjectMeta {
+        let mut annotations =
+            std::collections::BTreeMap::from([(labels::CREATED_BY_ANNOTATION.to_string(), creator.to_string())]);
+        if let Some(profile) = profile {
+            annotations.insert(labels::PROFILE_ANNOTATION.into(), profile.into());
+        }
+        kube::api::ObjectMeta {
+            labels: Some([(labels::MANAGED_BY_LABEL.to_string(), labels::MANAGED_BY.to_string())].into()),
+            annotations: Some(annotations),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_profile_is_applied_only_to_a_namespace_this_teamaccess_creates_or_created_with_one() {
+        use crate::api::{GroupSelector, TeamAccessSpec};
+        let mut ta = TeamAccess::new("web", TeamAccessSpec::new(GroupSelector::by_object_id("g"), "dev"));
+        assert!(matches!(plan(chosen(), &ta, None), Plan::Apply(_)), "created now");
+        assert!(matches!(plan(chosen(), &ta, Some(&namespace("web", Some("standard")))), Plan::Apply(_)));
+        assert_eq!(
+            plan(chosen(), &ta, Some(&namespace("web", None))),
+            Plan::Skip(ProfileState::Predates { wanted: "standard".into() }),
+            "made before profiles: the default is not applied on its own"
+        );
+        assert!(matches!(plan(chosen(), &ta, Some(&namespace("other", Some("open")))), Plan::Skip(_)));
+        assert_eq!(
+            plan(None, &ta, Some(&namespace("other", Some("open")))),
+            Plan::Skip(ProfileState::NotOurs {
+                wanted: None,
+                creator: Some("other".into()),
+                in_force: Some("open".into())
+            })
+        );
+        assert_eq!(plan(None, &ta, Some(&namespace("web", None))), Plan::Skip(ProfileState::None));
+        ta.spec.namespace_profile = Some("standard".into());
+        assert!(matches!(plan(chosen(), &ta, Some(&namespace("web", None))), Plan::Apply(_)), "named: applied");
+    }
+
     #[test]
     fn a_guardrail_is_written_when_missing_or_drifted_and_removed_when_the_profile_drops_it() {
         let forms = SpecForms::default();

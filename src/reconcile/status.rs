@@ -647,6 +647,71 @@ mod tests {
         assert!(notes.iter().any(|n| n.reason == Reason::NamespaceCreated));
     }
 
+    fn with_profile(profile: ProfileState) -> Applied {
+        Applied { profile, ..applied() }
+    }
+
+    #[test]
+    fn a_profile_applied_is_in_status_and_a_restored_guardrail_is_a_warning() {
+        let ta = seed_team();
+        let restored = ProfileState::Applied {
+            name: "standard".into(),
+            restored: vec!["NetworkPolicy dev/teamaccess-profile-ingress".into()],
+        };
+        let (status, notes) =
+            compute(&Outcome::resolved(resolved(&ta, report(true)), Ok(with_profile(restored))), &now());
+        assert_eq!(status.namespace_profile.as_deref(), Some("standard"));
+        assert_eq!(condition(&status, NAMESPACE_PROFILE).unwrap().reason, "ProfileApplied");
+        assert_eq!(condition(&status, READY).unwrap().status, "True");
+        let note = notes.iter().find(|n| n.reason == Reason::ProfileRestored).unwrap();
+        assert_eq!(note.type_, EventType::Warning);
+        assert!(note.message.contains("NetworkPolicy dev/teamaccess-profile-ingress"), "{}", note.message);
+    }
+
+    #[test]
+    fn a_namespace_not_ours_says_why_its_profile_is_not_applied_and_a_conflict_is_not_ready() {
+        let ta = seed_team();
+        let existed = ProfileState::NotOurs { wanted: Some("standard".into()), creator: None, in_force: None };
+        let (status, _) = compute(&Outcome::resolved(resolved(&ta, report(true)), Ok(with_profile(existed))), &now());
+        let c = condition(&status, NAMESPACE_PROFILE).unwrap();
+        assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", "ProfileNotApplied"));
+        assert!(c.message.contains("existed before"), "{}", c.message);
+        assert_eq!(condition(&status, READY).unwrap().status, "True", "the access is granted");
+        assert_eq!(status.namespace_profile, None);
+
+        let shared = |wanted: Option<&str>| ProfileState::NotOurs {
+            wanted: wanted.map(String::from),
+            creator: Some("first".into()),
+            in_force: Some("open".into()),
+        };
+        let (status, _) =
+            compute(&Outcome::resolved(resolved(&ta, report(true)), Ok(with_profile(shared(Some("open"))))), &now());
+        assert_eq!(condition(&status, NAMESPACE_PROFILE).unwrap().reason, "ProfileApplied", "the same profile");
+        assert_eq!(status.namespace_profile.as_deref(), Some("open"));
+
+        let outcome = Outcome::resolved(resolved(&ta, report(true)), Ok(with_profile(shared(Some("standard")))));
+        let (status, _) = compute(&outcome, &now());
+        assert_eq!(condition(&status, NAMESPACE_PROFILE).unwrap().reason, "ProfileConflict");
+        let ready = condition(&status, READY).unwrap();
+        assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "ProfileConflict"));
+        assert_eq!(condition(&status, STALLED).unwrap().reason, "ProfileConflict");
+        assert_eq!(status.role_binding.as_deref(), Some("teamaccess-appdev-dev"), "the access is in place");
+
+        let (status, _) =
+            compute(&Outcome::resolved(resolved(&ta, report(true)), Ok(with_profile(ProfileState::None))), &now());
+        assert!(condition(&status, NAMESPACE_PROFILE).is_none(), "no profile asked, none in force");
+    }
+
+    #[test]
+    fn a_namespace_made_before_profiles_keeps_going_without_the_default() {
+        let ta = seed_team();
+        let predates = ProfileState::Predates { wanted: "standard".into() };
+        let (status, _) = compute(&Outcome::resolved(resolved(&ta, report(true)), Ok(with_profile(predates))), &now());
+        let c = condition(&status, NAMESPACE_PROFILE).unwrap();
+        assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", "ProfileNotApplied"));
+        assert!(c.message.contains("set spec.namespaceProfile"), "{}", c.message);
+    }
+
     #[test]
     fn a_group_that_is_not_security_enabled_is_resolved_with_a_warning() {
         let ta = seed_team();
