@@ -39,6 +39,17 @@ pub fn created_by(meta: &ObjectMeta) -> Option<&str> {
     meta.annotations.as_ref().and_then(|a| a.get(CREATED_BY_ANNOTATION)).map(String::as_str)
 }
 
+/// The TeamAccess that created a namespace the operator manages: its
+/// `created-by` annotation counts only beside our label.
+pub fn creator(meta: &ObjectMeta) -> Option<&str> {
+    if is_managed(meta) { created_by(meta) } else { None }
+}
+
+/// Whether TeamAccess `owner` created the namespace `meta` describes.
+pub fn made_by(meta: &ObjectMeta, owner: &str) -> bool {
+    creator(meta) == Some(owner)
+}
+
 /// The namespace profile a namespace was created with, if any.
 pub fn profile_of(meta: &ObjectMeta) -> Option<&str> {
     meta.annotations.as_ref().and_then(|a| a.get(PROFILE_ANNOTATION)).map(String::as_str)

@@ -257,7 +257,7 @@ fn creator_of(
     namespace: Option<&str>,
 ) -> Option<ObjectRef<TeamAccess>> {
     let ns = namespaces.get(&ObjectRef::new(namespace?))?;
-    labels::is_managed(&ns.metadata).then(|| labels::created_by(&ns.metadata).map(ObjectRef::new))?
+    labels::creator(&ns.metadata).map(ObjectRef::new)
 }
 
 /// The TeamAccess controlling a child, by the child's controller reference.

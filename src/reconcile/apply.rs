@@ -90,8 +90,7 @@ async fn keep_profile(
         Plan::Apply(rendered) => rendered,
     };
     let name = desired.namespace.name_any();
-    let made_before =
-        before.is_some_and(|meta| labels::is_managed(meta) && labels::created_by(meta) == Some(desired.owner.as_str()));
+    let made_before = before.is_some_and(|meta| labels::made_by(meta, &desired.owner));
     if !namespace_created && !made_before {
         let live = caches.namespace(&name).map(|ns| ns.metadata);
         return Ok(profile::not_ours(Some(rendered), live.as_ref()));
@@ -164,8 +163,12 @@ pub fn namespace_action(live: Option<&ObjectMeta>, desired: &Namespace, owner: &
     match live {
         None => NamespaceAction::Create,
         Some(meta) if meta.deletion_timestamp.is_some() => NamespaceAction::Terminating,
-        Some(meta) if labels::is_managed(meta) && labels::created_by(meta) == Some(owner) => {
-            if carries(meta, &desired.metadata) { NamespaceAction::Keep } else { NamespaceAction::Update }
+        Some(meta) if labels::made_by(meta, owner) => {
+            if carries(meta, &desired.metadata) {
+                NamespaceAction::Keep
+            } else {
+                NamespaceAction::Update
+            }
         }
         Some(_) => NamespaceAction::Keep,
     }

@@ -206,7 +206,7 @@ pub fn requirements(
 /// TeamAccess created): the same as patching it by hand.
 fn relabels(ta: &TeamAccess, live: &PartialObjectMeta<Namespace>) -> bool {
     let owner = ta.name_any();
-    if !labels::is_managed(&live.metadata) || labels::created_by(&live.metadata) != Some(owner.as_str()) {
+    if !labels::made_by(&live.metadata, &owner) {
         return false;
     }
     let extra = ta.spec.namespace_metadata.clone().unwrap_or_default();

@@ -96,23 +96,18 @@ pub enum Plan {
 pub fn plan(chosen: Option<Rendered>, ta: &TeamAccess, live: Option<&kube::api::ObjectMeta>) -> Plan {
     let Some(rendered) = chosen else {
         return Plan::Skip(match live {
-            Some(meta) if !created_by(ta, meta) => not_ours(None, Some(meta)),
+            Some(meta) if !labels::made_by(meta, &ta.name_any()) => not_ours(None, Some(meta)),
             _ => ProfileState::None,
         });
     };
     match live {
         None => Plan::Apply(Box::new(rendered)),
-        Some(meta) if !created_by(ta, meta) => Plan::Skip(not_ours(Some(&rendered), Some(meta))),
+        Some(meta) if !labels::made_by(meta, &ta.name_any()) => Plan::Skip(not_ours(Some(&rendered), Some(meta))),
         Some(meta) if labels::profile_of(meta).is_none() && ta.spec.namespace_profile.is_none() => {
             Plan::Skip(ProfileState::Predates { wanted: rendered.name })
         }
         Some(_) => Plan::Apply(Box::new(rendered)),
     }
-}
-
-/// Whether `ta` created the namespace `meta` describes.
-fn created_by(ta: &TeamAccess, meta: &kube::api::ObjectMeta) -> bool {
-    labels::is_managed(meta) && labels::created_by(meta) == Some(ta.name_any().as_str())
 }
 
 /// What to do about one guardrail, given the cached one.
@@ -259,11 +254,11 @@ impl Guard<'_> {
 /// The profile state of a namespace this TeamAccess did not create, from the
 /// cached namespace: who created it and with which profile.
 pub fn not_ours(wanted: Option<&Rendered>, live: Option<&kube::api::ObjectMeta>) -> ProfileState {
-    let managed = live.filter(|meta| labels::is_managed(meta));
     ProfileState::NotOurs {
         wanted: wanted.map(|r| r.name.clone()),
-        creator: managed.and_then(labels::created_by).map(String::from),
-        in_force: managed.and_then(labels::profile_of).map(String::from),
+        creator: live.and_then(labels::creator).map(String::from),
+        // Like the creator, the profile annotation counts only beside our label.
+        in_force: live.filter(|meta| labels::is_managed(meta)).and_then(labels::profile_of).map(String::from),
     }
 }
 

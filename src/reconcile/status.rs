@@ -401,6 +401,9 @@ fn cluster_user_role_condition(azure: &AzureRole) -> Option<DesiredCondition> {
 
 /// NamespaceProfile, when a profile is asked for or in force.
 fn profile_condition(namespace: &str, state: &ProfileState) -> Option<DesiredCondition> {
+    if let Some(conflict) = profile_conflict(namespace, state) {
+        return Some(DesiredCondition::new(NAMESPACE_PROFILE, false, Reason::ProfileConflict, conflict.to_string()));
+    }
     let (status, reason, message) = match state {
         ProfileState::None => return None,
         ProfileState::Applied { name, .. } => {
@@ -413,19 +416,14 @@ fn profile_condition(namespace: &str, state: &ProfileState) -> Option<DesiredCon
                 "namespace {namespace} was created by this TeamAccess before namespace profiles were configured, so the default profile {wanted} is not applied to it on its own; set spec.namespaceProfile to apply one"
             ),
         ),
-        ProfileState::NotOurs { wanted, creator: Some(creator), in_force: Some(in_force) } => match wanted {
-            Some(wanted) if wanted != in_force => {
-                let conflict = profile_conflict(namespace, state).expect("a conflict");
-                (false, Reason::ProfileConflict, conflict.to_string())
-            }
-            _ => (
-                true,
-                Reason::ProfileApplied,
-                format!(
-                    "namespace {namespace} carries namespace profile {in_force}, applied by TeamAccess {creator}, which created it"
-                ),
+        // The profile asked for (or none) is the one in force: a conflict returned above.
+        ProfileState::NotOurs { creator: Some(creator), in_force: Some(in_force), .. } => (
+            true,
+            Reason::ProfileApplied,
+            format!(
+                "namespace {namespace} carries namespace profile {in_force}, applied by TeamAccess {creator}, which created it"
             ),
-        },
+        ),
         ProfileState::NotOurs { wanted: None, .. } => return None,
         ProfileState::NotOurs { wanted: Some(wanted), creator, .. } => (
             false,
