@@ -29,7 +29,7 @@ pub enum LoadError {
 /// How a file's text becomes its content; the error is shown to the admin.
 pub type Parser<T> = fn(&str) -> Result<T, String>;
 
-/// The content of a file, kept up to date.
+/// The content of a file, kept up to date. Clones share the content.
 pub struct WatchedFile<T> {
     content: Arc<RwLock<Loaded<T>>>,
     changes: watch::Receiver<u64>,
@@ -38,6 +38,12 @@ pub struct WatchedFile<T> {
 struct Loaded<T> {
     text: String,
     value: Arc<T>,
+}
+
+impl<T> Clone for WatchedFile<T> {
+    fn clone(&self) -> Self {
+        Self { content: self.content.clone(), changes: self.changes.clone() }
+    }
 }
 
 impl<T: Send + Sync + 'static> WatchedFile<T> {

@@ -361,6 +361,7 @@ async fn the_emulated_arm_answers_as_the_documented_service() {
         security_enabled: true,
         is_assignable_to_role: false,
         on_premises_sync_enabled: false,
+        member_of: vec![],
     });
     emulator.set_directory(newer);
     emulator.set_faults(&Faults { arm_replication_delay_secs: 60, ..Default::default() });

@@ -287,6 +287,7 @@ async fn strict_group_names_bind_no_group_a_user_could_have_squatted() {
         security_enabled: true,
         is_assignable_to_role: false,
         on_premises_sync_enabled,
+        member_of: vec![],
     };
     let (platform, payments) = (unique("platform-admins"), unique("payments"));
     tenant.groups.push(record(&synced, &platform, true));

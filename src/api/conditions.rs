@@ -17,6 +17,9 @@ pub const EXPIRING: &str = "Expiring";
 /// Whether the namespace carries the namespace profile this TeamAccess asks for
 /// (present when a profile is asked for, or configured as the default).
 pub const NAMESPACE_PROFILE: &str = "NamespaceProfile";
+/// spec.bind Members: whether the RoleBinding names the group's members as the
+/// directory last gave them, and when that read was.
+pub const MEMBERS_SYNCED: &str = "MembersSynced";
 pub const RECONCILING: &str = "Reconciling";
 pub const STALLED: &str = "Stalled";
 

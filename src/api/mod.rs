@@ -55,6 +55,7 @@ const RFC3339_RULE: &str =
     printcolumn(name = "Expires", type_ = "string", json_path = ".spec.expiresAt", description = "When the access ends (spec.expiresAt); empty: it does not"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     printcolumn(name = "Profile", type_ = "string", json_path = ".status.namespaceProfile", priority = 1, description = "The namespace profile in force on the namespace (-o wide)"),
+    printcolumn(name = "Members", type_ = "integer", json_path = ".status.members.total", priority = 1, description = "spec.bind Members: the people the RoleBinding names, from the directory (-o wide)"),
     validation = Rule::new("size(self.metadata.name) <= 200").message("metadata.name must be at most 200 characters: the Role and RoleBinding are named teamaccess-<name>")
 )]
 #[x_kube(
@@ -156,6 +157,36 @@ pub struct TeamAccessSpec {
     #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')").message("spec.namespaceProfile must be a profile name: lower-case letters, digits and '-'"))]
     #[schemars(length(min = 1, max = 63))]
     pub namespace_profile: Option<String>,
+
+    /// Whom the RoleBinding names. `Group` (the default) names the group's
+    /// objectId: the API server learns a person's groups from the groups claim
+    /// of their Entra ID token, so a person removed from the group keeps access
+    /// until that token expires (up to about 90 minutes), a PIM for Groups
+    /// activation waits as long, and a token of someone in over 200 groups
+    /// carries no groups claim at all. `Members` names the group's transitive
+    /// members one by one (users of the tenant by userPrincipalName, guests and
+    /// service principals by objectId, nested groups expanded), follows the
+    /// directory every --membership-poll (10s by default), and needs no groups
+    /// claim: a removal is revoked within seconds. The operator's identity needs
+    /// GroupMember.Read.All and User.ReadBasic.All.
+    #[serde(default, skip_serializing_if = "BindMode::is_group")]
+    pub bind: BindMode,
+}
+
+/// spec.bind: whom the RoleBinding names.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum BindMode {
+    /// The group's objectId; membership comes from the token's groups claim.
+    #[default]
+    Group,
+    /// The group's transitive members, read from the directory.
+    Members,
+}
+
+impl BindMode {
+    pub fn is_group(&self) -> bool {
+        *self == BindMode::Group
+    }
 }
 
 /// Selects one Entra ID group.
@@ -294,6 +325,9 @@ pub struct TeamAccessStatus {
     /// Empty for a namespace that existed before (never changed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace_profile: Option<String>,
+    /// spec.bind Members: whom the RoleBinding names, as last read from the directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub members: Option<MembersStatus>,
     /// Ready, GroupResolved, ClusterUserRole, Expiring, NamespaceProfile, and
     /// kstatus' Reconciling and Stalled.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -334,6 +368,27 @@ pub struct ClusterUserRoleStatus {
     /// True when this operator made it (and removes it when no TeamAccess of the
     /// group wants it); false when someone else did (never removed).
     pub created_by_operator: bool,
+}
+
+/// The people a `Members` binding names, counted by kind.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct MembersStatus {
+    /// Everyone the RoleBinding names for the group (spec.users not counted).
+    pub total: u32,
+    /// Users of the tenant, bound by userPrincipalName.
+    pub users: u32,
+    /// Guests (B2B), bound by objectId.
+    pub guests: u32,
+    /// Service principals, bound by objectId.
+    pub service_principals: u32,
+    /// Groups nested in the group, whose members are counted above.
+    pub nested_groups: u32,
+    /// When the directory was read and gave this membership (RFC 3339). It moves
+    /// when the membership changes or a failed read recovers, not at every
+    /// quiet poll, so following the directory writes nothing while it is quiet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub synced_at: Option<String>,
 }
 
 impl DeletionPolicy {
@@ -403,6 +458,7 @@ impl TeamAccessSpec {
             cluster_user_role: None,
             expires_at: None,
             namespace_profile: None,
+            bind: BindMode::Group,
         }
     }
 }

@@ -99,6 +99,18 @@ pub enum Reason {
     /// the operator put it back (an Event).
     ProfileRestored,
 
+    // spec.bind Members (condition MembersSynced).
+    /// The group's transitive members were read and the RoleBinding names them.
+    MembersSynced,
+    /// The group's members have not been read yet: nothing is bound for them,
+    /// what was bound before is kept.
+    MembersPending,
+    /// The last read of the members failed: the members last read stay bound
+    /// (the reason of the failure is in the message).
+    MembersStale,
+    /// The group has more transitive members than one TeamAccess binds.
+    TooManyMembers,
+
     // Events that report an action rather than a state.
     GroupRenamed,
     NamespaceCreated,

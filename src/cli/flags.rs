@@ -90,6 +90,12 @@ pub struct RunArgs {
     #[arg(long, env = "TEAMACCESS_RESYNC", default_value = "10m", value_parser = humantime::parse_duration)]
     pub resync: Duration,
 
+    /// How often the members of groups bound with spec.bind Members are read
+    /// again (Graph's delta query: about one request per 50 groups when nothing
+    /// changed). A removal from the group is revoked within about this long.
+    #[arg(long, env = "TEAMACCESS_MEMBERSHIP_POLL", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub membership_poll: Duration,
+
     /// How long before its spec.expiresAt a grant says it is about to end: the
     /// Expiring condition, one Warning Event, teamaccess_grants_expiring. 0 turns
     /// the warning off.

@@ -179,7 +179,7 @@ async fn directory_and_arm(args: &RunArgs, metrics: &Arc<Metrics>) -> anyhow::Re
         (Some(cluster), Some(azure)) => Some(cluster_user_role(args, cluster, azure, metrics.clone())),
         _ => None,
     };
-    Ok(Identity { directory, cluster_user_role })
+    Ok(Identity { directory, cluster_user_role, roster: Default::default() })
 }
 
 /// The controller's settings from the flags, logged as it starts.
@@ -208,10 +208,12 @@ fn settings(
         ),
         admission_policy_prefix: Some(args.admission_policy_prefix.clone()).filter(|p| !p.is_empty()),
         namespace_profiles,
+        membership_poll: args.membership_poll,
     };
     tracing::info!(
         directory = ?args.directory,
         resync = %humantime::format_duration(settings.resync),
+        membership_poll = %humantime::format_duration(settings.membership_poll),
         expiry_warning = %humantime::format_duration(settings.expiry_warning),
         protected = ?settings.policy.protected_namespaces,
         allowed_cluster_roles = ?settings.policy.allowed_cluster_roles,

@@ -30,6 +30,7 @@ use crate::{
     reconcile::{Context, admission, authorship, azure_role, caches::Feeds, error_policy, expiry, reconcile},
 };
 
+mod membership;
 mod watches;
 
 /// How long the controller waits after a trigger before it reconciles, so the
@@ -96,6 +97,13 @@ pub async fn run(
             .watches_stream(guardrails.limit_ranges, move |l| limits(l.metadata.namespace.clone()))
             .watches_stream(guardrails.network_policies, move |p| policies(p.metadata.namespace.clone()));
     }
+    // spec.bind Members: a group whose membership changed has its objects looked at again.
+    let mut poller = None;
+    if let Some(source) = ctx.identity.directory.member_source() {
+        let (task, changed) = membership::start(ctx.clone(), source, ctx.settings.membership_poll);
+        controller = controller.reconcile_on(tokio_stream::wrappers::UnboundedReceiverStream::new(changed));
+        poller = Some(task);
+    }
     if let Some(profiles) = &profiles {
         // An edited profile changes what every namespace of it should carry.
         controller = controller.reconcile_all_on(WatchStream::from_changes(profiles.changes()).map(|_| ()));
@@ -107,6 +115,7 @@ pub async fn run(
         () = stopped_before_sync(shutdown, synced) => {}
     }
     watchdog.abort();
+    poller.iter().for_each(JoinHandle::abort);
     policies.iter().for_each(JoinHandle::abort);
     tasks.iter().for_each(JoinHandle::abort);
     Ok(())

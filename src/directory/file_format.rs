@@ -3,7 +3,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{DirectoryError, DirectoryGroup, DirectoryUser};
+use super::{
+    DirectoryError, DirectoryGroup, DirectoryUser,
+    members::{Member, MemberKind},
+};
 use crate::api::{GroupSelector, UserRef};
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -13,6 +16,9 @@ pub struct DirectoryFile {
     pub groups: Vec<GroupRecord>,
     #[serde(default)]
     pub users: Vec<UserRecord>,
+    /// Applications' service principals, which may be members of groups.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub service_principals: Vec<ServicePrincipalRecord>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -32,6 +38,19 @@ pub struct GroupRecord {
     /// users cannot create from the cloud.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub on_premises_sync_enabled: bool,
+    /// objectIds of the groups this group is nested in (a direct member of).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub member_of: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServicePrincipalRecord {
+    pub object_id: String,
+    pub display_name: String,
+    /// objectIds of the groups the service principal is a direct member of.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub member_of: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -93,6 +112,24 @@ impl DirectoryFile {
                 candidates: many.iter().map(|g| g.object_id.to_lowercase()).collect(),
             }),
         }
+    }
+
+    /// The direct members of a group (users, service principals and nested
+    /// groups), or None when there is no such group.
+    pub fn direct_members(&self, group: &str) -> Option<std::collections::BTreeSet<Member>> {
+        let is_member = |member_of: &[String]| member_of.iter().any(|g| g.eq_ignore_ascii_case(group));
+        self.groups.iter().find(|g| g.object_id.eq_ignore_ascii_case(group))?;
+        let member = |kind, id: &str| Member { kind, object_id: id.to_lowercase() };
+        let users =
+            self.users.iter().filter(|u| is_member(&u.member_of)).map(|u| member(MemberKind::User, &u.object_id));
+        let principals = self
+            .service_principals
+            .iter()
+            .filter(|p| is_member(&p.member_of))
+            .map(|p| member(MemberKind::ServicePrincipal, &p.object_id));
+        let groups =
+            self.groups.iter().filter(|g| is_member(&g.member_of)).map(|g| member(MemberKind::Group, &g.object_id));
+        Some(users.chain(principals).chain(groups).collect())
     }
 
     /// Finds a user by userPrincipalName (case-insensitive) or objectId.

@@ -13,6 +13,7 @@ use crate::api::{GroupSelector, Reason, UserRef};
 
 pub mod file_format;
 pub mod graph;
+pub mod members;
 pub mod static_file;
 
 /// A group as the directory knows it.
@@ -54,6 +55,19 @@ impl DirectoryUser {
     pub fn is_guest(&self) -> bool {
         self.user_principal_name.contains("#EXT#")
             || self.user_type.as_deref().is_some_and(|t| t.eq_ignore_ascii_case("guest"))
+    }
+}
+
+/// How a user is named in a RoleBinding: a user of the tenant by the
+/// userPrincipalName AKS puts in its token, a guest by objectId (the UPN in a
+/// guest's token is its home tenant's, not the one seen here).
+impl From<&DirectoryUser> for members::Person {
+    fn from(user: &DirectoryUser) -> Self {
+        if user.is_guest() {
+            members::Person { kind: members::PersonKind::Guest, subject: user.object_id.clone() }
+        } else {
+            members::Person { kind: members::PersonKind::User, subject: user.user_principal_name.clone() }
+        }
     }
 }
 
@@ -139,6 +153,12 @@ pub trait Directory: Send + Sync {
     /// A receiver that changes whenever the directory's content may have changed
     /// (a reloaded file), so every TeamAccess can be resolved again.
     fn changes(&self) -> Option<watch::Receiver<u64>> {
+        None
+    }
+
+    /// Where the members of groups are read from, for spec.bind Members; the
+    /// membership poller owns it. None: this directory cannot list members.
+    fn member_source(&self) -> Option<Box<dyn members::MemberSource>> {
         None
     }
 }

@@ -5,7 +5,13 @@ use std::path::Path;
 use async_trait::async_trait;
 use tokio::sync::watch;
 
-use super::{Directory, DirectoryError, DirectoryGroup, DirectoryUser, file_format::DirectoryFile};
+use std::collections::{BTreeSet, HashMap};
+
+use super::{
+    Directory, DirectoryError, DirectoryGroup, DirectoryUser,
+    file_format::DirectoryFile,
+    members::{GroupRead, MemberSource, Person, Poll},
+};
 use crate::{
     api::{GroupSelector, UserRef},
     watched_file::{LoadError, WatchedFile},
@@ -44,6 +50,43 @@ impl Directory for StaticDirectory {
 
     fn changes(&self) -> Option<watch::Receiver<u64>> {
         Some(self.file.changes())
+    }
+
+    fn member_source(&self) -> Option<Box<dyn MemberSource>> {
+        Some(Box::new(FileMembers { file: self.file.clone() }))
+    }
+}
+
+/// Memberships from the directory file: every poll reads the file's current
+/// content in full (it is local and re-read every few seconds anyway).
+struct FileMembers {
+    file: WatchedFile<DirectoryFile>,
+}
+
+#[async_trait]
+impl MemberSource for FileMembers {
+    async fn poll(&mut self, groups: &BTreeSet<String>) -> Poll {
+        let file = self.file.current();
+        let reads = groups
+            .iter()
+            .map(|group| {
+                let read = file.direct_members(group).map_or(GroupRead::Gone, GroupRead::Full);
+                (group.clone(), read)
+            })
+            .collect();
+        Poll { reads, failed: Vec::new() }
+    }
+
+    async fn users(&mut self, object_ids: &[String]) -> Result<HashMap<String, Person>, DirectoryError> {
+        let file = self.file.current();
+        let mut found = HashMap::new();
+        for id in object_ids {
+            let user = crate::api::UserRef { object_id: Some(id.clone()), user_principal_name: None };
+            if let Ok(user) = file.find_user(&user) {
+                found.insert(id.clone(), Person::from(&user));
+            }
+        }
+        Ok(found)
     }
 }
 

@@ -121,12 +121,29 @@ pub fn in_place(desired: &Desired, caches: &Caches) -> bool {
         role_action(caches.role(&namespace, &role.name_any()).as_ref(), role, &desired.recorded) == Write::Skip
     });
     let binding = &desired.role_binding;
-    let binding_kept =
-        binding_action(caches.binding(&namespace, &binding.name_any()).as_ref(), binding, &desired.recorded)
-            == Write::Skip;
+    let live_binding = caches.binding(&namespace, &binding.name_any());
+    let binding_kept = match binding_action(live_binding.as_ref(), binding, &desired.recorded) {
+        Write::Skip => true,
+        // spec.bind Members: the members follow the directory, which is not the
+        // author's act. What the author decides is in place once the binding
+        // names no group (a switch from Group is checked) and every spec.users.
+        Write::Apply => desired
+            .members_mode_users
+            .as_ref()
+            .is_some_and(|users| live_binding.as_ref().is_some_and(|live| authored_subjects_in_place(live, users))),
+        _ => false,
+    };
     let nothing_to_remove = desired.stale_bindings.iter().all(|stale| caches.binding(&namespace, stale).is_none())
         && !(desired.remove_role && caches.role(&namespace, &desired.role_name).is_some());
     live.is_some() && namespace_kept && role_kept && binding_kept && nothing_to_remove
+}
+
+/// Whether a live Members binding already carries what the author decided:
+/// no Group subject, and each of spec.users.
+fn authored_subjects_in_place(live: &RoleBinding, users: &[String]) -> bool {
+    let subjects = live.subjects.as_deref().unwrap_or_default();
+    let named = |name: &String| subjects.iter().any(|s| s.kind == "User" && s.name == *name);
+    subjects.iter().all(|s| s.kind != "Group") && users.iter().all(named)
 }
 
 /// The namespace as its TeamAccess's author decides it: without what the

@@ -12,7 +12,7 @@ use k8s_openapi::{
 };
 use kube::{Resource, ResourceExt};
 
-use super::{default_set::default_rules, profile::Plan, resolve::Resolved};
+use super::{default_set::default_rules, members::Bound, profile::Plan, resolve::Resolved};
 use crate::api::{
     TeamAccess,
     labels::{
@@ -49,9 +49,13 @@ pub struct Desired {
     /// The namespace profile: applied (its labels are in `namespace`, its
     /// guardrails written before the RoleBinding), or why not.
     pub profile: Plan,
+    /// spec.bind Members: the subjects the spec itself names (spec.users). The
+    /// rest of the binding's subjects follow the directory, and a change of
+    /// them is the directory's act, not the author's (`apply::in_place`).
+    pub members_mode_users: Option<Vec<String>>,
 }
 
-pub fn build(resolved: &Resolved, profile: Plan) -> Desired {
+pub fn build(resolved: &Resolved, profile: Plan, bound: &Bound) -> Desired {
     let ta = resolved.ta;
     let role = build_role(ta);
     let binding = binding_name(ta);
@@ -71,9 +75,13 @@ pub fn build(resolved: &Resolved, profile: Plan) -> Desired {
         namespace: build_namespace(ta, &profile),
         remove_role: role.is_none() && ta.status.as_ref().is_some_and(|s| s.role.is_some()),
         role,
-        role_binding: build_role_binding(ta, &resolved.group_object_id, &resolved.user_subjects),
+        role_binding: match bound {
+            Bound::Group => build_role_binding(ta, &resolved.group_object_id, &resolved.user_subjects),
+            Bound::Members(members) => members_binding(ta, &members.subjects, &resolved.user_subjects),
+        },
         cluster_role: ta.spec.cluster_role.clone(),
         profile,
+        members_mode_users: matches!(bound, Bound::Members(_)).then(|| resolved.user_subjects.clone()),
     }
 }
 
@@ -148,21 +156,30 @@ pub fn role_ref(ta: &TeamAccess) -> RoleRef {
     }
 }
 
+/// spec.bind Group: the group's objectId, then spec.users.
 pub fn build_role_binding(ta: &TeamAccess, group_object_id: &str, user_subjects: &[String]) -> RoleBinding {
-    let mut subjects = vec![Subject {
+    let group = Subject {
         kind: "Group".into(),
         api_group: Some(RBAC_GROUP.into()),
         name: group_object_id.to_string(),
         namespace: None,
-    }];
-    subjects.extend(user_subjects.iter().map(|name| Subject {
-        kind: "User".into(),
-        api_group: Some(RBAC_GROUP.into()),
-        name: name.clone(),
-        namespace: None,
-    }));
+    };
+    let subjects = std::iter::once(group).chain(user_subjects.iter().map(|name| user(name))).collect();
     let metadata = ObjectMeta { name: Some(binding_name(ta)), ..child_meta(ta) };
     RoleBinding { metadata, role_ref: role_ref(ta), subjects: Some(subjects) }
+}
+
+/// spec.bind Members: the group's members (sorted), then the spec.users not
+/// among them; never the group.
+pub fn members_binding(ta: &TeamAccess, members: &[String], user_subjects: &[String]) -> RoleBinding {
+    let extra = user_subjects.iter().filter(|u| members.binary_search(u).is_err());
+    let subjects = members.iter().chain(extra).map(|name| user(name)).collect();
+    let metadata = ObjectMeta { name: Some(binding_name(ta)), ..child_meta(ta) };
+    RoleBinding { metadata, role_ref: role_ref(ta), subjects: Some(subjects) }
+}
+
+fn user(name: &str) -> Subject {
+    Subject { kind: "User".into(), api_group: Some(RBAC_GROUP.into()), name: name.to_string(), namespace: None }
 }
 
 /// The namespace as we create it: our label, the creator, the user's metadata
@@ -301,17 +318,17 @@ mod tests {
     #[test]
     fn a_role_left_from_before_a_cluster_role_is_removed_and_only_then() {
         let mut ta = team("editors", "dev");
-        let desired = build(&resolved(&ta), no_profile());
+        let desired = build(&resolved(&ta), no_profile(), &Bound::Group);
         assert!(desired.role.is_some() && !desired.remove_role);
 
         ta.spec.verbs = None;
         ta.spec.cluster_role = Some("edit".into());
-        let desired = build(&resolved(&ta), no_profile());
+        let desired = build(&resolved(&ta), no_profile(), &Bound::Group);
         assert_eq!((desired.role.is_none(), desired.remove_role), (true, false), "no Role was ever made");
         assert_eq!(desired.cluster_role.as_deref(), Some("edit"));
 
         ta.status = Some(TeamAccessStatus { role: Some("teamaccess-editors".into()), ..Default::default() });
-        assert!(build(&resolved(&ta), no_profile()).remove_role, "status says our Role is still there");
+        assert!(build(&resolved(&ta), no_profile(), &Bound::Group).remove_role, "status says our Role is still there");
     }
 
     #[test]
@@ -319,7 +336,7 @@ mod tests {
         let ta = team("appdev-dev", "dev");
         let mut r = resolved(&ta);
         r.user_subjects = vec!["aksdev@contoso.com".into()];
-        let desired = build(&r, no_profile());
+        let desired = build(&r, no_profile(), &Bound::Group);
         assert_eq!((desired.owner.as_str(), desired.owner_uid.as_deref()), ("appdev-dev", Some("0000-uid")));
         let names: Vec<&str> = desired.role_binding.subjects.iter().flatten().map(|s| s.name.as_str()).collect();
         assert_eq!(names, [APPDEV, "aksdev@contoso.com"]);
@@ -344,10 +361,10 @@ mod tests {
     fn a_switch_of_role_marks_the_previous_binding_stale() {
         let mut ta = team("appdev-dev", "dev");
         ta.status = Some(TeamAccessStatus { role_binding: Some("teamaccess-appdev-dev".into()), ..Default::default() });
-        assert!(build(&resolved(&ta), no_profile()).stale_bindings.is_empty(), "unchanged");
+        assert!(build(&resolved(&ta), no_profile(), &Bound::Group).stale_bindings.is_empty(), "unchanged");
         ta.spec.verbs = None;
         ta.spec.cluster_role = Some("edit".into());
-        let desired = build(&resolved(&ta), no_profile());
+        let desired = build(&resolved(&ta), no_profile(), &Bound::Group);
         assert_eq!(desired.stale_bindings, ["teamaccess-appdev-dev"]);
         assert_eq!(desired.role_binding.metadata.name.as_deref(), Some("teamaccess-appdev-dev-edit"));
     }

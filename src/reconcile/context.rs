@@ -15,7 +15,7 @@ use super::{brake::DeletionBrake, caches::Caches, memory::Memory, policy::Policy
 use crate::{
     api::labels::FIELD_MANAGER,
     azure::ClusterUserRole,
-    directory::Directory,
+    directory::{Directory, members::Roster},
     profiles::NamespaceProfiles,
     telemetry::{Health, Telemetry, metrics::Metrics},
 };
@@ -45,6 +45,8 @@ pub struct Settings {
     /// The namespace profiles (`--namespace-profiles`), re-read while the
     /// operator runs; None: namespaces are created without a profile.
     pub namespace_profiles: Option<Arc<NamespaceProfiles>>,
+    /// How often the members of spec.bind Members groups are read again.
+    pub membership_poll: Duration,
 }
 
 impl Settings {
@@ -54,6 +56,8 @@ impl Settings {
     pub const DEFAULT_EXPIRY_WARNING: Duration = Duration::from_secs(24 * 3600);
     /// The default of `--max-namespace-deletions` (per `--namespace-deletion-window`, 1 minute).
     pub const DEFAULT_MAX_NAMESPACE_DELETIONS: u32 = 5;
+    /// The default of `--membership-poll`.
+    pub const DEFAULT_MEMBERSHIP_POLL: Duration = Duration::from_secs(10);
     /// The default of `--deletion-brake-lease`.
     pub const DEFAULT_DELETION_BRAKE_LEASE: &str = "teamaccess-namespace-deletions";
 }
@@ -80,6 +84,9 @@ pub struct Identity {
     pub directory: Arc<dyn Directory>,
     /// The groups' Azure Cluster User Role, when --aks-cluster-resource-id is set.
     pub cluster_user_role: Option<Arc<ClusterUserRole>>,
+    /// The members of the groups bound with spec.bind Members, as the
+    /// membership poller last read them.
+    pub roster: Arc<Roster>,
 }
 
 /// What the controller tells the outside: Events on the objects, the metrics

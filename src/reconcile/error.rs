@@ -114,6 +114,17 @@ pub enum Error {
     )]
     ProfileConflict { namespace: String, creator: String, in_force: String, wanted: String },
 
+    #[error(
+        "the members of group {group} have not been read from the directory yet{}; nothing new is bound and what was bound before is kept",
+        failure.as_ref().map_or_else(String::new, |f| format!(" (the last read failed: {f})"))
+    )]
+    MembersPending { group: String, failure: Option<DirectoryError> },
+
+    #[error(
+        "group {group} has {count} transitive members, more than the {max} one TeamAccess binds with spec.bind Members; nothing new is bound and what was bound before is kept. Bind a smaller group, or use spec.bind Group"
+    )]
+    TooManyMembers { group: String, count: usize, max: usize },
+
     #[error("ClusterRole {name} does not exist; create it or choose another spec.clusterRole")]
     ClusterRoleNotFound { name: String },
 
@@ -146,6 +157,8 @@ impl Error {
             Error::RuleNotAllowed { .. } => Reason::RuleNotAllowed,
             Error::NamespaceTerminating { .. } => Reason::NamespaceTerminating,
             Error::ClusterRoleNotFound { .. } => Reason::ClusterRoleNotFound,
+            Error::MembersPending { .. } => Reason::MembersPending,
+            Error::TooManyMembers { .. } => Reason::TooManyMembers,
             Error::ProfileNotFound { .. } => Reason::ProfileNotFound,
             Error::ProfileConflict { .. } => Reason::ProfileConflict,
             Error::Expired { .. } => Reason::Expired,
@@ -165,7 +178,10 @@ impl Error {
         match self {
             Error::Directory(e) => e.is_transient(),
             Error::Arm(e) => e.is_transient(),
-            Error::NamespaceTerminating { .. } | Error::NamespaceDeletionDelayed { .. } | Error::Kube { .. } => true,
+            Error::NamespaceTerminating { .. }
+            | Error::NamespaceDeletionDelayed { .. }
+            | Error::Kube { .. }
+            | Error::MembersPending { .. } => true,
             Error::AuthorUnverified { policy_missing, .. } => *policy_missing,
             _ => false,
         }

@@ -33,6 +33,7 @@ pub mod context;
 pub mod default_set;
 pub mod error;
 pub mod expiry;
+pub mod members;
 pub mod memory;
 pub mod policy;
 pub mod profile;
@@ -214,7 +215,12 @@ async fn grant_pipeline<'a>(ta: &'a TeamAccess, ctx: &Context) -> status::Outcom
         Ok(resolved) => resolved,
         Err(unresolved) => return status::Outcome::unresolved(ta, unresolved),
     };
-    let desired = build::build(&resolved, plan);
+    let bound = match members::bind(ta, &resolved.group_object_id, &ctx.identity.roster) {
+        Ok(bound) => bound,
+        // Nothing new is bound until the members are known; what is bound stays.
+        Err(error) => return status::Outcome::members_unavailable(resolved, error),
+    };
+    let desired = build::build(&resolved, plan, &bound);
     // A spec is served only as far as its author could grant it by hand. What
     // is already in place grants nothing new, so a restart or a resync asks
     // nothing; the Azure role is asked for whenever it is wanted, since status
@@ -229,11 +235,11 @@ async fn grant_pipeline<'a>(ta: &'a TeamAccess, ctx: &Context) -> status::Outcom
         }
         // The Kubernetes access is in place (nothing to write); no Azure role for it.
         let applied = apply::apply(desired, &ctx.client, &ctx.caches).await;
-        return status::Outcome::resolved(resolved, applied);
+        return status::Outcome::resolved(resolved, applied).with_members(bound.report());
     }
     let applied = apply::apply(desired, &ctx.client, &ctx.caches).await;
     let azure = azure_role::grant(ta, &resolved.group_object_id, ctx).await;
-    status::Outcome::resolved(resolved, applied).with_azure_role(azure)
+    status::Outcome::resolved(resolved, applied).with_azure_role(azure).with_members(bound.report())
 }
 
 /// The authorship step, when the operator runs with its admission policies.

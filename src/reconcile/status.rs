@@ -13,14 +13,15 @@ use super::{
     azure_role::AzureRole,
     error::Error,
     expiry::Expiry,
+    members::{self, MembersReport},
     profile::ProfileState,
     resolve::{GroupReport, Resolved, Unresolved},
 };
 use crate::api::{
-    ClusterUserRoleStatus, Reason, ResolvedGroup, TeamAccess, TeamAccessStatus,
+    BindMode, ClusterUserRoleStatus, Reason, ResolvedGroup, TeamAccess, TeamAccessStatus,
     conditions::{
-        self, CLUSTER_USER_ROLE, DesiredCondition, EXPIRING, GROUP_RESOLVED, NAMESPACE_PROFILE, READY, RECONCILING,
-        STALLED,
+        self, CLUSTER_USER_ROLE, DesiredCondition, EXPIRING, GROUP_RESOLVED, MEMBERS_SYNCED, NAMESPACE_PROFILE, READY,
+        RECONCILING, STALLED,
     },
 };
 
@@ -62,6 +63,8 @@ pub struct Outcome<'a> {
     azure: AzureRole,
     /// What spec.expiresAt said when the reconcile began.
     expiry: Expiry,
+    /// spec.bind Members: the members bound, or why none could be.
+    members: MembersReport,
     error: Option<Error>,
 }
 
@@ -95,6 +98,7 @@ impl<'a> Outcome<'a> {
             namespace_created: false,
             azure: AzureRole::NotReached,
             expiry: Expiry::Never,
+            members: MembersReport::NotReached,
             error: Some(error),
         }
     }
@@ -122,7 +126,17 @@ impl<'a> Outcome<'a> {
             namespace_created: false,
             azure: AzureRole::NotReached,
             expiry: Expiry::Never,
+            members: MembersReport::NotReached,
             error: Some(error),
+        }
+    }
+
+    /// The group resolved, but its members (spec.bind Members) cannot be bound
+    /// yet: nothing was written.
+    pub fn members_unavailable(resolved: Resolved<'a>, error: Error) -> Self {
+        Self {
+            members: MembersReport::Unavailable,
+            ..Self::unresolved(resolved.ta, Unresolved::Users { group: resolved.group, error })
         }
     }
 
@@ -149,8 +163,15 @@ impl<'a> Outcome<'a> {
             namespace_created,
             azure: AzureRole::NotReached,
             expiry: Expiry::Never,
+            members: MembersReport::NotReached,
             error,
         }
+    }
+
+    /// What the members step found (spec.bind Members), for status.
+    pub fn with_members(mut self, members: MembersReport) -> Self {
+        self.members = members;
+        self
     }
 
     /// What the Azure step found. A failure there leaves the object not Ready
@@ -238,6 +259,17 @@ pub fn compute(outcome: &Outcome, now: &Time) -> (TeamAccessStatus, Vec<Note>) {
         Some(applied) => applied.profile.in_force().map(String::from),
         None => previous.namespace_profile.clone(),
     };
+    if ta.spec.bind == BindMode::Members
+        && outcome.members == MembersReport::NotReached
+        && let Some(kept) = conditions::find(&previous.conditions, MEMBERS_SYNCED)
+    {
+        conditions.push(kept.clone());
+    }
+    let members = match (&outcome.members, ta.spec.bind) {
+        (_, BindMode::Group) => None,
+        (MembersReport::Bound(m), _) => Some(members::status_of(m)),
+        _ => previous.members.clone(),
+    };
     let status = TeamAccessStatus {
         observed_generation: generation,
         group,
@@ -256,6 +288,7 @@ pub fn compute(outcome: &Outcome, now: &Time) -> (TeamAccessStatus, Vec<Note>) {
         },
         expires_at: outcome.expiry.at().map(|at| at.to_string()),
         namespace_profile,
+        members,
         conditions,
     };
 
@@ -316,6 +349,7 @@ fn desired_conditions(outcome: &Outcome) -> Vec<DesiredCondition> {
     desired.extend(group_condition(outcome));
     desired.extend(cluster_user_role_condition(&outcome.azure));
     desired.extend(expiring_condition(&outcome.expiry));
+    desired.extend(members_condition(outcome));
     if let Some(applied) = &outcome.applied {
         desired.extend(profile_condition(&outcome.ta.spec.namespace, &applied.profile));
     }
@@ -324,6 +358,42 @@ fn desired_conditions(outcome: &Outcome) -> Vec<DesiredCondition> {
         desired.push(DesiredCondition::new(kind, true, e.reason(), e.to_string()));
     }
     desired
+}
+
+/// MembersSynced, for spec.bind Members once the members step ran: True with
+/// the people bound, False while none could be read or the last read failed
+/// (the members read before stay bound, and the message says since when).
+fn members_condition(outcome: &Outcome) -> Option<DesiredCondition> {
+    match &outcome.members {
+        MembersReport::NotBound | MembersReport::NotReached => None,
+        MembersReport::Bound(m) => Some(match &m.stale {
+            None => DesiredCondition::new(
+                MEMBERS_SYNCED,
+                true,
+                Reason::MembersSynced,
+                format!(
+                    "the RoleBinding names the group's {} member(s) as the directory gave them at {}",
+                    m.subjects.len(),
+                    m.synced_at
+                ),
+            ),
+            Some(stale) => DesiredCondition::new(
+                MEMBERS_SYNCED,
+                false,
+                Reason::MembersStale,
+                format!(
+                    "reading the group's members failed ({}: {}); the {} member(s) read at {} stay bound until a read succeeds",
+                    stale.error.reason(),
+                    stale.error,
+                    m.subjects.len(),
+                    stale.last_good
+                ),
+            ),
+        }),
+        MembersReport::Unavailable => {
+            outcome.error.as_ref().map(|e| DesiredCondition::new(MEMBERS_SYNCED, false, e.reason(), e.to_string()))
+        }
+    }
 }
 
 fn ready_condition(outcome: &Outcome) -> DesiredCondition {

@@ -50,6 +50,7 @@ pub fn groups_with_a_member(n: usize) -> (DirectoryFile, Vec<String>) {
                 security_enabled: true,
                 is_assignable_to_role: false,
                 on_premises_sync_enabled: false,
+                member_of: vec![],
             })
             .collect(),
         users: vec![UserRecord {
@@ -59,6 +60,7 @@ pub fn groups_with_a_member(n: usize) -> (DirectoryFile, Vec<String>) {
             user_type: None,
             member_of: groups.clone(),
         }],
+        service_principals: vec![],
     };
     (directory, groups)
 }

@@ -706,9 +706,11 @@ pub mod tenant {
                     security_enabled: true,
                     is_assignable_to_role: false,
                     on_premises_sync_enabled: false,
+                    member_of: vec![],
                 })
                 .collect(),
             users: vec![],
+            service_principals: vec![],
         }
     }
 

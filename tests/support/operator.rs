@@ -46,6 +46,8 @@ pub struct TestOperator {
     pub namespace_deletions: (u32, Duration),
     /// --namespace-profiles (a file `write_profiles` wrote), from the next `resume` on.
     pub namespace_profiles: Option<PathBuf>,
+    /// --membership-poll; set before `resume` (stop first when running).
+    pub membership_poll: Duration,
     metrics: Arc<Metrics>,
     running: Option<(oneshot::Sender<()>, JoinHandle<()>)>,
 }
@@ -89,6 +91,7 @@ impl TestOperator {
             strict_group_names: false,
             namespace_deletions: (Settings::DEFAULT_MAX_NAMESPACE_DELETIONS, Duration::from_secs(60)),
             namespace_profiles: None,
+            membership_poll: Settings::DEFAULT_MEMBERSHIP_POLL,
             metrics: Arc::default(),
             running: None,
         };
@@ -123,8 +126,9 @@ impl TestOperator {
                 Some(path) => Some(Arc::new(NamespaceProfiles::load(path).await.expect("load the profiles file"))),
                 None => None,
             },
+            membership_poll: self.membership_poll,
         };
-        let identity = Identity { directory: self.directory.clone(), cluster_user_role: None };
+        let identity = Identity { directory: self.directory.clone(), cluster_user_role: None, roster: Arc::default() };
         let telemetry = Telemetry { metrics: self.metrics.clone(), health: Arc::default() };
         let (caches, feeds) = Caches::new();
         let ctx = Arc::new(Context::new(

@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use azure_core::credentials::TokenCredential;
 use moka::future::Cache;
 
-use super::{Directory, DirectoryError, DirectoryGroup, DirectoryUser, describe_user};
+use super::{Directory, DirectoryError, DirectoryGroup, DirectoryUser, describe_user, members::MemberSource};
 use crate::{
     api::{GroupSelector, UserRef},
     backoff::Backoff,
@@ -22,6 +22,7 @@ use crate::{
 };
 
 mod batch;
+mod delta;
 pub mod query;
 mod transport;
 
@@ -191,6 +192,10 @@ impl Directory for GraphDirectory {
         }
         self.count_cache(false);
         self.users.try_get_with(key, self.find_user(user)).await.map_err(|e| (*e).clone())
+    }
+
+    fn member_source(&self) -> Option<Box<dyn MemberSource>> {
+        Some(Box::new(delta::DeltaMembers::new(self.transport.clone())))
     }
 
     fn prefetch_group(&self, selector: &GroupSelector) {

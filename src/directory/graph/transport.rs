@@ -117,7 +117,13 @@ impl Transport {
         self.counted(read(request.send().await).await)
     }
 
-    async fn post(&self, url: &str, body: &Value) -> Result<Answer, DirectoryError> {
+    /// The absolute URL of a request below /v1.0 (`relative` starts with '/').
+    pub fn url(&self, relative: &str) -> String {
+        format!("{}{relative}", self.base)
+    }
+
+    /// POSTs a JSON body to an absolute URL on the endpoint.
+    pub async fn post(&self, url: &str, body: &Value) -> Result<Answer, DirectoryError> {
         let request = self.request(reqwest::Method::POST, url).await?.json(body);
         self.counted(read(request.send().await).await)
     }

@@ -38,6 +38,7 @@ use serde_json::{Value, json};
 use teamaccess_operator::directory::file_format::{DirectoryFile, GroupRecord, UserRecord};
 
 pub mod arm;
+pub mod members;
 pub mod odata;
 
 pub use arm::RoleAssignment;
@@ -108,6 +109,8 @@ pub struct Faults {
     pub arm_replication_delay_secs: u64,
     /// Role assignments per page of a list (default 50).
     pub arm_page_size: usize,
+    /// Member entries per page of a group delta round (default 100).
+    pub delta_page_size: usize,
 }
 
 #[derive(Debug, Default)]
@@ -124,6 +127,7 @@ struct ActiveFaults {
     next_link_origin: Option<String>,
     forbidden: bool,
     latency: Duration,
+    delta_page_size: usize,
 }
 
 /// Request counters.
@@ -175,6 +179,8 @@ struct Shared {
     counters: Counters,
     tokens: Mutex<HashMap<String, Audience>>,
     arm: Mutex<arm::ArmState>,
+    /// Membership changes and delta states; locked after `directory`.
+    members: Mutex<members::Tracker>,
 }
 
 /// A running emulator; it stops when dropped.
@@ -214,6 +220,7 @@ impl Emulator {
             counters: Counters::default(),
             tokens: Mutex::default(),
             arm: Mutex::default(),
+            members: Mutex::default(),
         });
         let config =
             axum_server::tls_rustls::RustlsConfig::from_pem(tls.cert_pem.into_bytes(), tls.key_pem.into_bytes())
@@ -258,6 +265,24 @@ impl Emulator {
 
     pub fn directory(&self) -> DirectoryFile {
         self.shared.directory.read().unwrap().clone()
+    }
+
+    /// Makes `member` (a user, service principal or group objectId) a direct
+    /// member of `group`; with `until`, only for that long, as PIM for Groups
+    /// gives a membership with an end time. False when either is unknown.
+    pub fn add_member(&self, group: &str, member: &str, until: Option<Duration>) -> bool {
+        self.shared.change_member(group, member, true, until.map(|d| Instant::now() + d))
+    }
+
+    /// Removes `member` from `group`'s direct members.
+    pub fn remove_member(&self, group: &str, member: &str) -> bool {
+        self.shared.change_member(group, member, false, None)
+    }
+
+    /// Forgets every delta state, as the service does after a while: the next
+    /// deltaLink gets 410 syncStateNotFound.
+    pub fn expire_delta_states(&self) {
+        self.shared.members.lock().unwrap().expire_states();
     }
 
     pub fn set_faults(&self, faults: &Faults) {
@@ -318,7 +343,62 @@ impl Shared {
                 arm.first_seen.insert(id, now);
             }
         }
+        self.members.lock().unwrap().record_diff(&dir, &directory);
         *dir = directory;
+    }
+
+    /// Adds or removes a direct membership, and logs it for delta queries.
+    fn change_member(&self, group: &str, member: &str, add: bool, until: Option<Instant>) -> bool {
+        let mut dir = self.directory.write().unwrap();
+        if !dir.groups.iter().any(|g| g.object_id.eq_ignore_ascii_case(group)) {
+            return false;
+        }
+        let DirectoryFile { users, service_principals, groups } = &mut *dir;
+        let found = users
+            .iter_mut()
+            .find(|u| u.object_id.eq_ignore_ascii_case(member))
+            .map(|u| (&mut u.member_of, members::MemberKind::User))
+            .or_else(|| {
+                service_principals
+                    .iter_mut()
+                    .find(|p| p.object_id.eq_ignore_ascii_case(member))
+                    .map(|p| (&mut p.member_of, members::MemberKind::ServicePrincipal))
+            })
+            .or_else(|| {
+                groups
+                    .iter_mut()
+                    .find(|g| g.object_id.eq_ignore_ascii_case(member))
+                    .map(|g| (&mut g.member_of, members::MemberKind::Group))
+            });
+        let Some((member_of, kind)) = found else { return false };
+        let had = member_of.iter().any(|g| g.eq_ignore_ascii_case(group));
+        if add && !had {
+            member_of.push(group.to_lowercase());
+        } else if !add && had {
+            member_of.retain(|g| !g.eq_ignore_ascii_case(group));
+        }
+        let mut tracker = self.members.lock().unwrap();
+        if add != had {
+            let member = members::Member { kind, object_id: member.to_lowercase() };
+            tracker.record(group, member, add);
+        }
+        tracker.timed.retain(|t| !(t.group.eq_ignore_ascii_case(group) && t.member.eq_ignore_ascii_case(member)));
+        if let Some(until) = until {
+            tracker.timed.push(members::Timed { group: group.to_lowercase(), member: member.to_lowercase(), until });
+        }
+        true
+    }
+
+    /// Ends the time-bound memberships whose end has come.
+    fn end_timed_memberships(&self) {
+        let now = Instant::now();
+        let ended: Vec<members::Timed> = {
+            let tracker = self.members.lock().unwrap();
+            tracker.timed.iter().filter(|t| t.until <= now).cloned().collect()
+        };
+        for t in ended {
+            self.change_member(&t.group, &t.member, false, None);
+        }
     }
 
     /// Whether ARM's view of the directory has `principal_id` yet.
@@ -350,6 +430,7 @@ impl Shared {
             next_link_origin: f.next_link_origin.clone(),
             forbidden: f.forbidden,
             latency: Duration::from_millis(f.latency_ms),
+            delta_page_size: f.delta_page_size,
         };
         self.arm.lock().unwrap().faults = arm::ArmFaults {
             throttle_until: for_secs(f.arm_throttle_for_secs),
@@ -515,9 +596,28 @@ impl Shared {
             .split('/')
             .map(|s| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned())
             .collect();
+        self.end_timed_memberships();
         let directory = self.directory.read().unwrap();
         match segments.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
             ["groups"] => self.list_groups(&directory, &params, path),
+            ["groups", "delta"] => {
+                let page_entries = match self.faults.lock().unwrap().delta_page_size {
+                    0 => 100,
+                    n => n,
+                };
+                let base = format!("{}/v1.0", self.base_url);
+                match self.members.lock().unwrap().delta(&directory, &params, &base, page_entries) {
+                    Ok(body) => GraphReply::ok(body),
+                    Err((status, code, message)) => GraphReply::error(status, code, &message),
+                }
+            }
+            ["groups", id, "transitiveMembers"] => {
+                if !directory.groups.iter().any(|g| g.object_id.eq_ignore_ascii_case(id)) {
+                    return not_found(id);
+                }
+                let everyone = members::transitive(&directory, id);
+                self.page_of_members(&directory, everyone, &params, path)
+            }
             ["groups", id] => match directory.groups.iter().find(|g| g.object_id.eq_ignore_ascii_case(id)) {
                 Some(g) => select(group_json(g), &params, GROUP_PROPERTIES, "group"),
                 None if !is_guid(id) => {
@@ -539,6 +639,79 @@ impl Shared {
                 GraphReply::error(400, "BadRequest", &format!("Resource not found for the segment '{}'.", segments[0]))
             }
         }
+    }
+
+    /// A page of directory objects (users, service principals, groups) with
+    /// `$top` (default 100, at most 999) and a nextLink for the rest.
+    fn page_of_members(
+        &self,
+        directory: &DirectoryFile,
+        everyone: Vec<members::Member>,
+        params: &HashMap<String, String>,
+        path: &str,
+    ) -> GraphReply {
+        let top = match params.get("$top").map(|t| t.parse::<usize>()) {
+            None => 100,
+            Some(Ok(t)) if (1..=999).contains(&t) => t,
+            Some(_) => {
+                return GraphReply::error(
+                    400,
+                    "Request_BadRequest",
+                    "Invalid page size specified. Must be between 1 and 999 inclusive.",
+                );
+            }
+        };
+        let skip: usize =
+            params.get("$skiptoken").and_then(|s| s.strip_prefix("emu").and_then(|n| n.parse().ok())).unwrap_or(0);
+        let values: Vec<Value> =
+            everyone.iter().skip(skip).take(top).filter_map(|m| directory_object(directory, m)).collect();
+        let mut body =
+            json!({"@odata.context": format!("{}/v1.0/$metadata#directoryObjects", self.base_url), "value": values});
+        if skip + top < everyone.len() {
+            let mut next: Vec<String> = params
+                .iter()
+                .filter(|(k, _)| k.as_str() != "$skiptoken")
+                .map(|(k, v)| format!("{k}={}", encode(v)))
+                .collect();
+            next.sort();
+            next.push(format!("$skiptoken=emu{}", skip + top));
+            body["@odata.nextLink"] =
+                json!(format!("{}/v1.0/{}?{}", self.base_url, path.trim_matches('/'), next.join("&")));
+        }
+        GraphReply::ok(body)
+    }
+
+    /// `POST /directoryObjects/getByIds`: the objects of up to 1,000 ids, of
+    /// the given types; ids not found are left out.
+    fn get_by_ids(&self, body: &[u8]) -> GraphReply {
+        self.counters.lookups.fetch_add(1, Ordering::Relaxed);
+        if let Some(reply) = self.lookup_fault(false) {
+            return reply;
+        }
+        self.end_timed_memberships();
+        let Ok(request) = serde_json::from_slice::<GetByIds>(body) else {
+            return GraphReply::error(400, "Request_BadRequest", "Unable to read the request body.");
+        };
+        if request.ids.len() > 1000 {
+            return GraphReply::error(400, "Request_BadRequest", "Too many ids: at most 1000 are supported.");
+        }
+        let directory = self.directory.read().unwrap();
+        let wanted =
+            |t: &str| request.types.as_ref().is_none_or(|types| types.iter().any(|w| w.eq_ignore_ascii_case(t)));
+        let values: Vec<Value> = request
+            .ids
+            .iter()
+            .filter_map(|id| {
+                let id = id.to_lowercase();
+                [members::MemberKind::User, members::MemberKind::ServicePrincipal, members::MemberKind::Group]
+                    .into_iter()
+                    .filter(|k| wanted(type_name(*k)))
+                    .find_map(|kind| directory_object(&directory, &members::Member { kind, object_id: id.clone() }))
+            })
+            .collect();
+        GraphReply::ok(
+            json!({"@odata.context": format!("{}/v1.0/$metadata#directoryObjects", self.base_url), "value": values}),
+        )
     }
 
     fn list_groups(&self, directory: &DirectoryFile, params: &HashMap<String, String>, path: &str) -> GraphReply {
@@ -685,6 +858,37 @@ fn group_json(g: &GroupRecord) -> Value {
            "onPremisesSyncEnabled": g.on_premises_sync_enabled.then_some(true)})
 }
 
+fn type_name(kind: members::MemberKind) -> &'static str {
+    match kind {
+        members::MemberKind::User => "user",
+        members::MemberKind::ServicePrincipal => "servicePrincipal",
+        members::MemberKind::Group => "group",
+    }
+}
+
+/// A directory object as Graph lists it, with its `@odata.type`.
+fn directory_object(directory: &DirectoryFile, member: &members::Member) -> Option<Value> {
+    let id = &member.object_id;
+    let mut object = match member.kind {
+        members::MemberKind::User => user_json(directory.users.iter().find(|u| u.object_id.eq_ignore_ascii_case(id))?),
+        members::MemberKind::ServicePrincipal => {
+            let p = directory.service_principals.iter().find(|p| p.object_id.eq_ignore_ascii_case(id))?;
+            json!({"id": p.object_id, "displayName": p.display_name})
+        }
+        members::MemberKind::Group => {
+            group_json(directory.groups.iter().find(|g| g.object_id.eq_ignore_ascii_case(id))?)
+        }
+    };
+    object["@odata.type"] = json!(format!("#microsoft.graph.{}", type_name(member.kind)));
+    Some(object)
+}
+
+#[derive(Deserialize)]
+struct GetByIds {
+    ids: Vec<String>,
+    types: Option<Vec<String>>,
+}
+
 fn user_json(u: &UserRecord) -> Value {
     json!({"id": u.object_id, "userPrincipalName": u.user_principal_name, "displayName": u.display_name,
            "userType": u.user_type.clone().unwrap_or_else(|| "Member".into()), "mail": null})
@@ -729,6 +933,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/{tenant}/oauth2/v2.0/token", post(token))
         .route("/msi/token", get(managed_identity_token))
         .route("/v1.0/$batch", post(batch))
+        .route("/v1.0/directoryObjects/getByIds", post(get_by_ids))
         .route("/v1.0/{*rest}", get(graph_get))
         .route("/_emulator/stats", get(|State(s): State<Arc<Shared>>| async move { Json(s.stats()) }))
         .route(
@@ -746,6 +951,20 @@ fn router(shared: Arc<Shared>) -> Router {
             }),
         )
         .route("/_emulator/directory", put(replace_directory))
+        // Membership changes at run time: {"group": id, "member": id, "untilSecs": n?}.
+        .route(
+            "/_emulator/members/add",
+            post(|State(s): State<Arc<Shared>>, Json(c): Json<MemberChange>| async move {
+                let until = c.until_secs.map(|secs| Instant::now() + Duration::from_secs(secs));
+                member_changed(s.change_member(&c.group, &c.member, true, until))
+            }),
+        )
+        .route(
+            "/_emulator/members/remove",
+            post(|State(s): State<Arc<Shared>>, Json(c): Json<MemberChange>| async move {
+                member_changed(s.change_member(&c.group, &c.member, false, None))
+            }),
+        )
         .route(
             "/_emulator/role-assignments",
             get(|State(s): State<Arc<Shared>>| async move { Json(s.arm.lock().unwrap().assignments.clone()) }),
@@ -764,6 +983,27 @@ fn router(shared: Arc<Shared>) -> Router {
             }),
         )
         .with_state(shared)
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct MemberChange {
+    group: String,
+    member: String,
+    until_secs: Option<u64>,
+}
+
+fn member_changed(known: bool) -> StatusCode {
+    if known { StatusCode::NO_CONTENT } else { StatusCode::NOT_FOUND }
+}
+
+async fn get_by_ids(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    s.counters.graph_requests.fetch_add(1, Ordering::Relaxed);
+    tokio::time::sleep(s.latency()).await;
+    if let Some(reply) = s.check_bearer(&headers).or_else(|| s.request_fault(false)) {
+        return reply.into_response();
+    }
+    s.get_by_ids(&body).into_response()
 }
 
 async fn replace_directory(State(s): State<Arc<Shared>>, body: Bytes) -> Response {
