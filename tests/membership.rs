@@ -337,3 +337,52 @@ async fn switching_between_group_and_members_never_leaves_a_member_without_acces
     // Without the groups claim, ann relies on the group binding alone now.
     assert!(!may_list_pods(&op.client, &ann, &[], &namespace).await);
 }
+
+#[tokio::test]
+async fn a_large_group_is_bound_once_left_alone_while_quiet_and_repaired_when_edited() {
+    let team = fresh_object_id();
+    let people: Vec<String> = (0..400).map(|_| fresh_object_id()).collect();
+    let tenant = DirectoryFile {
+        groups: vec![group(&team, &format!("large-{team}"), &[])],
+        users: people.iter().map(|id| user(id, &format!("{id}@contoso.com"), &[&team])).collect(),
+        service_principals: vec![],
+    };
+    let emulator = emulator_of(tenant).await;
+    let op = operator(&emulator).await;
+    let namespace = unique("large");
+    let name = unique("members-large");
+    members_team(&op, &name, &team, &namespace).await;
+    op.wait_condition(&name, "MembersSynced", "True", None, LONG).await;
+    let bindings = Api::<RoleBinding>::namespaced(op.client.clone(), &namespace);
+    let binding = format!("teamaccess-{name}");
+    let bound = bindings.get(&binding).await.unwrap();
+    assert_eq!(bound.subjects.as_ref().map(Vec::len), Some(400));
+    let ta_version = op.api().get(&name).await.unwrap().metadata.resource_version;
+
+    // Three polls with nothing changed: neither the binding nor the status is written.
+    tokio::time::sleep(POLL * 3 + Duration::from_secs(1)).await;
+    assert_eq!(bindings.get(&binding).await.unwrap().metadata.resource_version, bound.metadata.resource_version);
+    assert_eq!(op.api().get(&name).await.unwrap().metadata.resource_version, ta_version);
+
+    // Someone edits the binding (drops one person, adds an outsider): put back.
+    let mut edited = bound.subjects.clone().unwrap();
+    edited.remove(0);
+    edited.push(k8s_openapi::api::rbac::v1::Subject {
+        kind: "User".into(),
+        api_group: Some("rbac.authorization.k8s.io".into()),
+        name: "intruder@contoso.com".into(),
+        namespace: None,
+    });
+    let patch = serde_json::json!({"subjects": edited});
+    bindings.patch(&binding, &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+    wait_for(LONG, "the edited binding to be put back", || async {
+        let now = bindings.get(&binding).await.map_err(|e| e.to_string())?;
+        if now.subjects == bound.subjects {
+            Ok(())
+        } else {
+            Err(format!("{} subjects", now.subjects.map_or(0, |s| s.len())))
+        }
+    })
+    .await;
+    assert!(!may_list_pods(&op.client, "intruder@contoso.com", &[], &namespace).await);
+}

@@ -31,7 +31,7 @@ use crate::{
         teamaccess_controller,
     },
     profiles::render::is_guardrail_name,
-    reconcile::caches::{Caches, ChildFeeds},
+    reconcile::caches::{Caches, ChildFeeds, cached_subjects},
 };
 
 /// Objects per page of a watch's initial list: a restart lists thousands of
@@ -146,13 +146,11 @@ fn strip_role(role: Role) -> Option<Role> {
     Some(role)
 }
 
-/// What the cache keeps of a RoleBinding: see `strip_child`. Ours name the group
-/// and spec.users (at most 32); more subjects are dropped the same way.
+/// What the cache keeps of a RoleBinding: see `strip_child`. A long list of
+/// subjects (spec.bind Members) is kept as its digest (`cached_subjects`).
 fn strip_binding(binding: RoleBinding) -> Option<RoleBinding> {
     let mut binding = strip_child(binding)?;
-    if binding.subjects.as_ref().is_some_and(|s| s.len() > MAX_BINDING_SUBJECTS) {
-        binding.subjects = Some(Vec::new());
-    }
+    binding.subjects = cached_subjects(binding.subjects.take());
     Some(binding)
 }
 
@@ -195,7 +193,6 @@ fn strip_quota(quota: ResourceQuota) -> Option<ResourceQuota> {
 /// The bounds of what `build` makes, from the CRD's limits on spec.rules.
 const MAX_ROLE_RULES: usize = 16;
 const MAX_RULE_ITEMS: usize = 64;
-const MAX_BINDING_SUBJECTS: usize = 33;
 
 fn oversized(rule: &k8s_openapi::api::rbac::v1::PolicyRule) -> bool {
     let long = |items: &Option<Vec<String>>| items.as_ref().is_some_and(|i| i.len() > MAX_RULE_ITEMS);

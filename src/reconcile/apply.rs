@@ -19,7 +19,7 @@ use serde::{Serialize, de::DeserializeOwned};
 
 use super::{
     build::Desired,
-    caches::Caches,
+    caches::{Caches, DIGEST_KIND, cached_subjects},
     error::Error,
     profile::{self, Plan, ProfileState},
     write::{Ours, delete_owned, server_side_apply},
@@ -142,6 +142,10 @@ pub fn in_place(desired: &Desired, caches: &Caches) -> bool {
 /// no Group subject, and each of spec.users.
 fn authored_subjects_in_place(live: &RoleBinding, users: &[String]) -> bool {
     let subjects = live.subjects.as_deref().unwrap_or_default();
+    // A digested list cannot be read: asking the author costs reviews, never access.
+    if subjects.iter().any(|s| s.kind == DIGEST_KIND) {
+        return false;
+    }
     let named = |name: &String| subjects.iter().any(|s| s.kind == "User" && s.name == *name);
     subjects.iter().all(|s| s.kind != "Group") && users.iter().all(named)
 }
@@ -230,7 +234,13 @@ pub fn binding_action(live: Option<&RoleBinding>, desired: &RoleBinding, recorde
             Write::Conflict { managers: managers(&have.metadata) }
         }
         Some(have) if have.role_ref != desired.role_ref => Write::Replace,
-        Some(have) if have.subjects == desired.subjects && carries(&have.metadata, &desired.metadata) => Write::Skip,
+        // Compared in the cache's form: a long list by its digest.
+        Some(have)
+            if cached_subjects(have.subjects.clone()) == cached_subjects(desired.subjects.clone())
+                && carries(&have.metadata, &desired.metadata) =>
+        {
+            Write::Skip
+        }
         Some(_) => Write::Apply,
     }
 }

@@ -12,7 +12,7 @@ use std::{collections::HashMap, sync::Mutex};
 use k8s_openapi::api::{
     core::v1::{LimitRange, Namespace, ResourceQuota},
     networking::v1::NetworkPolicy,
-    rbac::v1::{ClusterRole, Role, RoleBinding},
+    rbac::v1::{ClusterRole, Role, RoleBinding, Subject},
 };
 use kube::{
     Api, Client,
@@ -81,6 +81,41 @@ impl GuardrailStores {
 
     pub fn network_policy(&self, namespace: &str, name: &str) -> Option<NetworkPolicy> {
         self.network_policies.get(&ObjectRef::new(name).within(namespace)).map(|o| (*o).clone())
+    }
+}
+
+/// A RoleBinding's subjects as the cache holds them: up to this many as they
+/// are (a Group-mode binding: the group and at most 32 spec.users), a longer
+/// list (a Members-mode binding) as one digest of the whole list. The cache's
+/// size stays bounded however many people are bound, or whatever a writer of
+/// bindings puts into a binding under one of our names, and drift still shows:
+/// a list that differs in any subject has another digest.
+pub const MAX_CACHED_SUBJECTS: usize = 33;
+
+/// The kind of the one subject standing for a digested list: no RBAC subject
+/// has it, so it never equals a real one.
+pub const DIGEST_KIND: &str = "teamaccess.dev/SubjectsDigest";
+
+/// `subjects` in the form the cache holds (see `MAX_CACHED_SUBJECTS`).
+pub fn cached_subjects(subjects: Option<Vec<Subject>>) -> Option<Vec<Subject>> {
+    match subjects {
+        Some(list) if list.len() > MAX_CACHED_SUBJECTS => {
+            let text: String = list
+                .iter()
+                .map(|s| {
+                    format!(
+                        "{}\u{1f}{}\u{1f}{}\u{1f}{}\n",
+                        s.kind,
+                        s.api_group.as_deref().unwrap_or_default(),
+                        s.name,
+                        s.namespace.as_deref().unwrap_or_default()
+                    )
+                })
+                .collect();
+            let digest = format!("{}:{:016x}", list.len(), crate::hash::fnv1a(&text));
+            Some(vec![Subject { kind: DIGEST_KIND.into(), name: digest, api_group: None, namespace: None }])
+        }
+        other => other,
     }
 }
 
@@ -204,4 +239,39 @@ pub async fn every_teamaccess(client: &Client) -> Result<Vec<TeamAccess>, Error>
         .await
         .map(|list| list.items)
         .map_err(|e| Error::kube("list TeamAccess objects", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn users(n: usize) -> Vec<Subject> {
+        (0..n)
+            .map(|i| Subject {
+                kind: "User".into(),
+                api_group: Some("rbac.authorization.k8s.io".into()),
+                name: format!("u{i}@contoso.com"),
+                namespace: None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn short_lists_are_kept_and_long_ones_digested_so_any_change_shows() {
+        let short = users(MAX_CACHED_SUBJECTS);
+        assert_eq!(cached_subjects(Some(short.clone())), Some(short));
+        let long = users(500);
+        let digest = cached_subjects(Some(long.clone())).unwrap();
+        assert_eq!(digest.len(), 1);
+        assert_eq!(digest[0].kind, DIGEST_KIND);
+        assert!(digest[0].name.starts_with("500:"), "{}", digest[0].name);
+        assert_eq!(cached_subjects(Some(long.clone())), Some(digest.clone()), "stable");
+        let mut renamed = long.clone();
+        renamed[250].name = "intruder@contoso.com".into();
+        assert_ne!(cached_subjects(Some(renamed)), Some(digest.clone()));
+        let mut as_group = long;
+        as_group[0].kind = "Group".into();
+        assert_ne!(cached_subjects(Some(as_group)), Some(digest));
+        assert_eq!(cached_subjects(None), None);
+    }
 }
