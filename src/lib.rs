@@ -2,6 +2,7 @@
 //! namespaces, declared by one `TeamAccess` object each.
 #![forbid(unsafe_code)]
 
+pub mod access_report;
 pub mod api;
 pub mod azure;
 pub mod backoff;

@@ -14,6 +14,7 @@ async fn main() -> ExitCode {
             Ok(())
         }
         Command::Run(args) => cli::run(*args).await,
+        Command::AccessReport(args) => cli::access_report(*args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

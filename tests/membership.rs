@@ -386,3 +386,70 @@ async fn a_large_group_is_bound_once_left_alone_while_quiet_and_repaired_when_ed
     .await;
     assert!(!may_list_pods(&op.client, "intruder@contoso.com", &[], &namespace).await);
 }
+
+#[tokio::test]
+async fn access_report_names_each_person_namespace_and_grant_in_both_modes() {
+    let t = tenant();
+    // A group of more than one page of transitiveMembers (999 per page).
+    let crowd_group = fresh_object_id();
+    let mut directory = t.directory.clone();
+    directory.groups.push(group(&crowd_group, &format!("crowd-{crowd_group}"), &[]));
+    let crowd: Vec<String> = (0..1100).map(|_| fresh_object_id()).collect();
+    directory.users.extend(crowd.iter().map(|id| user(id, &format!("{id}@contoso.com"), &[&crowd_group])));
+    let emulator = emulator_of(directory).await;
+    let op = operator(&emulator).await;
+    let (by_group, by_members, big) = (unique("report-group"), unique("report-members"), unique("report-crowd"));
+    let namespace = unique("report");
+    let mut group_mode = op.team(&by_group, GroupSelector::by_object_id(&t.team), &namespace);
+    group_mode.spec.users =
+        vec![teamaccess_operator::api::UserRef { user_principal_name: Some(t.upn(&t.bob)), object_id: None }];
+    op.apply(&group_mode).await;
+    members_team(&op, &by_members, &t.inner, &namespace).await;
+    op.apply(&op.team(&big, GroupSelector::by_object_id(&crowd_group), &unique("crowd"))).await;
+    for name in [&by_group, &by_members, &big] {
+        op.wait_ready(name).await;
+    }
+
+    // The emulator serves from this test's runtime: the command runs off it.
+    let report = |extra: &[&str]| {
+        let mut args: Vec<String> = vec!["access-report".into()];
+        args.extend(support::process::graph_args(&emulator));
+        args.extend(extra.iter().map(|s| s.to_string()));
+        tokio::task::spawn_blocking(move || {
+            let output = std::process::Command::new(env!("CARGO_BIN_EXE_teamaccess-operator"))
+                .args(&args)
+                .env("KUBECONFIG", kubeconfig_path())
+                .envs(support::process::GRAPH_ENV)
+                .output()
+                .expect("run access-report");
+            assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+            String::from_utf8(output.stdout).unwrap()
+        })
+    };
+    let rows: Vec<serde_json::Value> =
+        serde_json::from_str(&report(&["--namespace", &namespace, "-o", "json"]).await.unwrap()).unwrap();
+    let row = |person: &str, ta: &str| rows.iter().find(|r| r["person"] == person && r["teamaccess"] == ta).cloned();
+    let ann = row(&t.upn(&t.ann), &by_group).expect("ann, through the group");
+    assert_eq!(
+        (ann["kind"].as_str(), ann["bind"].as_str(), ann["access"].as_str()),
+        (Some("user"), Some("Group"), Some("verbs *"))
+    );
+    assert!(ann["via"].as_str().unwrap().contains(&t.team));
+    assert!(row(&t.upn(&t.carol), &by_group).is_some(), "carol, through the nested group");
+    assert!(row(&t.upn(&t.carol), &by_members).is_some_and(|r| r["bind"] == "Members"));
+    assert_eq!(row(&t.guest, &by_group).unwrap()["kind"], "guest");
+    assert_eq!(row(&t.robot, &by_group).unwrap()["kind"], "servicePrincipal");
+    assert_eq!(row(&t.upn(&t.bob), &by_group).unwrap()["via"], "spec.users");
+    assert!(row(&t.upn(&t.ann), &by_members).is_none(), "ann is not in inner");
+    assert!(rows.iter().all(|r| r["namespace"] == namespace.as_str()), "--namespace filters");
+    // Every page of a large group, and the other formats.
+    let all = report(&["-o", "csv"]).await.unwrap();
+    assert_eq!(
+        all.lines().filter(|l| l.contains(&format!(",{big},"))).count(),
+        1100,
+        "both pages of transitiveMembers"
+    );
+    let table = report(&["--namespace", &namespace]).await.unwrap();
+    assert!(table.starts_with("PERSON"), "{table}");
+    assert!(table.contains(&t.upn(&t.ann)));
+}

@@ -21,8 +21,9 @@ pub enum DirectoryKind {
     Static,
 }
 
-#[derive(Args, Debug)]
-pub struct RunArgs {
+/// The directory settings `run` and `access-report` share.
+#[derive(Args, Debug, Clone)]
+pub struct DirectoryArgs {
     /// Where groups and users are looked up.
     #[arg(long, env = "TEAMACCESS_DIRECTORY", value_enum, default_value = "graph")]
     pub directory: DirectoryKind,
@@ -70,6 +71,31 @@ pub struct RunArgs {
     #[arg(long, env = "TEAMACCESS_CA_FILE")]
     pub ca_file: Option<PathBuf>,
 
+    /// How long a resolved group or user is reused before Graph is asked again.
+    #[arg(long, env = "TEAMACCESS_GRAPH_CACHE_TTL", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub graph_cache_ttl: Duration,
+}
+
+#[derive(Args, Debug)]
+pub struct AccessReportArgs {
+    #[command(flatten)]
+    pub source: DirectoryArgs,
+
+    /// Only the TeamAccess objects of this namespace.
+    #[arg(long, short = 'n')]
+    pub namespace: Option<String>,
+
+    /// The output format.
+    #[arg(long, short = 'o', value_enum, default_value = "table")]
+    pub output: crate::access_report::Format,
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Where groups and users are looked up, and as whom.
+    #[command(flatten)]
+    pub source: DirectoryArgs,
+
     /// The AKS cluster's resource ID
     /// (/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.ContainerService/managedClusters/{name}).
     /// When set, each TeamAccess's group is given the Azure Kubernetes Service
@@ -81,10 +107,6 @@ pub struct RunArgs {
     /// The Azure Resource Manager root URL, overriding the cloud's (the emulator).
     #[arg(long, env = "TEAMACCESS_ARM_ENDPOINT")]
     pub arm_endpoint: Option<String>,
-
-    /// How long a resolved group or user is reused before Graph is asked again.
-    #[arg(long, env = "TEAMACCESS_GRAPH_CACHE_TTL", default_value = "5m", value_parser = humantime::parse_duration)]
-    pub graph_cache_ttl: Duration,
 
     /// How often every TeamAccess is reconciled even when nothing changed (e.g. 30s, 10m, 1h).
     #[arg(long, env = "TEAMACCESS_RESYNC", default_value = "10m", value_parser = humantime::parse_duration)]

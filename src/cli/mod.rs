@@ -11,8 +11,8 @@ mod leader;
 mod shutdown;
 mod startup;
 
-pub use flags::{DirectoryKind, RunArgs};
-pub use startup::run;
+pub use flags::{AccessReportArgs, DirectoryArgs, DirectoryKind, RunArgs};
+pub use startup::{access_report, run};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -31,6 +31,10 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Print the TeamAccess CustomResourceDefinition as YAML.
     Crd,
+    /// Print who can get into which namespace, through which TeamAccess and
+    /// group: the cluster's TeamAccess objects joined with the directory as it
+    /// is now. Run by an admin with a kubeconfig and the directory settings of `run`.
+    AccessReport(Box<AccessReportArgs>),
 }
 
 #[cfg(test)]

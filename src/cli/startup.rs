@@ -27,14 +27,14 @@ use crate::{
 };
 
 use super::{
-    flags::{DirectoryKind, RunArgs},
+    flags::{AccessReportArgs, DirectoryArgs, DirectoryKind, RunArgs},
     leader::{run_as_leader, stopped},
     shutdown::shutdown_signal,
 };
 
 /// The HTTP client and credential shared by Graph and ARM, from the flags and
 /// environment: one CA setting, one identity, a token per audience.
-fn azure_credential(args: &RunArgs) -> anyhow::Result<(reqwest::Client, Arc<dyn TokenCredential>)> {
+fn azure_credential(args: &DirectoryArgs) -> anyhow::Result<(reqwest::Client, Arc<dyn TokenCredential>)> {
     let mut http = reqwest::Client::builder();
     if let Some(path) = &args.ca_file {
         let pem = std::fs::read(path).with_context(|| format!("reading --ca-file {}", path.display()))?;
@@ -68,7 +68,7 @@ fn azure_credential(args: &RunArgs) -> anyhow::Result<(reqwest::Client, Arc<dyn 
 
 /// Builds the Graph directory on the shared credential.
 fn graph_directory(
-    args: &RunArgs,
+    args: &DirectoryArgs,
     (http, credential): (reqwest::Client, Arc<dyn TokenCredential>),
     metrics: Arc<Metrics>,
 ) -> Arc<dyn Directory> {
@@ -85,7 +85,7 @@ fn cluster_user_role(
     (http, credential): (reqwest::Client, Arc<dyn TokenCredential>),
     metrics: Arc<Metrics>,
 ) -> Arc<ClusterUserRole> {
-    let endpoint = args.arm_endpoint.clone().unwrap_or_else(|| args.cloud.arm_endpoint().to_string());
+    let endpoint = args.arm_endpoint.clone().unwrap_or_else(|| args.source.cloud.arm_endpoint().to_string());
     tracing::info!(arm = %endpoint, cluster = %cluster, "granting the groups the Azure Kubernetes Service Cluster User Role");
     let arm = ArmClient::new(http, credential, &endpoint, ARM_REQUEST_TIMEOUT, Some(metrics));
     Arc::new(ClusterUserRole::new(arm, cluster, args.resync))
@@ -149,7 +149,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 
 /// The Kubernetes client from the kubeconfig or the in-cluster configuration,
 /// counting its requests in `metrics`, once the API server answers.
-async fn kubernetes_client(metrics: &Arc<Metrics>) -> anyhow::Result<kube::Client> {
+pub async fn kubernetes_client(metrics: &Arc<Metrics>) -> anyhow::Result<kube::Client> {
     let config = kube::Config::infer()
         .await
         .context("cannot build a Kubernetes client from the kubeconfig or the in-cluster configuration")?;
@@ -166,20 +166,52 @@ async fn kubernetes_client(metrics: &Arc<Metrics>) -> anyhow::Result<kube::Clien
 /// on one Azure identity, built only when Graph or ARM needs it (the static
 /// directory alone needs none).
 async fn directory_and_arm(args: &RunArgs, metrics: &Arc<Metrics>) -> anyhow::Result<Identity> {
-    let needs_azure = args.directory == DirectoryKind::Graph || args.aks_cluster_resource_id.is_some();
-    let azure = if needs_azure { Some(azure_credential(args)?) } else { None };
-    let directory: Arc<dyn Directory> = match (args.directory, &azure) {
-        (DirectoryKind::Graph, Some(azure)) => graph_directory(args, azure.clone(), metrics.clone()),
-        _ => {
-            let path = args.directory_file.as_deref().context("--directory static needs --directory-file")?;
-            Arc::new(StaticDirectory::load(path).await?)
-        }
-    };
+    let needs_azure = args.source.directory == DirectoryKind::Graph || args.aks_cluster_resource_id.is_some();
+    let azure = if needs_azure { Some(azure_credential(&args.source)?) } else { None };
+    let directory = directory_on(&args.source, azure.clone(), metrics).await?;
     let cluster_user_role = match (&args.aks_cluster_resource_id, azure) {
         (Some(cluster), Some(azure)) => Some(cluster_user_role(args, cluster, azure, metrics.clone())),
         _ => None,
     };
     Ok(Identity { directory, cluster_user_role, roster: Default::default() })
+}
+
+/// The directory the flags name: Graph on `azure` (the credential), or the file.
+async fn directory_on(
+    args: &DirectoryArgs,
+    azure: Option<(reqwest::Client, Arc<dyn TokenCredential>)>,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<Arc<dyn Directory>> {
+    Ok(match (args.directory, azure) {
+        (DirectoryKind::Graph, Some(azure)) => graph_directory(args, azure, metrics.clone()),
+        _ => {
+            let path = args.directory_file.as_deref().context("--directory static needs --directory-file")?;
+            Arc::new(StaticDirectory::load(path).await?)
+        }
+    })
+}
+
+/// `access-report`: the TeamAccess objects (read with the caller's kubeconfig)
+/// joined with the directory, printed; what is left out is said on stderr.
+pub async fn access_report(args: AccessReportArgs) -> anyhow::Result<()> {
+    let metrics = Arc::default();
+    let client = kubernetes_client(&metrics).await?;
+    let azure =
+        if args.source.directory == DirectoryKind::Graph { Some(azure_credential(&args.source)?) } else { None };
+    let directory = directory_on(&args.source, azure, &metrics).await?;
+    let teamaccesses = kube::Api::<crate::api::TeamAccess>::all(client)
+        .list(&Default::default())
+        .await
+        .context("cannot list TeamAccess objects")?
+        .items;
+    let (rows, skipped) = crate::access_report::collect(&teamaccesses, args.namespace.as_deref(), directory.as_ref())
+        .await
+        .context("reading the directory")?;
+    for s in &skipped {
+        eprintln!("skipped TeamAccess {}: {}", s.teamaccess, s.why);
+    }
+    print!("{}", crate::access_report::render(&rows, args.output));
+    Ok(())
 }
 
 /// The controller's settings from the flags, logged as it starts.
@@ -211,7 +243,7 @@ fn settings(
         membership_poll: args.membership_poll,
     };
     tracing::info!(
-        directory = ?args.directory,
+        directory = ?args.source.directory,
         resync = %humantime::format_duration(settings.resync),
         membership_poll = %humantime::format_duration(settings.membership_poll),
         expiry_warning = %humantime::format_duration(settings.expiry_warning),

@@ -161,6 +161,12 @@ pub trait Directory: Send + Sync {
     fn member_source(&self) -> Option<Box<dyn members::MemberSource>> {
         None
     }
+
+    /// Everyone in a group through nesting (users and service principals), as
+    /// the directory says now: for reports, not for the reconcile.
+    async fn transitive_members(&self, _group: &str) -> Result<Vec<members::Person>, DirectoryError> {
+        Err(DirectoryError::Rejected { message: "this directory cannot list a group's members".into() })
+    }
 }
 
 /// Describes a user reference for messages: its UPN or objectId.

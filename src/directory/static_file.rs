@@ -10,7 +10,7 @@ use std::collections::{BTreeSet, HashMap};
 use super::{
     Directory, DirectoryError, DirectoryGroup, DirectoryUser,
     file_format::DirectoryFile,
-    members::{GroupRead, MemberSource, Person, Poll},
+    members::{GroupRead, MemberKind, MemberSource, Person, PersonKind, Poll},
 };
 use crate::{
     api::{GroupSelector, UserRef},
@@ -50,6 +50,32 @@ impl Directory for StaticDirectory {
 
     fn changes(&self) -> Option<watch::Receiver<u64>> {
         Some(self.file.changes())
+    }
+
+    async fn transitive_members(&self, group: &str) -> Result<Vec<Person>, DirectoryError> {
+        let file = self.file.current();
+        let mut people = Vec::new();
+        let (mut queue, mut seen) = (vec![group.to_lowercase()], BTreeSet::new());
+        while let Some(g) = queue.pop() {
+            if !seen.insert(g.clone()) {
+                continue;
+            }
+            for member in file.direct_members(&g).into_iter().flatten() {
+                match member.kind {
+                    MemberKind::Group => queue.push(member.object_id),
+                    MemberKind::ServicePrincipal => {
+                        people.push(Person { kind: PersonKind::ServicePrincipal, subject: member.object_id })
+                    }
+                    MemberKind::User => {
+                        let user = crate::api::UserRef { object_id: Some(member.object_id), user_principal_name: None };
+                        if let Ok(user) = file.find_user(&user) {
+                            people.push(Person::from(&user));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(people)
     }
 
     fn member_source(&self) -> Option<Box<dyn MemberSource>> {

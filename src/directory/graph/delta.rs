@@ -27,7 +27,7 @@ use super::{
 };
 use crate::directory::{
     DirectoryError, DirectoryUser,
-    members::{GroupRead, Member, MemberKind, MemberSource, Person, Poll},
+    members::{GroupRead, Member, MemberKind, MemberSource, Person, PersonKind, Poll},
 };
 
 /// The most ids one delta `$filter` may name.
@@ -285,7 +285,7 @@ impl MemberSource for DeltaMembers {
             if answer.status != 200 {
                 return Err(answer.into_request_error());
             }
-            let users: ObjectList = parse(answer.body)?;
+            let users: MemberPage = parse(answer.body)?;
             for user in users.value {
                 let user = DirectoryUser {
                     object_id: user.id.to_lowercase(),
@@ -300,6 +300,68 @@ impl MemberSource for DeltaMembers {
         }
         Ok(found)
     }
+}
+
+/// Everyone in `group` through nesting, read from `transitiveMembers` page by
+/// page (for `access-report`; the poller follows changes with delta instead).
+pub async fn transitive_members(transport: &Transport, group: &str) -> Result<Vec<Person>, DirectoryError> {
+    let mut url = url::Url::parse(&transport.url("/groups")).expect("the Graph base is a URL");
+    url.path_segments_mut().expect("an https URL").extend([group, "transitiveMembers"]);
+    url.query_pairs_mut().append_pair("$select", "id,userPrincipalName,userType").append_pair("$top", "999");
+    let mut next = url.to_string();
+    let mut people = Vec::new();
+    for _ in 0..MAX_PAGES {
+        if !transport.is_on_endpoint(&next) {
+            return Err(DirectoryError::Rejected {
+                message: "Graph returned a next-page link off the configured Graph endpoint; it was not followed"
+                    .into(),
+            });
+        }
+        let answer = retried(|| transport.get(&next)).await?;
+        if answer.status != 200 {
+            return Err(answer.into_error(|| DirectoryError::GroupNotFound { selector: format!("objectId={group}") }));
+        }
+        let page: MemberPage = parse(answer.body)?;
+        for object in page.value {
+            match object.odata_type.as_str() {
+                "#microsoft.graph.user" => {
+                    let user = DirectoryUser {
+                        object_id: object.id.to_lowercase(),
+                        user_principal_name: object.user_principal_name.unwrap_or_default(),
+                        user_type: object.user_type,
+                    };
+                    people.push(Person::from(&user));
+                }
+                "#microsoft.graph.servicePrincipal" => {
+                    people.push(Person { kind: PersonKind::ServicePrincipal, subject: object.id.to_lowercase() })
+                }
+                _ => {}
+            }
+        }
+        match page.next_link {
+            Some(link) => next = link,
+            None => return Ok(people),
+        }
+    }
+    Err(DirectoryError::Rejected { message: format!("the members of {group} did not end within {MAX_PAGES} pages") })
+}
+
+#[derive(Deserialize)]
+struct MemberPage {
+    #[serde(default)]
+    value: Vec<ListedObject>,
+    #[serde(rename = "@odata.nextLink")]
+    next_link: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ListedObject {
+    id: String,
+    #[serde(rename = "@odata.type", default)]
+    odata_type: String,
+    user_principal_name: Option<String>,
+    user_type: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -342,18 +404,4 @@ impl DeltaMember {
         };
         Some(Member { kind, object_id: self.id.to_lowercase() })
     }
-}
-
-#[derive(Deserialize)]
-struct ObjectList {
-    #[serde(default)]
-    value: Vec<ListedUser>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct ListedUser {
-    id: String,
-    user_principal_name: Option<String>,
-    user_type: Option<String>,
 }

@@ -14,7 +14,10 @@ use async_trait::async_trait;
 use azure_core::credentials::TokenCredential;
 use moka::future::Cache;
 
-use super::{Directory, DirectoryError, DirectoryGroup, DirectoryUser, describe_user, members::MemberSource};
+use super::{
+    Directory, DirectoryError, DirectoryGroup, DirectoryUser, describe_user,
+    members::{MemberSource, Person},
+};
 use crate::{
     api::{GroupSelector, UserRef},
     backoff::Backoff,
@@ -192,6 +195,10 @@ impl Directory for GraphDirectory {
         }
         self.count_cache(false);
         self.users.try_get_with(key, self.find_user(user)).await.map_err(|e| (*e).clone())
+    }
+
+    async fn transitive_members(&self, group: &str) -> Result<Vec<Person>, DirectoryError> {
+        delta::transitive_members(&self.transport, group).await
     }
 
     fn member_source(&self) -> Option<Box<dyn MemberSource>> {
