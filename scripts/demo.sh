@@ -130,7 +130,8 @@ if [[ "$on_node" == 1 ]]; then
     --set graph.endpoint="$(cat "$emu/url")" --set graph.authorityHost="$(cat "$emu/url")" --set graph.caConfigMap=graph-ca \
     --set azure.tenantId="$(cat "$emu/tenant-id")" --set azure.clientId="$(cat "$emu/client-id")" \
     --set azure.credential=secret --set azure.clientSecret.existingSecret=azure-client \
-    --set azure.clusterResourceId="$aks_cluster_id" --set azure.armEndpoint="$(cat "$emu/arm-url")" >/dev/null
+    --set azure.clusterResourceId="$aks_cluster_id" --set azure.armEndpoint="$(cat "$emu/arm-url")" \
+    --set membershipPoll=5s >/dev/null
   kubectl -n teamaccess-system get pods -o wide
 elif [[ "$directory_kind" == static ]]; then
   say "starting the operator (static directory: $seed/directory.yaml)"
@@ -149,7 +150,8 @@ else
     "$operator" run --directory graph --credential secret --client-secret-file "$emu/client-secret" \
     --graph-endpoint "$(cat "$emu/url")" --authority-host "$(cat "$emu/url")" --ca-file "$emu/ca.crt" \
     --aks-cluster-resource-id "$aks_cluster_id" --arm-endpoint "$(cat "$emu/arm-url")" \
-    --namespace-profiles "$profiles" --resync 10m --metrics-addr 127.0.0.1:0 >"$state/operator.log" 2>&1 &
+    --namespace-profiles "$profiles" --resync 10m --membership-poll 5s --metrics-addr 127.0.0.1:0 \
+    >"$state/operator.log" 2>&1 &
   operator_pid=$!
 fi
 
@@ -221,6 +223,45 @@ if ! grep -q 'violates PodSecurity "restricted:latest"' <<<"$privileged"; then
 fi
 
 if [[ "$directory_kind" != static ]]; then
+  say "opssre switches to spec.bind Members: the RoleBinding names its people, and follows the directory"
+  kubectl patch teamaccess opssre-sre --type merge -p '{"spec":{"bind":"Members"}}'
+  for _ in $(seq 1 100); do
+    [[ "$(kubectl get teamaccess opssre-sre -o jsonpath='{.status.members.total}')" == 1 ]] && break
+    sleep 0.2
+  done
+  kubectl get teamaccess opssre-sre -o wide
+  kubectl get rolebinding teamaccess-opssre-sre -n sre -o custom-columns='BINDING:.metadata.name,SUBJECTS:.subjects[*].name'
+  for _ in $(seq 1 50); do
+    [[ "$(kubectl auth can-i create pods -n sre --as akssre@contoso.com 2>/dev/null)" == yes ]] && break
+    sleep 0.2
+  done
+  echo "akssre@contoso.com, with no groups claim at all: create pods in sre? $(kubectl auth can-i create pods -n sre --as akssre@contoso.com 2>/dev/null || true)"
+
+  say "an admin removes akssre from opssre in Entra ID (the emulator); no token has to expire"
+  akssre_id=9d4f1a27-6b3c-4e8d-a5f2-1c7b3e9d0a12
+  curl -fsS --cacert "$emu/ca.crt" -H 'content-type: application/json' \
+    -d "{\"group\":\"$opssre_id\",\"member\":\"$akssre_id\"}" "$(cat "$emu/url")/_emulator/members/remove"
+  removed_at=$(date +%s.%N)
+  revoked=""
+  for _ in $(seq 1 150); do
+    if [[ "$(kubectl auth can-i create pods -n sre --as akssre@contoso.com 2>/dev/null)" == no ]]; then
+      revoked=$(date +%s.%N)
+      break
+    fi
+    sleep 0.1
+  done
+  if [[ -z "$revoked" ]]; then
+    echo "akssre still had access 15s after the removal" >&2
+    exit 1
+  fi
+  awk -v a="$removed_at" -v r="$revoked" 'BEGIN { printf "akssre@contoso.com: create pods in sre? no, %.1fs after the removal (--membership-poll 5s)\n", r - a }'
+  kubectl get teamaccess opssre-sre -o custom-columns='NAME:.metadata.name,MEMBERS:.status.members.total,SYNCED:.status.conditions[?(@.type=="MembersSynced")].reason'
+
+  say "who can get into which namespace (teamaccess-operator access-report, for an admin)"
+  AZURE_TENANT_ID="$(cat "$emu/tenant-id")" AZURE_CLIENT_ID="$(cat "$emu/client-id")" \
+    "$operator" access-report --directory graph --credential secret --client-secret-file "$emu/client-secret" \
+    --graph-endpoint "$(cat "$emu/url")" --authority-host "$(cat "$emu/url")" --ca-file "$emu/ca.crt" | sed 's/^/  /'
+
   say "Azure role assignments on the AKS cluster (the emulator's ARM), so members can fetch a kubeconfig"
   assignments=$(curl -fsS --cacert "$emu/ca.crt" "$(cat "$emu/url")/_emulator/role-assignments.tsv")
   role_id=4abbcc35-e782-43d8-92c5-2d3f1bd2253f

@@ -8,6 +8,9 @@
 //! - with the chart's default namespace profile, the seed's namespaces enforce
 //!   Pod Security "restricted": a privileged pod of appdev's is refused in dev.
 //!
+//! - opssre switched to `bind: Members`: akssre, removed from the group in the
+//!   directory, is denied in sre within seconds, with no token to expire.
+//!
 //! The demo's last check, that a user who may only write TeamAccess objects
 //! cannot grant cluster-admin, is `security::an_author_who_may_only_write_teamaccesses_can_grant_nothing`.
 //!
@@ -69,6 +72,8 @@ impl Seed {
             &profiles,
             "--resync",
             "10m",
+            "--membership-poll",
+            "5s",
             "--aks-cluster-resource-id",
             &aks_cluster_id(),
             "--arm-endpoint",
@@ -216,5 +221,29 @@ async fn the_seed_gives_each_team_its_own_namespace_only_and_the_cluster_user_ro
     // The role is released only when no TeamAccess in the cluster wants the
     // group, and other tests bind the seed's groups too: tests/azure_roles.rs
     // checks the release, with groups of its own.
+    seed.delete_the_seed().await;
+}
+
+#[tokio::test]
+async fn a_team_in_members_mode_loses_a_removed_member_within_seconds() {
+    let seed = Seed::start().await;
+    seed.apply_the_seed().await;
+    let api = Api::<TeamAccess>::all(seed.admin.clone());
+    let (name, sre) = (&seed.opssre.0, seed.opssre.1.as_str());
+    let patch = serde_json::json!({"spec": {"bind": "Members"}});
+    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+    wait_for(Duration::from_secs(60), "opssre to bind its members", || async {
+        let ta = api.get(name).await.map_err(|e| e.to_string())?;
+        let total = ta.status.as_ref().and_then(|s| s.members.as_ref()).map(|m| m.total);
+        if total == Some(1) { Ok(()) } else { Err(format!("status.members.total = {total:?}")) }
+    })
+    .await;
+    // Without a groups claim: the binding names akssre.
+    wait_allowed(&seed.admin, AKSSRE, &[], "create", "", "pods", sre, true).await;
+    let akssre_id = "9d4f1a27-6b3c-4e8d-a5f2-1c7b3e9d0a12";
+    assert!(seed.emulator.remove_member(OPSSRE, akssre_id));
+    let removed = std::time::Instant::now();
+    wait_allowed(&seed.admin, AKSSRE, &[], "create", "", "pods", sre, false).await;
+    println!("akssre, removed from opssre, denied in {sre} after {:?}", removed.elapsed());
     seed.delete_the_seed().await;
 }
