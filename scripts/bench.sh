@@ -3,7 +3,8 @@
 # benches/scale.rs for each N in BENCH_N (default 100,1000,5000), with the
 # bindings-into-existing-namespaces measurement (BENCH_BIND, default 1), prints the
 # table and writes it to BENCH_OUT (default docs/benchmarks.md), then the operator's
-# memory under a flood of forged labelled Roles (benches/cache_flood.rs). The test command
+# memory under a flood of forged labelled Roles (benches/cache_flood.rs), then the
+# membership rows of spec.bind Members (benches/membership.rs). The test command
 # runs it at a small N as a smoke test, writing to a temporary file.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,3 +26,6 @@ PATH="$(tests/cluster/cluster.sh bin | tail -n 1):$PATH" KUBECONFIG="$kubeconfig
 cargo bench --locked --bench scale -- "$kubeconfig" "$sizes" "$out"
 # Memory under a flood of forged labelled Roles (BENCH_FLOOD_N, default 2000).
 cargo bench --locked --bench cache_flood -- "$kubeconfig" "${BENCH_FLOOD_N:-2000}"
+# spec.bind Members: 1,000 groups x 20 members, revocation latency, idle cost, RSS
+# (BENCH_MEMBERSHIP_GROUPS, _SIZE, _LARGE, _REMOVALS, _POLL); its rows go to the same report.
+cargo bench --locked --bench membership -- "$kubeconfig" "$out"

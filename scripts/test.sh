@@ -185,7 +185,8 @@ fi
 # Two samples of T and T0, three single objects timed apply → Ready per directory,
 # a 2 s resync inside a 5 s idle window (two resyncs, checked), and any write
 # during that window fails it.
-step "benchmark smoke test" env BENCH_N=10 BENCH_FLOOD_N=50 BENCH_SAMPLES=2 BENCH_LATENCY_SAMPLES=3 BENCH_RESYNC=2s BENCH_IDLE_SECS=5 \
+step "benchmark smoke test" env BENCH_N=10 BENCH_FLOOD_N=50 BENCH_MEMBERSHIP_GROUPS=10 BENCH_MEMBERSHIP_LARGE=200 \
+  BENCH_MEMBERSHIP_REMOVALS=3 BENCH_MEMBERSHIP_POLL=2s BENCH_SAMPLES=2 BENCH_LATENCY_SAMPLES=3 BENCH_RESYNC=2s BENCH_IDLE_SECS=5 \
   BENCH_REQUIRE_IDLE_ZERO=1 BENCH_OUT="$(mktemp -d)/benchmarks.md" scripts/bench.sh
 step "cargo fmt --check" cargo fmt --all -- --check
 step "cargo clippy" cargo clippy --locked --workspace --all-targets -- -D warnings

@@ -315,6 +315,11 @@ impl Roster {
                     Some(p) => (p.kind, p.subject.as_str()),
                     None => (PersonKind::ServicePrincipal, member.object_id.as_str()),
                 };
+                // Kubernetes reserves `system:` for its own identities; no
+                // directory name may become one (Entra ID's UPNs cannot hold ':').
+                if subject.starts_with("system:") {
+                    continue;
+                }
                 if subjects.insert(subject) {
                     match kind {
                         PersonKind::User => users += 1,
@@ -426,6 +431,18 @@ mod tests {
         assert_eq!((m.users, m.guests, m.service_principals, m.nested_groups), (2, 1, 1, 1));
         assert_eq!(m.synced_at, at(100));
         assert_eq!(m.stale, None);
+    }
+
+    #[test]
+    fn no_directory_name_becomes_a_reserved_kubernetes_identity() {
+        let roster = Roster::default();
+        roster.record(
+            Poll { reads: vec![("root".into(), GroupRead::Full([user("u1"), user("u2")].into()))], failed: vec![] },
+            &set(&["root"]),
+            at(1),
+        );
+        named(&roster, &[("u1", PersonKind::User, "system:masters"), ("u2", PersonKind::User, "ann@contoso.com")]);
+        assert_eq!(roster.view("root").unwrap().subjects, ["ann@contoso.com"]);
     }
 
     #[test]

@@ -698,17 +698,23 @@ impl Shared {
         let directory = self.directory.read().unwrap();
         let wanted =
             |t: &str| request.types.as_ref().is_none_or(|types| types.iter().any(|w| w.eq_ignore_ascii_case(t)));
-        let values: Vec<Value> = request
-            .ids
-            .iter()
-            .filter_map(|id| {
-                let id = id.to_lowercase();
-                [members::MemberKind::User, members::MemberKind::ServicePrincipal, members::MemberKind::Group]
-                    .into_iter()
-                    .filter(|k| wanted(type_name(*k)))
-                    .find_map(|kind| directory_object(&directory, &members::Member { kind, object_id: id.clone() }))
-            })
-            .collect();
+        // One pass over the directory, then a lookup per id: a tenant of tens of
+        // thousands of users answers 1,000 ids at once.
+        let mut objects: HashMap<String, Value> = HashMap::new();
+        if wanted("user") {
+            objects.extend(directory.users.iter().map(|u| (u.object_id.to_lowercase(), typed(user_json(u), "user"))));
+        }
+        if wanted("servicePrincipal") {
+            objects.extend(directory.service_principals.iter().map(|p| {
+                let sp = json!({"id": p.object_id, "displayName": p.display_name});
+                (p.object_id.to_lowercase(), typed(sp, "servicePrincipal"))
+            }));
+        }
+        if wanted("group") {
+            objects
+                .extend(directory.groups.iter().map(|g| (g.object_id.to_lowercase(), typed(group_json(g), "group"))));
+        }
+        let values: Vec<Value> = request.ids.iter().filter_map(|id| objects.get(&id.to_lowercase()).cloned()).collect();
         GraphReply::ok(
             json!({"@odata.context": format!("{}/v1.0/$metadata#directoryObjects", self.base_url), "value": values}),
         )
@@ -866,10 +872,15 @@ fn type_name(kind: members::MemberKind) -> &'static str {
     }
 }
 
+fn typed(mut object: Value, type_name: &str) -> Value {
+    object["@odata.type"] = json!(format!("#microsoft.graph.{type_name}"));
+    object
+}
+
 /// A directory object as Graph lists it, with its `@odata.type`.
 fn directory_object(directory: &DirectoryFile, member: &members::Member) -> Option<Value> {
     let id = &member.object_id;
-    let mut object = match member.kind {
+    let object = match member.kind {
         members::MemberKind::User => user_json(directory.users.iter().find(|u| u.object_id.eq_ignore_ascii_case(id))?),
         members::MemberKind::ServicePrincipal => {
             let p = directory.service_principals.iter().find(|p| p.object_id.eq_ignore_ascii_case(id))?;
@@ -879,8 +890,7 @@ fn directory_object(directory: &DirectoryFile, member: &members::Member) -> Opti
             group_json(directory.groups.iter().find(|g| g.object_id.eq_ignore_ascii_case(id))?)
         }
     };
-    object["@odata.type"] = json!(format!("#microsoft.graph.{}", type_name(member.kind)));
-    Some(object)
+    Some(typed(object, type_name(member.kind)))
 }
 
 #[derive(Deserialize)]
