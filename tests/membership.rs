@@ -453,3 +453,36 @@ async fn access_report_names_each_person_namespace_and_grant_in_both_modes() {
     assert!(table.starts_with("PERSON"), "{table}");
     assert!(table.contains(&t.upn(&t.ann)));
 }
+
+#[tokio::test]
+async fn a_deleted_group_takes_its_members_access_with_it() {
+    let t = tenant();
+    let emulator = emulator_of(t.directory.clone()).await;
+    // Lookups expire at once, so the reconcile learns the group is gone from Graph.
+    let settings = teamaccess_operator::directory::graph::GraphSettings {
+        cache_ttl: Duration::from_millis(200),
+        ..fast_settings(&emulator)
+    };
+    let graph: Arc<dyn Directory> = directory_with(&emulator, &secret_settings(&emulator), settings);
+    let mut op = TestOperator::start_with_directory(graph, Duration::from_secs(60)).await;
+    op.stop().await;
+    op.membership_poll = POLL;
+    op.resume().await;
+    let namespace = unique("deleted");
+    let name = unique("members-deleted");
+    members_team(&op, &name, &t.team, &namespace).await;
+    op.wait_condition(&name, "MembersSynced", "True", None, LONG).await;
+    let ann = t.upn(&t.ann);
+    assert!(may_list_pods(&op.client, &ann, &[], &namespace).await);
+
+    let mut without = t.directory.clone();
+    without.groups.retain(|g| g.object_id != t.team);
+    emulator.set_directory(without);
+    time_until(&op.client, &ann, &namespace, false, Duration::from_secs(15)).await;
+    op.wait_condition(&name, "Ready", "False", Some("GroupMissing"), LONG).await;
+    let bindings = Api::<RoleBinding>::namespaced(op.client.clone(), &namespace);
+    assert!(
+        bindings.get_opt(&format!("teamaccess-{name}")).await.unwrap().is_none(),
+        "the binding went with the group"
+    );
+}

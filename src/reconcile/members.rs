@@ -46,6 +46,14 @@ pub fn bind(ta: &TeamAccess, group: &str, roster: &Roster) -> Result<Bound, Erro
     }
 }
 
+/// Whether `error` (of resolving the pinned group) means the group of a
+/// Members-mode object is gone for certain. A Group-mode binding to a deleted
+/// group lets nobody in (no token carries its objectId), so it may stay; a
+/// Members-mode binding names people, so it must go.
+pub fn group_is_gone(ta: &TeamAccess, error: &Error) -> bool {
+    ta.spec.bind == BindMode::Members && matches!(error, Error::GroupMissing { .. } | Error::GroupChanged { .. })
+}
+
 impl Bound {
     pub fn report(&self) -> MembersReport {
         match self {
@@ -81,6 +89,15 @@ mod tests {
         let mut spec = TeamAccessSpec::new(GroupSelector::by_object_id("g"), "dev");
         spec.bind = bind;
         TeamAccess::new("t", spec)
+    }
+
+    #[test]
+    fn only_a_members_binding_goes_with_its_group() {
+        let gone = Error::GroupMissing { selector: "objectId=g".into(), pinned: "g".into() };
+        let outage = Error::Directory(crate::directory::DirectoryError::Unavailable { message: "503".into() });
+        assert!(group_is_gone(&ta(BindMode::Members), &gone));
+        assert!(!group_is_gone(&ta(BindMode::Group), &gone), "a binding to a deleted group lets nobody in");
+        assert!(!group_is_gone(&ta(BindMode::Members), &outage), "an outage keeps the members");
     }
 
     #[test]

@@ -213,6 +213,11 @@ async fn grant_pipeline<'a>(ta: &'a TeamAccess, ctx: &Context) -> status::Outcom
     .await
     {
         Ok(resolved) => resolved,
+        // bind: Members names people, who would keep access through a kept
+        // binding after their group is gone: the access goes with the group.
+        Err(resolve::Unresolved::Group { error, .. }) if members::group_is_gone(ta, &error) => {
+            return take_back(ta, ctx, error).await;
+        }
         Err(unresolved) => return status::Outcome::unresolved(ta, unresolved),
     };
     let bound = match members::bind(ta, &resolved.group_object_id, &ctx.identity.roster) {
