@@ -486,3 +486,68 @@ async fn a_deleted_group_takes_its_members_access_with_it() {
         "the binding went with the group"
     );
 }
+
+#[tokio::test]
+async fn a_group_past_one_bindings_size_is_split_and_its_parts_follow_the_mode() {
+    let team = fresh_object_id();
+    let people: Vec<String> = (0..3000).map(|_| fresh_object_id()).collect();
+    let tenant = DirectoryFile {
+        groups: vec![group(&team, &format!("split-{team}"), &[])],
+        users: people.iter().map(|id| user(id, &format!("{id}@contoso.com"), &[&team])).collect(),
+        service_principals: vec![],
+    };
+    let emulator = emulator_of(tenant).await;
+    let op = operator(&emulator).await;
+    let namespace = unique("split");
+    let name = unique("members-split");
+    members_team(&op, &name, &team, &namespace).await;
+    op.wait_condition(&name, "MembersSynced", "True", None, LONG).await;
+    let bindings = Api::<RoleBinding>::namespaced(op.client.clone(), &namespace);
+    let ours = kube::api::ListParams::default().labels("app.kubernetes.io/managed-by=teamaccess-operator");
+    let listed = bindings.list(&ours).await.unwrap().items;
+    let sizes: Vec<usize> = listed.iter().map(|rb| rb.subjects.as_ref().map_or(0, Vec::len)).collect();
+    assert_eq!(listed.len(), 5, "the main binding and four parts: {sizes:?}");
+    assert_eq!(sizes.iter().sum::<usize>(), 3000, "{sizes:?}");
+    // Someone from each part gets in, by name alone.
+    for rb in &listed {
+        let someone = &rb.subjects.as_ref().unwrap()[0].name;
+        assert!(may_list_pods(&op.client, someone, &[], &namespace).await, "{someone} of {:?}", rb.metadata.name);
+    }
+    let in_a_part = listed
+        .iter()
+        .find(|rb| rb.metadata.name.as_deref() != Some(&format!("teamaccess-{name}")))
+        .map(|rb| rb.subjects.as_ref().unwrap()[0].name.clone())
+        .unwrap();
+
+    // Back to Group: the group is bound before the parts go, so nobody of a
+    // part is without access meanwhile (their token carries the group).
+    let patch = serde_json::json!({"spec": {"bind": "Group"}});
+    op.api().patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(may_list_pods(&op.client, &in_a_part, &[&team], &namespace).await, "a gap during the switch");
+        if bindings.list(&ours).await.unwrap().items.len() == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the parts were not removed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    op.wait_ready(&name).await;
+    // Deleting the TeamAccess removes every binding it made (the namespace is
+    // kept, so only the cleanup can have removed them).
+    let mut retained = op.team(&name, GroupSelector::by_object_id(&team), &namespace);
+    retained.spec.bind = BindMode::Members;
+    retained.spec.deletion_policy = teamaccess_operator::api::DeletionPolicy::Retain;
+    op.apply(&retained).await;
+    wait_for(LONG, "the parts to be made again", || async {
+        let n = bindings.list(&ours).await.map_err(|e| e.to_string())?.items.len();
+        if n == 5 { Ok(()) } else { Err(format!("{n} bindings")) }
+    })
+    .await;
+    op.delete(&name).await;
+    op.wait_deleted(&name, LONG).await;
+    let kept = Api::<k8s_openapi::api::core::v1::Namespace>::all(op.client.clone()).get(&namespace).await.unwrap();
+    assert!(kept.metadata.deletion_timestamp.is_none(), "Retain keeps the namespace");
+    let left = bindings.list(&ours).await.unwrap().items;
+    assert!(left.is_empty(), "{:?}", left.iter().map(|rb| rb.metadata.name.clone()).collect::<Vec<_>>());
+}

@@ -18,7 +18,7 @@ use kube::{Api, Client, Resource, ResourceExt, api::PostParams};
 use serde::{Serialize, de::DeserializeOwned};
 
 use super::{
-    build::Desired,
+    build::{Desired, MEMBER_PARTS, part_name},
     caches::{Caches, DIGEST_KIND, cached_subjects},
     error::Error,
     profile::{self, Plan, ProfileState},
@@ -328,28 +328,52 @@ async fn apply_rbac(desired: &Desired, client: &Client, caches: &Caches) -> Resu
     {
         return Err(Error::ClusterRoleNotFound { name: cluster_role.clone() });
     }
+    // A split Members binding: its parts before the main binding, so a person
+    // is bound by a part before the main binding stops naming them (or the group).
+    for part in &desired.member_parts {
+        put_binding(&bindings, caches, &namespace, part, ours).await?;
+    }
     let binding = &desired.role_binding;
     let name = binding.name_any();
-    let (action, mut uid) =
-        write_child(&bindings, caches.binding(&namespace, &name), binding, recorded, binding_action).await?;
-    if action == Write::Replace {
-        delete_owned(&bindings, &name, ours).await?;
-        uid = create(&bindings, binding).await?.uid();
-    }
-    children.extend(record::<RoleBinding>(name, uid));
+    let uid = put_binding(&bindings, caches, &namespace, binding, ours).await?;
+    children.extend(record::<RoleBinding>(name.clone(), uid));
 
     // Make before break: the old binding goes only now that the new one exists.
     // The caches say whether there is anything to remove; the delete itself reads
-    // the object first, so only ours is ever deleted.
-    for stale in &desired.stale_bindings {
-        if caches.binding(&namespace, stale).is_some() {
-            delete_owned(&bindings, stale, ours).await?;
+    // the object first, so only ours is ever deleted. Parts no longer needed (the
+    // group shrank, or is bound as a Group again) go after the main binding too.
+    let child = desired.role_name.as_str();
+    let surplus = (desired.member_parts.len() + 1..MEMBER_PARTS).map(|k| part_name(&name, child, k));
+    let stale_parts =
+        desired.stale_bindings.iter().flat_map(|stale| (1..MEMBER_PARTS).map(|k| part_name(stale, child, k)));
+    for stale in desired.stale_bindings.iter().cloned().chain(surplus).chain(stale_parts) {
+        if caches.binding(&namespace, &stale).is_some() {
+            delete_owned(&bindings, &stale, ours).await?;
         }
     }
     if desired.remove_role && caches.role(&namespace, &desired.role_name).is_some() {
         delete_owned(&roles, &desired.role_name, ours).await?;
     }
     Ok(children)
+}
+
+/// Creates or updates a RoleBinding of ours as `binding_action` decides; one
+/// whose roleRef must change is deleted and made again. Returns its uid.
+async fn put_binding(
+    bindings: &Api<RoleBinding>,
+    caches: &Caches,
+    namespace: &str,
+    binding: &RoleBinding,
+    ours: Ours<'_>,
+) -> Result<Option<String>, Error> {
+    let name = binding.name_any();
+    let cached = caches.binding(namespace, &name);
+    let (action, uid) = write_child(bindings, cached, binding, ours.recorded, binding_action).await?;
+    if action != Write::Replace {
+        return Ok(uid);
+    }
+    delete_owned(bindings, &name, ours).await?;
+    Ok(create(bindings, binding).await?.uid())
 }
 
 /// The record of a child we keep, when the API server gave it a uid.

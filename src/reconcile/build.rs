@@ -49,6 +49,9 @@ pub struct Desired {
     /// The namespace profile: applied (its labels are in `namespace`, its
     /// guardrails written before the RoleBinding), or why not.
     pub profile: Plan,
+    /// spec.bind Members with more people than one binding holds: the parts of
+    /// the binding beyond `role_binding`, written before it (see `members_binding`).
+    pub member_parts: Vec<RoleBinding>,
     /// spec.bind Members: the subjects the spec itself names (spec.users). The
     /// rest of the binding's subjects follow the directory, and a change of
     /// them is the directory's act, not the author's (`apply::in_place`).
@@ -57,6 +60,10 @@ pub struct Desired {
 
 pub fn build(resolved: &Resolved, profile: Plan, bound: &Bound) -> Desired {
     let ta = resolved.ta;
+    let (role_binding, member_parts) = match bound {
+        Bound::Group => (build_role_binding(ta, &resolved.group_object_id, &resolved.user_subjects), Vec::new()),
+        Bound::Members(members) => members_binding(ta, &members.subjects, &resolved.user_subjects),
+    };
     let role = build_role(ta);
     let binding = binding_name(ta);
     let stale_bindings = ta
@@ -75,10 +82,8 @@ pub fn build(resolved: &Resolved, profile: Plan, bound: &Bound) -> Desired {
         namespace: build_namespace(ta, &profile),
         remove_role: role.is_none() && ta.status.as_ref().is_some_and(|s| s.role.is_some()),
         role,
-        role_binding: match bound {
-            Bound::Group => build_role_binding(ta, &resolved.group_object_id, &resolved.user_subjects),
-            Bound::Members(members) => members_binding(ta, &members.subjects, &resolved.user_subjects),
-        },
+        role_binding,
+        member_parts,
         cluster_role: ta.spec.cluster_role.clone(),
         profile,
         members_mode_users: matches!(bound, Bound::Members(_)).then(|| resolved.user_subjects.clone()),
@@ -169,13 +174,51 @@ pub fn build_role_binding(ta: &TeamAccess, group_object_id: &str, user_subjects:
     RoleBinding { metadata, role_ref: role_ref(ta), subjects: Some(subjects) }
 }
 
-/// spec.bind Members: the group's members (sorted), then the spec.users not
-/// among them; never the group.
-pub fn members_binding(ta: &TeamAccess, members: &[String], user_subjects: &[String]) -> RoleBinding {
+/// The most subjects a Members binding holds before it is split: about 400
+/// KiB of JSON even at the longest userPrincipalNames (113 characters), well
+/// under the 1.5 MiB the API server and etcd take for one object.
+pub const SUBJECTS_PER_BINDING: usize = 2_500;
+/// A split Members binding is this many RoleBindings: `teamaccess-<name>` and
+/// its parts `-members-1` to `-members-4`. Five hold the most people one
+/// TeamAccess binds (10,000, and 32 spec.users) at about 2,000 each.
+pub const MEMBER_PARTS: usize = 5;
+
+/// spec.bind Members: the group's members, then the spec.users not among them;
+/// never the group. Up to `SUBJECTS_PER_BINDING` people are one RoleBinding.
+/// More are spread over `MEMBER_PARTS` bindings by a hash of each name, so a
+/// person stays in the same binding while others come and go: writing the
+/// parts before the main binding (and deleting them after it) never leaves a
+/// member in no binding during a change (`apply`).
+pub fn members_binding(
+    ta: &TeamAccess,
+    members: &[String],
+    user_subjects: &[String],
+) -> (RoleBinding, Vec<RoleBinding>) {
     let extra = user_subjects.iter().filter(|u| members.binary_search(u).is_err());
-    let subjects = members.iter().chain(extra).map(|name| user(name)).collect();
-    let metadata = ObjectMeta { name: Some(binding_name(ta)), ..child_meta(ta) };
-    RoleBinding { metadata, role_ref: role_ref(ta), subjects: Some(subjects) }
+    let everyone: Vec<&String> = members.iter().chain(extra).collect();
+    let binding = |name: String, names: &[&String]| RoleBinding {
+        metadata: ObjectMeta { name: Some(name), ..child_meta(ta) },
+        role_ref: role_ref(ta),
+        subjects: Some(names.iter().map(|n| user(n)).collect()),
+    };
+    let main = binding_name(ta);
+    if everyone.len() <= SUBJECTS_PER_BINDING {
+        return (binding(main, &everyone), Vec::new());
+    }
+    let mut buckets: Vec<Vec<&String>> = vec![Vec::new(); MEMBER_PARTS];
+    for name in everyone {
+        buckets[(crate::hash::fnv1a(name) % MEMBER_PARTS as u64) as usize].push(name);
+    }
+    let parts = (1..MEMBER_PARTS).map(|k| binding(part_name(&main, &ta.child_name(), k), &buckets[k])).collect();
+    (binding(main, &buckets[0]), parts)
+}
+
+/// The name of part `k` of the Members binding named `binding`: a name that
+/// `strip_child` caches and `owner_of` maps back to the TeamAccess, within the
+/// API's 253 characters.
+pub fn part_name(binding: &str, child: &str, k: usize) -> String {
+    let readable = format!("{binding}-members-{k}");
+    if readable.len() <= 253 { readable } else { format!("{child}-{:016x}-members-{k}", crate::hash::fnv1a(binding)) }
 }
 
 fn user(name: &str) -> Subject {
@@ -367,5 +410,45 @@ mod tests {
         let desired = build(&resolved(&ta), no_profile(), &Bound::Group);
         assert_eq!(desired.stale_bindings, ["teamaccess-appdev-dev"]);
         assert_eq!(desired.role_binding.metadata.name.as_deref(), Some("teamaccess-appdev-dev-edit"));
+    }
+
+    #[test]
+    fn a_members_binding_splits_past_its_size_and_keeps_each_person_in_one_place() {
+        let mut spec = TeamAccessSpec::new(GroupSelector::by_object_id(APPDEV), "dev");
+        spec.bind = crate::api::BindMode::Members;
+        let ta = TeamAccess::new("appdev-dev", spec);
+        let people = |n: usize| -> Vec<String> {
+            let mut p: Vec<String> = (0..n).map(|i| format!("user{i}@contoso.com")).collect();
+            p.sort();
+            p
+        };
+        let names =
+            |rb: &RoleBinding| -> Vec<String> { rb.subjects.iter().flatten().map(|s| s.name.clone()).collect() };
+
+        let (main, parts) = members_binding(&ta, &people(SUBJECTS_PER_BINDING - 1), &["ops@contoso.com".into()]);
+        assert!(parts.is_empty(), "up to the size (spec.users included), one binding");
+        assert_eq!(main.subjects.as_ref().unwrap().len(), SUBJECTS_PER_BINDING);
+        assert_eq!(members_binding(&ta, &people(SUBJECTS_PER_BINDING + 1), &[]).1.len(), MEMBER_PARTS - 1);
+        assert!(main.subjects.iter().flatten().all(|s| s.kind == "User"), "never the group");
+
+        let (main, parts) = members_binding(&ta, &people(10_000), &[]);
+        assert_eq!(parts.len(), MEMBER_PARTS - 1);
+        assert_eq!(parts[0].metadata.name.as_deref(), Some("teamaccess-appdev-dev-members-1"));
+        let sizes: Vec<usize> = std::iter::once(&main).chain(&parts).map(|rb| names(rb).len()).collect();
+        assert_eq!(sizes.iter().sum::<usize>(), 10_000, "everyone, once: {sizes:?}");
+        assert!(sizes.iter().all(|n| *n <= SUBJECTS_PER_BINDING), "{sizes:?}");
+        // Someone joining moves nobody else to another binding.
+        let mut more = people(10_000);
+        more.push("zed@contoso.com".into());
+        let (main2, parts2) = members_binding(&ta, &more, &[]);
+        let moved = std::iter::once((&main, &main2))
+            .chain(parts.iter().zip(&parts2))
+            .map(|(a, b)| names(a).iter().filter(|n| !names(b).contains(n)).count())
+            .sum::<usize>();
+        assert_eq!(moved, 0);
+        // Parts follow the binding's name, within the API's limit.
+        assert_eq!(part_name("teamaccess-x-edit", "teamaccess-x", 2), "teamaccess-x-edit-members-2");
+        let long = format!("teamaccess-x-{}", "r".repeat(240));
+        assert!(part_name(&long, "teamaccess-x", 4).len() <= 253);
     }
 }

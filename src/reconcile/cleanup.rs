@@ -30,7 +30,7 @@ use super::{
     write::{Ours, Removal, delete_exactly, delete_owned},
 };
 use crate::api::{
-    DeletionPolicy, Reason, TeamAccess,
+    BindMode, DeletionPolicy, Reason, TeamAccess,
     labels::{self, CREATED_BY_ANNOTATION, FIELD_MANAGER, MANAGED_BY_LABEL},
 };
 
@@ -154,6 +154,15 @@ pub async fn remove_access(ta: &TeamAccess, client: &Client) -> Result<Removed, 
         if !list.contains(&name) {
             list.push(name);
         }
+    }
+    // The parts of a split Members binding (`build::members_binding`), for an
+    // object that binds, or bound, its members.
+    if ta.spec.bind == BindMode::Members || status.members.is_some() {
+        let parts: Vec<String> = bindings
+            .iter()
+            .flat_map(|b| (1..build::MEMBER_PARTS).map(|k| build::part_name(b, &ta.child_name(), k)))
+            .collect();
+        bindings.extend(parts);
     }
     let mut removed = Removed::default();
     let api = Api::<RoleBinding>::namespaced(client.clone(), namespace);
