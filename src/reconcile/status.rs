@@ -872,4 +872,100 @@ mod tests {
         assert_eq!(notes.len(), 1, "{notes:?}");
         assert_eq!((notes[0].type_, notes[0].reason), (EventType::Warning, Reason::Expired));
     }
+
+    fn members(stale: Option<DirectoryError>) -> crate::directory::members::Membership {
+        let at = |secs| jiff::Timestamp::from_second(secs).unwrap();
+        crate::directory::members::Membership {
+            subjects: vec!["ann@contoso.com".into(), "0b9c".into()],
+            users: 1,
+            guests: 1,
+            service_principals: 0,
+            nested_groups: 2,
+            synced_at: at(100),
+            stale: stale.map(|error| crate::directory::members::Stale { error, last_good: at(90) }),
+        }
+    }
+
+    fn members_team() -> TeamAccess {
+        let mut ta = seed_team();
+        ta.spec.bind = crate::api::BindMode::Members;
+        ta
+    }
+
+    #[test]
+    fn bound_members_are_counted_and_synced() {
+        let ta = members_team();
+        let outcome = Outcome::resolved(resolved(&ta, report(true)), Ok(applied()))
+            .with_members(MembersReport::Bound(members(None)));
+        let (status, _) = compute(&outcome, &now());
+        let synced = condition(&status, MEMBERS_SYNCED).unwrap();
+        assert_eq!((synced.status.as_str(), synced.reason.as_str()), ("True", "MembersSynced"));
+        assert!(
+            synced.message.contains("2 member(s)") && synced.message.contains("1970-01-01T00:01:40Z"),
+            "{}",
+            synced.message
+        );
+        let counts = status.members.clone().unwrap();
+        assert_eq!((counts.total, counts.users, counts.guests, counts.nested_groups), (2, 1, 1, 2));
+        assert_eq!(counts.synced_at.as_deref(), Some("1970-01-01T00:01:40Z"));
+        assert_eq!(condition(&status, READY).unwrap().status, "True");
+    }
+
+    #[test]
+    fn a_failed_read_is_said_with_the_last_good_read_and_ready_stays() {
+        let ta = members_team();
+        let outcome = Outcome::resolved(resolved(&ta, report(true)), Ok(applied()))
+            .with_members(MembersReport::Bound(members(Some(DirectoryError::Throttled { retry_after: None }))));
+        let (status, _) = compute(&outcome, &now());
+        let synced = condition(&status, MEMBERS_SYNCED).unwrap();
+        assert_eq!((synced.status.as_str(), synced.reason.as_str()), ("False", "MembersStale"));
+        assert!(
+            synced.message.contains("GraphThrottled") && synced.message.contains("1970-01-01T00:01:30Z"),
+            "{}",
+            synced.message
+        );
+        assert_eq!(condition(&status, READY).unwrap().status, "True", "the access in place is what was granted");
+    }
+
+    #[test]
+    fn members_not_read_yet_hold_the_object_and_keep_what_status_said() {
+        let mut ta = members_team();
+        let (before, _) = compute(
+            &Outcome::resolved(resolved(&ta, report(true)), Ok(applied()))
+                .with_members(MembersReport::Bound(members(None))),
+            &now(),
+        );
+        ta.status = Some(before.clone());
+        let pending = Error::MembersPending { group: APPDEV.into(), failure: None };
+        let (status, _) = compute(&Outcome::members_unavailable(resolved(&ta, report(true)), pending), &now());
+        let synced = condition(&status, MEMBERS_SYNCED).unwrap();
+        assert_eq!((synced.status.as_str(), synced.reason.as_str()), ("False", "MembersPending"));
+        assert_eq!(condition(&status, RECONCILING).unwrap().reason, "MembersPending");
+        assert_eq!(status.members, before.members, "the counts of what is bound stay");
+        assert_eq!(status.role_binding, before.role_binding);
+        // A reconcile that stopped before the members step says what was said.
+        let outage = Error::Directory(DirectoryError::Unavailable { message: "503".into() });
+        let stopped = Outcome::unresolved(&ta, Unresolved::Group { kept: Some(report(true).pin), error: outage });
+        let (status, _) = compute(&stopped, &now());
+        assert_eq!(condition(&status, MEMBERS_SYNCED), condition(&before, MEMBERS_SYNCED));
+        assert_eq!(status.members, before.members);
+    }
+
+    #[test]
+    fn group_mode_shows_no_members() {
+        let mut ta = members_team();
+        let (before, _) = compute(
+            &Outcome::resolved(resolved(&ta, report(true)), Ok(applied()))
+                .with_members(MembersReport::Bound(members(None))),
+            &now(),
+        );
+        ta.status = Some(before);
+        ta.spec.bind = crate::api::BindMode::Group;
+        let (status, _) = compute(
+            &Outcome::resolved(resolved(&ta, report(true)), Ok(applied())).with_members(MembersReport::NotBound),
+            &now(),
+        );
+        assert!(status.members.is_none());
+        assert!(condition(&status, MEMBERS_SYNCED).is_none());
+    }
 }

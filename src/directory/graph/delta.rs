@@ -61,33 +61,6 @@ impl DeltaMembers {
         Self { transport, channels: Vec::new() }
     }
 
-    /// Fits the channels to `groups`: untracked groups leave their channel
-    /// (its state stays valid: their changes are ignored), and new ones fill
-    /// the last channel with room, which then reads again from the start, or
-    /// open new channels. So there are at most ceil(groups / 50) + 1 channels.
-    fn assign(&mut self, groups: &BTreeSet<String>) {
-        for channel in &mut self.channels {
-            channel.groups.retain(|g| groups.contains(g));
-        }
-        self.channels.retain(|c| !c.groups.is_empty());
-        let assigned: BTreeSet<&String> = self.channels.iter().flat_map(|c| &c.groups).collect();
-        let mut new: Vec<String> = groups.iter().filter(|g| !assigned.contains(g)).cloned().collect();
-        if new.is_empty() {
-            return;
-        }
-        if let Some(last) = self.channels.last_mut()
-            && last.groups.len() < GROUPS_PER_CHANNEL
-        {
-            let room = GROUPS_PER_CHANNEL - last.groups.len();
-            let taken: Vec<String> = new.drain(..room.min(new.len())).collect();
-            last.groups.extend(taken);
-            last.delta_link = None;
-        }
-        for chunk in new.chunks(GROUPS_PER_CHANNEL) {
-            self.channels.push(Channel { groups: chunk.iter().cloned().collect(), delta_link: None });
-        }
-    }
-
     /// The first request of a full round.
     fn initial_url(&self, groups: &BTreeSet<String>) -> String {
         let filter = groups.iter().map(|id| format!("id eq {}", odata_string(id))).collect::<Vec<_>>().join(" or ");
@@ -200,6 +173,38 @@ impl DeltaMembers {
     }
 }
 
+/// Fits the channels to `groups`: untracked groups leave their channel
+/// (its state stays valid: their changes are ignored), and new ones fill
+/// the last channel with room, which then reads again from the start, or
+/// open new channels. When groups leaving made more channels than
+/// ceil(groups / 50) + 1, the channels that are not full are read again as new
+/// ones, packed: so a quiet poll never costs more requests than that.
+fn assign(channels: &mut Vec<Channel>, groups: &BTreeSet<String>) {
+    for channel in channels.iter_mut() {
+        channel.groups.retain(|g| groups.contains(g));
+    }
+    channels.retain(|c| !c.groups.is_empty());
+    if channels.len() > groups.len().div_ceil(GROUPS_PER_CHANNEL) + 1 {
+        channels.retain(|c| c.groups.len() == GROUPS_PER_CHANNEL);
+    }
+    let assigned: BTreeSet<&String> = channels.iter().flat_map(|c| &c.groups).collect();
+    let mut new: Vec<String> = groups.iter().filter(|g| !assigned.contains(g)).cloned().collect();
+    if new.is_empty() {
+        return;
+    }
+    if let Some(last) = channels.last_mut()
+        && last.groups.len() < GROUPS_PER_CHANNEL
+    {
+        let room = GROUPS_PER_CHANNEL - last.groups.len();
+        let taken: Vec<String> = new.drain(..room.min(new.len())).collect();
+        last.groups.extend(taken);
+        last.delta_link = None;
+    }
+    for chunk in new.chunks(GROUPS_PER_CHANNEL) {
+        channels.push(Channel { groups: chunk.iter().cloned().collect(), delta_link: None });
+    }
+}
+
 /// How a round ended without its deltaLink.
 enum RoundError {
     /// Graph no longer has the delta state: read in full.
@@ -251,7 +256,7 @@ where
 #[async_trait]
 impl MemberSource for DeltaMembers {
     async fn poll(&mut self, groups: &BTreeSet<String>) -> Poll {
-        self.assign(groups);
+        assign(&mut self.channels, groups);
         let mut poll = Poll::default();
         // Channels run one after another: a poll is a handful of requests, and
         // Graph throttles a burst sooner than a trickle.
@@ -403,5 +408,42 @@ impl DeltaMember {
             _ => return None,
         };
         Some(Member { kind, object_id: self.id.to_lowercase() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(range: std::ops::Range<usize>) -> BTreeSet<String> {
+        range.map(|i| format!("g{i:04}")).collect()
+    }
+
+    #[test]
+    fn channels_hold_fifty_groups_and_grow_by_filling_the_last_one() {
+        let mut channels = Vec::new();
+        assign(&mut channels, &ids(0..120));
+        assert_eq!(channels.iter().map(|c| c.groups.len()).collect::<Vec<_>>(), [50, 50, 20]);
+        for c in &mut channels {
+            c.delta_link = Some("link".into());
+        }
+        // Groups arriving one poll after another fill the last channel, which
+        // reads again from the start; the full ones keep their state.
+        assign(&mut channels, &ids(0..135));
+        assert_eq!(channels.iter().map(|c| c.groups.len()).collect::<Vec<_>>(), [50, 50, 35]);
+        assert_eq!(channels.iter().map(|c| c.delta_link.is_some()).collect::<Vec<_>>(), [true, true, false]);
+        assign(&mut channels, &ids(0..1000));
+        assert!(channels.len() <= 1000usize.div_ceil(GROUPS_PER_CHANNEL) + 1, "{}", channels.len());
+        assert!(channels.iter().all(|c| c.groups.len() <= GROUPS_PER_CHANNEL));
+        // Untracked groups leave; an emptied channel goes.
+        assign(&mut channels, &ids(60..70));
+        assert_eq!(channels.iter().map(|c| c.groups.len()).collect::<Vec<_>>(), [10]);
+        // Half of every channel leaves: the sparse channels are packed again.
+        assign(&mut channels, &ids(0..1000));
+        let half: BTreeSet<String> =
+            ids(0..1000).into_iter().enumerate().filter(|(i, _)| i % 2 == 0).map(|(_, g)| g).collect();
+        assign(&mut channels, &half);
+        assert!(channels.len() <= 500usize.div_ceil(GROUPS_PER_CHANNEL) + 1, "{}", channels.len());
+        assert_eq!(channels.iter().map(|c| c.groups.len()).sum::<usize>(), 500);
     }
 }
