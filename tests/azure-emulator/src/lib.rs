@@ -641,6 +641,20 @@ impl Shared {
         }
     }
 
+    /// The link to the page that starts at `skip`: the same query with a
+    /// `$skiptoken`, on the emulator (or on the origin a fault names).
+    fn next_link(&self, params: &HashMap<String, String>, path: &str, skip: usize) -> String {
+        let mut next: Vec<String> = params
+            .iter()
+            .filter(|(k, _)| k.as_str() != "$skiptoken")
+            .map(|(k, v)| format!("{k}={}", encode(v)))
+            .collect();
+        next.sort();
+        next.push(format!("$skiptoken=emu{skip}"));
+        let origin = self.faults.lock().unwrap().next_link_origin.clone().unwrap_or_else(|| self.base_url.clone());
+        format!("{origin}/v1.0/{}?{}", path.trim_matches('/'), next.join("&"))
+    }
+
     /// A page of directory objects (users, service principals, groups) with
     /// `$top` (default 100, at most 999) and a nextLink for the rest.
     fn page_of_members(
@@ -650,33 +664,16 @@ impl Shared {
         params: &HashMap<String, String>,
         path: &str,
     ) -> GraphReply {
-        let top = match params.get("$top").map(|t| t.parse::<usize>()) {
-            None => 100,
-            Some(Ok(t)) if (1..=999).contains(&t) => t,
-            Some(_) => {
-                return GraphReply::error(
-                    400,
-                    "Request_BadRequest",
-                    "Invalid page size specified. Must be between 1 and 999 inclusive.",
-                );
-            }
+        let (top, skip) = match page_of(params) {
+            Ok(page) => page,
+            Err(reply) => return reply,
         };
-        let skip: usize =
-            params.get("$skiptoken").and_then(|s| s.strip_prefix("emu").and_then(|n| n.parse().ok())).unwrap_or(0);
         let values: Vec<Value> =
             everyone.iter().skip(skip).take(top).filter_map(|m| directory_object(directory, m)).collect();
         let mut body =
             json!({"@odata.context": format!("{}/v1.0/$metadata#directoryObjects", self.base_url), "value": values});
         if skip + top < everyone.len() {
-            let mut next: Vec<String> = params
-                .iter()
-                .filter(|(k, _)| k.as_str() != "$skiptoken")
-                .map(|(k, v)| format!("{k}={}", encode(v)))
-                .collect();
-            next.sort();
-            next.push(format!("$skiptoken=emu{}", skip + top));
-            body["@odata.nextLink"] =
-                json!(format!("{}/v1.0/{}?{}", self.base_url, path.trim_matches('/'), next.join("&")));
+            body["@odata.nextLink"] = json!(self.next_link(params, path, skip + top));
         }
         GraphReply::ok(body)
     }
@@ -726,19 +723,10 @@ impl Shared {
             Some(Ok(f)) => Some(f),
             None => None,
         };
-        let top = match params.get("$top").map(|t| t.parse::<usize>()) {
-            None => 100,
-            Some(Ok(t)) if (1..=999).contains(&t) => t,
-            Some(_) => {
-                return GraphReply::error(
-                    400,
-                    "Request_BadRequest",
-                    "Invalid page size specified. Must be between 1 and 999 inclusive.",
-                );
-            }
+        let (top, skip) = match page_of(params) {
+            Ok(page) => page,
+            Err(reply) => return reply,
         };
-        let skip: usize =
-            params.get("$skiptoken").and_then(|s| s.strip_prefix("emu").and_then(|n| n.parse().ok())).unwrap_or(0);
         let matching: Vec<&GroupRecord> = directory
             .groups
             .iter()
@@ -762,15 +750,7 @@ impl Shared {
         }
         let mut body = json!({"@odata.context": format!("{}/v1.0/$metadata#groups", self.base_url), "value": values});
         if skip + top < matching.len() {
-            let mut next: Vec<String> = params
-                .iter()
-                .filter(|(k, _)| k.as_str() != "$skiptoken")
-                .map(|(k, v)| format!("{k}={}", encode(v)))
-                .collect();
-            next.sort();
-            next.push(format!("$skiptoken=emu{}", skip + top));
-            let origin = self.faults.lock().unwrap().next_link_origin.clone().unwrap_or_else(|| self.base_url.clone());
-            body["@odata.nextLink"] = json!(format!("{origin}/v1.0/{}?{}", path.trim_matches('/'), next.join("&")));
+            body["@odata.nextLink"] = json!(self.next_link(params, path, skip + top));
         }
         GraphReply::ok(body)
     }
@@ -919,6 +899,23 @@ fn select(object: Value, params: &HashMap<String, String>, known: &[&str], type_
         out.insert(prop.to_string(), object[prop].clone());
     }
     GraphReply::ok(Value::Object(out))
+}
+
+/// `$top` (default 100, at most 999) and where the page starts (`$skiptoken`).
+fn page_of(params: &HashMap<String, String>) -> Result<(usize, usize), GraphReply> {
+    let top = match params.get("$top").map(|t| t.parse::<usize>()) {
+        None => 100,
+        Some(Ok(t)) if (1..=999).contains(&t) => t,
+        Some(_) => {
+            return Err(GraphReply::error(
+                400,
+                "Request_BadRequest",
+                "Invalid page size specified. Must be between 1 and 999 inclusive.",
+            ));
+        }
+    };
+    let skip = params.get("$skiptoken").and_then(|s| s.strip_prefix("emu").and_then(|n| n.parse().ok())).unwrap_or(0);
+    Ok((top, skip))
 }
 
 fn parse_query(query: &str) -> Result<HashMap<String, String>, String> {
