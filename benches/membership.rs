@@ -81,15 +81,7 @@ fn user_id(group: usize, j: usize) -> String {
 
 /// G groups of M members, and group G (the large one) of L members.
 fn tenant(s: &Settings) -> DirectoryFile {
-    let group = |i: usize| GroupRecord {
-        object_id: group_id(i),
-        display_name: format!("bench-members-{i}"),
-        mail_nickname: None,
-        security_enabled: true,
-        is_assignable_to_role: false,
-        on_premises_sync_enabled: false,
-        member_of: vec![],
-    };
+    let group = |i: usize| GroupRecord::security_group(group_id(i), format!("bench-members-{i}"));
     let user = |object_id: String, user_principal_name: String, group: usize| UserRecord {
         object_id,
         user_principal_name,

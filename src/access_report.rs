@@ -14,7 +14,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::{
-    api::{BindMode, TeamAccess, conditions},
+    api::{BindMode, ResolvedGroup, TeamAccess, conditions},
     directory::{
         Directory, DirectoryError,
         members::{Person, PersonKind},
@@ -64,11 +64,13 @@ pub async fn collect(
     let mut skipped = Vec::new();
     for ta in teamaccesses.iter().filter(|ta| namespace.is_none_or(|ns| ta.spec.namespace == ns)) {
         let name = kube::ResourceExt::name_any(ta);
-        if let Some(why) = not_granting(ta) {
-            skipped.push(Skipped { teamaccess: name, why });
-            continue;
-        }
-        let pin = resolve::pin_for(ta).expect("not_granting checked the pin");
+        let pin = match granting_group(ta) {
+            Ok(pin) => pin,
+            Err(why) => {
+                skipped.push(Skipped { teamaccess: name, why });
+                continue;
+            }
+        };
         let group = format!("{} ({})", pin.display_name.as_deref().unwrap_or("?"), pin.object_id);
         let people = match directory.transitive_members(&pin.object_id).await {
             Ok(people) => people,
@@ -94,19 +96,17 @@ pub async fn collect(
     Ok((rows, skipped))
 }
 
-/// Why a TeamAccess grants nobody now, if it does not.
-fn not_granting(ta: &TeamAccess) -> Option<String> {
+/// The group a TeamAccess grants access through now, or why it grants nobody.
+fn granting_group(ta: &TeamAccess) -> Result<&ResolvedGroup, String> {
     if ta.metadata.deletion_timestamp.is_some() {
-        return Some("being deleted".into());
+        return Err("being deleted".into());
     }
-    if resolve::pin_for(ta).is_none() {
-        return Some("its group is not resolved yet".into());
-    }
+    let pin = resolve::pin_for(ta).ok_or("its group is not resolved yet")?;
     let ready = ta.status.as_ref().and_then(|s| conditions::find(&s.conditions, conditions::READY));
     match ready {
-        Some(c) if c.status == "True" => None,
-        Some(c) => Some(format!("not Ready ({})", c.reason)),
-        None => Some("not reconciled yet".into()),
+        Some(c) if c.status == "True" => Ok(pin),
+        Some(c) => Err(format!("not Ready ({})", c.reason)),
+        None => Err("not reconciled yet".into()),
     }
 }
 

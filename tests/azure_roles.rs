@@ -354,15 +354,7 @@ async fn the_emulated_arm_answers_as_the_documented_service() {
     // A group created a moment ago is unknown to ARM unless principalType is given.
     let mut newer = directory.clone();
     let new_group = fresh_group();
-    newer.groups.push(GroupRecord {
-        object_id: new_group.clone(),
-        display_name: "just-created".into(),
-        mail_nickname: None,
-        security_enabled: true,
-        is_assignable_to_role: false,
-        on_premises_sync_enabled: false,
-        member_of: vec![],
-    });
+    newer.groups.push(GroupRecord::security_group(new_group.clone(), "just-created"));
     emulator.set_directory(newer);
     emulator.set_faults(&Faults { arm_replication_delay_secs: 60, ..Default::default() });
     let (status, body) = put(fresh_group(), new_group.clone(), false).await;

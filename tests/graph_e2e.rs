@@ -281,13 +281,8 @@ async fn strict_group_names_bind_no_group_a_user_could_have_squatted() {
     let (synced, squatted) = (fresh_object_id(), fresh_object_id());
     let mut tenant = emulator.directory();
     let record = |object_id: &str, name: &str, on_premises_sync_enabled: bool| GroupRecord {
-        object_id: object_id.into(),
-        display_name: name.into(),
-        mail_nickname: None,
-        security_enabled: true,
-        is_assignable_to_role: false,
         on_premises_sync_enabled,
-        member_of: vec![],
+        ..GroupRecord::security_group(object_id, name)
     };
     let (platform, payments) = (unique("platform-admins"), unique("payments"));
     tenant.groups.push(record(&synced, &platform, true));

@@ -32,13 +32,8 @@ const LONG: Duration = Duration::from_secs(60);
 
 fn group(id: &str, name: &str, member_of: &[&str]) -> GroupRecord {
     GroupRecord {
-        object_id: id.into(),
-        display_name: name.into(),
-        mail_nickname: None,
-        security_enabled: true,
-        is_assignable_to_role: false,
-        on_premises_sync_enabled: false,
         member_of: member_of.iter().map(|s| s.to_string()).collect(),
+        ..GroupRecord::security_group(id, name)
     }
 }
 

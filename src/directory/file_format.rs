@@ -1,6 +1,8 @@
 //! The YAML file format of the static directory. The Graph emulator loads the same
 //! format, so one file describes a tenant for the demo, the tests and the emulator.
 
+use std::collections::{BTreeSet, HashMap};
+
 use serde::{Deserialize, Serialize};
 
 use super::{
@@ -41,6 +43,22 @@ pub struct GroupRecord {
     /// objectIds of the groups this group is nested in (a direct member of).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub member_of: Vec<String>,
+}
+
+impl GroupRecord {
+    /// A cloud security group as any user may make one: security-enabled,
+    /// neither role-assignable nor synchronized, nested in no group.
+    pub fn security_group(object_id: impl Into<String>, display_name: impl Into<String>) -> Self {
+        Self {
+            object_id: object_id.into(),
+            display_name: display_name.into(),
+            mail_nickname: None,
+            security_enabled: true,
+            is_assignable_to_role: false,
+            on_premises_sync_enabled: false,
+            member_of: Vec::new(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -114,22 +132,49 @@ impl DirectoryFile {
         }
     }
 
-    /// The direct members of a group (users, service principals and nested
-    /// groups), or None when there is no such group.
-    pub fn direct_members(&self, group: &str) -> Option<std::collections::BTreeSet<Member>> {
-        let is_member = |member_of: &[String]| member_of.iter().any(|g| g.eq_ignore_ascii_case(group));
-        self.groups.iter().find(|g| g.object_id.eq_ignore_ascii_case(group))?;
-        let member = |kind, id: &str| Member { kind, object_id: id.to_lowercase() };
-        let users =
-            self.users.iter().filter(|u| is_member(&u.member_of)).map(|u| member(MemberKind::User, &u.object_id));
-        let principals = self
-            .service_principals
-            .iter()
-            .filter(|p| is_member(&p.member_of))
-            .map(|p| member(MemberKind::ServicePrincipal, &p.object_id));
-        let groups =
-            self.groups.iter().filter(|g| is_member(&g.member_of)).map(|g| member(MemberKind::Group, &g.object_id));
-        Some(users.chain(principals).chain(groups).collect())
+    /// Every group's direct members (users, service principals and nested
+    /// groups), by lower-case objectId, in one pass over the file.
+    pub fn memberships(&self) -> HashMap<String, BTreeSet<Member>> {
+        let mut by_group: HashMap<String, BTreeSet<Member>> =
+            self.groups.iter().map(|g| (g.object_id.to_lowercase(), BTreeSet::new())).collect();
+        let mut add = |member_of: &[String], kind: MemberKind, id: &str| {
+            for group in member_of {
+                if let Some(members) = by_group.get_mut(&group.to_lowercase()) {
+                    members.insert(Member { kind, object_id: id.to_lowercase() });
+                }
+            }
+        };
+        for u in &self.users {
+            add(&u.member_of, MemberKind::User, &u.object_id);
+        }
+        for p in &self.service_principals {
+            add(&p.member_of, MemberKind::ServicePrincipal, &p.object_id);
+        }
+        for g in &self.groups {
+            add(&g.member_of, MemberKind::Group, &g.object_id);
+        }
+        by_group
+    }
+
+    /// Everyone in `group` through nesting, as Graph's transitiveMembers lists
+    /// them: users, service principals and the nested groups themselves.
+    pub fn transitive_members(&self, group: &str) -> Vec<Member> {
+        let memberships = self.memberships();
+        let mut found: BTreeSet<Member> = BTreeSet::new();
+        let mut visited: BTreeSet<String> = BTreeSet::new();
+        let mut queue = vec![group.to_lowercase()];
+        while let Some(g) = queue.pop() {
+            if !visited.insert(g.clone()) {
+                continue;
+            }
+            for m in memberships.get(&g).into_iter().flatten() {
+                if m.kind == MemberKind::Group {
+                    queue.push(m.object_id.clone());
+                }
+                found.insert(m.clone());
+            }
+        }
+        found.into_iter().collect()
     }
 
     /// Finds a user by userPrincipalName (case-insensitive) or objectId.

@@ -192,7 +192,6 @@ impl Roster {
         let mut state = self.state.write().unwrap();
         for (group, read) in poll.reads {
             let entry = state.groups.entry(group).or_default();
-            let before = entry.members.clone();
             let after = match read {
                 GroupRead::Full(members) => members,
                 GroupRead::Gone => BTreeSet::new(),
@@ -205,7 +204,7 @@ impl Roster {
                     members
                 }
             };
-            if before.as_ref() != Some(&after) || entry.failure.is_some() {
+            if entry.members.as_ref() != Some(&after) || entry.failure.is_some() {
                 entry.changed_at = Some(now);
             }
             entry.members = Some(after);
@@ -358,8 +357,7 @@ pub async fn sync(
     let mut tracked = roster.closure(roots);
     let mut asked: BTreeSet<String> = BTreeSet::new();
     for _ in 0..MAX_ROUNDS {
-        let new: BTreeSet<String> = tracked.difference(&asked).cloned().collect();
-        if new.is_empty() {
+        if tracked.is_subset(&asked) {
             break;
         }
         let poll = source.poll(&tracked).await;

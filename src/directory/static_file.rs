@@ -54,28 +54,17 @@ impl Directory for StaticDirectory {
 
     async fn transitive_members(&self, group: &str) -> Result<Vec<Person>, DirectoryError> {
         let file = self.file.current();
-        let mut people = Vec::new();
-        let (mut queue, mut seen) = (vec![group.to_lowercase()], BTreeSet::new());
-        while let Some(g) = queue.pop() {
-            if !seen.insert(g.clone()) {
-                continue;
+        let people = file.transitive_members(group).into_iter().filter_map(|member| match member.kind {
+            MemberKind::Group => None,
+            MemberKind::ServicePrincipal => {
+                Some(Person { kind: PersonKind::ServicePrincipal, subject: member.object_id })
             }
-            for member in file.direct_members(&g).into_iter().flatten() {
-                match member.kind {
-                    MemberKind::Group => queue.push(member.object_id),
-                    MemberKind::ServicePrincipal => {
-                        people.push(Person { kind: PersonKind::ServicePrincipal, subject: member.object_id })
-                    }
-                    MemberKind::User => {
-                        let user = crate::api::UserRef { object_id: Some(member.object_id), user_principal_name: None };
-                        if let Ok(user) = file.find_user(&user) {
-                            people.push(Person::from(&user));
-                        }
-                    }
-                }
+            MemberKind::User => {
+                let user = crate::api::UserRef { object_id: Some(member.object_id), user_principal_name: None };
+                file.find_user(&user).ok().map(|user| Person::from(&user))
             }
-        }
-        Ok(people)
+        });
+        Ok(people.collect())
     }
 
     fn member_source(&self) -> Option<Box<dyn MemberSource>> {
@@ -92,11 +81,11 @@ struct FileMembers {
 #[async_trait]
 impl MemberSource for FileMembers {
     async fn poll(&mut self, groups: &BTreeSet<String>) -> Poll {
-        let file = self.file.current();
+        let mut memberships = self.file.current().memberships();
         let reads = groups
             .iter()
             .map(|group| {
-                let read = file.direct_members(group).map_or(GroupRead::Gone, GroupRead::Full);
+                let read = memberships.remove(group).map_or(GroupRead::Gone, GroupRead::Full);
                 (group.clone(), read)
             })
             .collect();
@@ -136,6 +125,36 @@ mod tests {
             .unwrap();
         tokio::time::timeout(RELOAD_INTERVAL * 5, changes.changed()).await.unwrap().unwrap();
         assert_eq!(directory.resolve_group(&selector).await.unwrap().object_id, "7b7b7b7b-7b7b-4b7b-8b7b-7b7b7b7b7b7b");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_file_gives_members_in_full_and_expands_nesting() {
+        let dir = std::env::temp_dir().join(format!("ta-static-members-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("directory.yaml");
+        let (team, inner) = ("7b7b7b7b-7b7b-4b7b-8b7b-7b7b7b7b7b7b", "8c8c8c8c-8c8c-4c8c-8c8c-8c8c8c8c8c8c");
+        std::fs::write(
+            &path,
+            format!(
+                "groups:\n- {{objectId: {team}, displayName: team}}\n- {{objectId: {inner}, displayName: inner, memberOf: [{team}]}}\n\
+                 users:\n- {{objectId: 11111111-1111-4111-8111-111111111111, userPrincipalName: ann@contoso.com, memberOf: [{inner}]}}\n\
+                 servicePrincipals:\n- {{objectId: 22222222-2222-4222-8222-222222222222, displayName: deployer, memberOf: [{team}]}}\n"
+            ),
+        )
+        .unwrap();
+        let directory = StaticDirectory::load(&path).await.unwrap();
+        let mut source = directory.member_source().unwrap();
+        let asked = BTreeSet::from([team.to_string(), "99999999-9999-4999-8999-999999999999".to_string()]);
+        let poll = source.poll(&asked).await;
+        let reads: HashMap<String, GroupRead> = poll.reads.into_iter().collect();
+        let GroupRead::Full(members) = &reads[team] else { panic!("a full read: {reads:?}") };
+        assert_eq!(members.len(), 2, "the nested group and the service principal: {members:?}");
+        assert_eq!(reads["99999999-9999-4999-8999-999999999999"], GroupRead::Gone);
+        let mut people: Vec<String> =
+            directory.transitive_members(team).await.unwrap().into_iter().map(|p| p.subject).collect();
+        people.sort();
+        assert_eq!(people, ["22222222-2222-4222-8222-222222222222", "ann@contoso.com"]);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

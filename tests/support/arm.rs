@@ -43,15 +43,7 @@ pub fn groups_with_a_member(n: usize) -> (DirectoryFile, Vec<String>) {
         groups: groups
             .iter()
             .enumerate()
-            .map(|(i, id)| GroupRecord {
-                object_id: id.clone(),
-                display_name: format!("arm-team-{i}-{id}"),
-                mail_nickname: None,
-                security_enabled: true,
-                is_assignable_to_role: false,
-                on_premises_sync_enabled: false,
-                member_of: vec![],
-            })
+            .map(|(i, id)| GroupRecord::security_group(id.clone(), format!("arm-team-{i}-{id}")))
             .collect(),
         users: vec![UserRecord {
             object_id: fresh_group(),

@@ -698,17 +698,7 @@ pub mod tenant {
 
     pub fn groups(prefix: &str, n: usize) -> DirectoryFile {
         DirectoryFile {
-            groups: (0..n)
-                .map(|i| GroupRecord {
-                    object_id: group_id(i),
-                    display_name: format!("{prefix}-{i}"),
-                    mail_nickname: None,
-                    security_enabled: true,
-                    is_assignable_to_role: false,
-                    on_premises_sync_enabled: false,
-                    member_of: vec![],
-                })
-                .collect(),
+            groups: (0..n).map(|i| GroupRecord::security_group(group_id(i), format!("{prefix}-{i}"))).collect(),
             users: vec![],
             service_principals: vec![],
         }

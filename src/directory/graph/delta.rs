@@ -22,6 +22,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{
+    Backoff,
     query::{odata_string, parse},
     transport::{Answer, Transport},
 };
@@ -53,12 +54,13 @@ struct Channel {
 
 pub struct DeltaMembers {
     transport: Arc<Transport>,
+    backoff: Backoff,
     channels: Vec<Channel>,
 }
 
 impl DeltaMembers {
-    pub(super) fn new(transport: Arc<Transport>) -> Self {
-        Self { transport, channels: Vec::new() }
+    pub(super) fn new(transport: Arc<Transport>, backoff: Backoff) -> Self {
+        Self { transport, backoff, channels: Vec::new() }
     }
 
     /// The first request of a full round.
@@ -120,7 +122,7 @@ impl DeltaMembers {
                 added.entry(id).or_default();
             }
             if let Some(delta_link) = page.delta_link {
-                self.check_origin(&delta_link).map_err(RoundError::Failed)?;
+                self.transport.check_link(&delta_link, "delta").map_err(RoundError::Failed)?;
                 let mut reads: Vec<(String, GroupRead)> = gone.iter().map(|g| (g.clone(), GroupRead::Gone)).collect();
                 for group in groups.iter().filter(|g| !gone.contains(*g)) {
                     let add = added.remove(group).unwrap_or_default();
@@ -140,7 +142,7 @@ impl DeltaMembers {
                     message: "a Graph delta page had neither @odata.nextLink nor @odata.deltaLink".into(),
                 }));
             };
-            self.check_origin(&next_link).map_err(RoundError::Failed)?;
+            self.transport.check_link(&next_link, "delta").map_err(RoundError::Failed)?;
             next = next_link;
         }
         Err(RoundError::Failed(DirectoryError::Rejected {
@@ -148,22 +150,9 @@ impl DeltaMembers {
         }))
     }
 
-    /// The bearer token goes nowhere but the configured Graph endpoint.
-    fn check_origin(&self, link: &str) -> Result<(), DirectoryError> {
-        if self.transport.is_on_endpoint(link) {
-            return Ok(());
-        }
-        let origin = url::Url::parse(link).map(|u| u.origin().ascii_serialization()).unwrap_or_default();
-        Err(DirectoryError::Rejected {
-            message: format!(
-                "Graph returned a delta link to {origin}, not to the configured Graph endpoint; it was not followed"
-            ),
-        })
-    }
-
     /// GETs a page, with a few tries for throttling and outages.
     async fn get(&self, url: &str) -> Result<Value, RoundError> {
-        let answer = retried(|| self.transport.get(url)).await.map_err(RoundError::Failed)?;
+        let answer = retried(self.backoff, || self.transport.get(url)).await.map_err(RoundError::Failed)?;
         match answer.status {
             200 => Ok(answer.body),
             // The delta state expired or is unknown: start over.
@@ -225,8 +214,9 @@ impl RoundError {
 }
 
 /// Sends `request` up to `ATTEMPTS` times while the answer is 429, 503 or 504
-/// (or the connection failed), waiting as Graph asks, at most `MAX_WAIT`.
-async fn retried<F, Fut>(request: F) -> Result<Answer, DirectoryError>
+/// (or the connection failed), waiting as Graph asks, else as `backoff` says;
+/// at most `MAX_WAIT`.
+async fn retried<F, Fut>(backoff: Backoff, request: F) -> Result<Answer, DirectoryError>
 where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = Result<Answer, DirectoryError>>,
@@ -245,9 +235,10 @@ where
             };
         }
         let wait = match &result {
-            Ok(answer) => answer.retry_after.unwrap_or(Duration::from_secs(1)),
-            Err(_) => Duration::from_secs(1),
+            Ok(answer) => answer.retry_after,
+            Err(_) => None,
         };
+        let wait = wait.unwrap_or_else(|| backoff.delay(attempt));
         tokio::time::sleep(wait.min(MAX_WAIT)).await;
         attempt += 1;
     }
@@ -286,22 +277,12 @@ impl MemberSource for DeltaMembers {
         for chunk in object_ids.chunks(IDS_PER_LOOKUP) {
             let url = self.transport.url("/directoryObjects/getByIds");
             let body = json!({"ids": chunk, "types": ["user"]});
-            let answer = retried(|| self.transport.post(&url, &body)).await?;
+            let answer = retried(self.backoff, || self.transport.post(&url, &body)).await?;
             if answer.status != 200 {
                 return Err(answer.into_request_error());
             }
             let users: MemberPage = parse(answer.body)?;
-            for user in users.value {
-                let user = DirectoryUser {
-                    object_id: user.id.to_lowercase(),
-                    user_principal_name: user.user_principal_name.unwrap_or_default(),
-                    user_type: user.user_type,
-                };
-                if user.user_principal_name.is_empty() && !user.is_guest() {
-                    continue;
-                }
-                found.insert(user.object_id.clone(), Person::from(&user));
-            }
+            found.extend(users.value.into_iter().filter_map(ListedObject::person));
         }
         Ok(found)
     }
@@ -309,40 +290,24 @@ impl MemberSource for DeltaMembers {
 
 /// Everyone in `group` through nesting, read from `transitiveMembers` page by
 /// page (for `access-report`; the poller follows changes with delta instead).
-pub async fn transitive_members(transport: &Transport, group: &str) -> Result<Vec<Person>, DirectoryError> {
+pub async fn transitive_members(
+    transport: &Transport,
+    backoff: Backoff,
+    group: &str,
+) -> Result<Vec<Person>, DirectoryError> {
     let mut url = url::Url::parse(&transport.url("/groups")).expect("the Graph base is a URL");
     url.path_segments_mut().expect("an https URL").extend([group, "transitiveMembers"]);
     url.query_pairs_mut().append_pair("$select", "id,userPrincipalName,userType").append_pair("$top", "999");
     let mut next = url.to_string();
     let mut people = Vec::new();
     for _ in 0..MAX_PAGES {
-        if !transport.is_on_endpoint(&next) {
-            return Err(DirectoryError::Rejected {
-                message: "Graph returned a next-page link off the configured Graph endpoint; it was not followed"
-                    .into(),
-            });
-        }
-        let answer = retried(|| transport.get(&next)).await?;
+        transport.check_link(&next, "next-page")?;
+        let answer = retried(backoff, || transport.get(&next)).await?;
         if answer.status != 200 {
             return Err(answer.into_error(|| DirectoryError::GroupNotFound { selector: format!("objectId={group}") }));
         }
         let page: MemberPage = parse(answer.body)?;
-        for object in page.value {
-            match object.odata_type.as_str() {
-                "#microsoft.graph.user" => {
-                    let user = DirectoryUser {
-                        object_id: object.id.to_lowercase(),
-                        user_principal_name: object.user_principal_name.unwrap_or_default(),
-                        user_type: object.user_type,
-                    };
-                    people.push(Person::from(&user));
-                }
-                "#microsoft.graph.servicePrincipal" => {
-                    people.push(Person { kind: PersonKind::ServicePrincipal, subject: object.id.to_lowercase() })
-                }
-                _ => {}
-            }
-        }
+        people.extend(page.value.into_iter().filter_map(ListedObject::person).map(|(_, person)| person));
         match page.next_link {
             Some(link) => next = link,
             None => return Ok(people),
@@ -367,6 +332,28 @@ struct ListedObject {
     odata_type: String,
     user_principal_name: Option<String>,
     user_type: Option<String>,
+}
+
+impl ListedObject {
+    /// A user or service principal as a RoleBinding names them, with its
+    /// objectId; None for other objects, and for a user without a name to bind.
+    fn person(self) -> Option<(String, Person)> {
+        let id = self.id.to_lowercase();
+        match self.odata_type.as_str() {
+            "#microsoft.graph.user" => {
+                let user = DirectoryUser {
+                    object_id: id.clone(),
+                    user_principal_name: self.user_principal_name.unwrap_or_default(),
+                    user_type: self.user_type,
+                };
+                (!user.user_principal_name.is_empty() || user.is_guest()).then(|| (id, Person::from(&user)))
+            }
+            "#microsoft.graph.servicePrincipal" => {
+                Some((id.clone(), Person { kind: PersonKind::ServicePrincipal, subject: id }))
+            }
+            _ => None,
+        }
+    }
 }
 
 #[derive(Deserialize)]

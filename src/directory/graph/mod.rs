@@ -78,6 +78,8 @@ pub struct GraphDirectory {
     batcher: Batcher,
     groups: Cache<String, DirectoryGroup>,
     users: Cache<String, DirectoryUser>,
+    /// Retry delays of the membership reads, which do not go through `batcher`.
+    backoff: Backoff,
     metrics: Option<Arc<Metrics>>,
 }
 
@@ -106,6 +108,7 @@ impl GraphDirectory {
             batcher,
             groups: ttl_cache(settings.cache_ttl),
             users: ttl_cache(settings.cache_ttl),
+            backoff: settings.backoff,
             metrics,
         }
     }
@@ -132,15 +135,7 @@ impl GraphDirectory {
             let items: Vec<GraphGroup> = parse(page["value"].take())?;
             groups.extend(items.into_iter().map(DirectoryGroup::from));
             let Some(next) = page["@odata.nextLink"].as_str().map(str::to_string) else { break };
-            // The bearer token goes nowhere but the configured Graph endpoint.
-            if !self.transport.is_on_endpoint(&next) {
-                let origin = url::Url::parse(&next).map(|u| u.origin().ascii_serialization()).unwrap_or(next);
-                return Err(DirectoryError::Rejected {
-                    message: format!(
-                        "Graph returned a next-page link to {origin}, not to the configured Graph endpoint; it was not followed"
-                    ),
-                });
-            }
+            self.transport.check_link(&next, "next-page")?;
             let next_page = self.transport.get(&next).await?;
             if next_page.status != 200 {
                 return Err(next_page.into_error(not_found));
@@ -198,11 +193,11 @@ impl Directory for GraphDirectory {
     }
 
     async fn transitive_members(&self, group: &str) -> Result<Vec<Person>, DirectoryError> {
-        delta::transitive_members(&self.transport, group).await
+        delta::transitive_members(&self.transport, self.backoff, group).await
     }
 
     fn member_source(&self) -> Option<Box<dyn MemberSource>> {
-        Some(Box::new(delta::DeltaMembers::new(self.transport.clone())))
+        Some(Box::new(delta::DeltaMembers::new(self.transport.clone(), self.backoff)))
     }
 
     fn prefetch_group(&self, selector: &GroupSelector) {

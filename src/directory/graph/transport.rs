@@ -111,6 +111,20 @@ impl Transport {
         rest::same_origin(url, &self.base)
     }
 
+    /// Whether a link Graph returned (`what`: next-page, delta) may be followed:
+    /// the bearer token goes nowhere but the configured Graph endpoint.
+    pub fn check_link(&self, link: &str, what: &str) -> Result<(), DirectoryError> {
+        if self.is_on_endpoint(link) {
+            return Ok(());
+        }
+        let origin = url::Url::parse(link).map_or_else(|_| link.to_string(), |u| u.origin().ascii_serialization());
+        Err(DirectoryError::Rejected {
+            message: format!(
+                "Graph returned a {what} link to {origin}, not to the configured Graph endpoint; it was not followed"
+            ),
+        })
+    }
+
     /// GETs an absolute URL (a page link Graph returned, or a single lookup).
     pub async fn get(&self, url: &str) -> Result<Answer, DirectoryError> {
         let request = self.request(reqwest::Method::GET, url).await?;

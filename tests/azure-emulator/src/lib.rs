@@ -615,7 +615,7 @@ impl Shared {
                 if !directory.groups.iter().any(|g| g.object_id.eq_ignore_ascii_case(id)) {
                     return not_found(id);
                 }
-                let everyone = members::transitive(&directory, id);
+                let everyone = directory.transitive_members(id);
                 self.page_of_members(&directory, everyone, &params, path)
             }
             ["groups", id] => match directory.groups.iter().find(|g| g.object_id.eq_ignore_ascii_case(id)) {

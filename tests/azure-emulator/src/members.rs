@@ -61,29 +61,6 @@ pub struct Tracker {
 /// An error answer: status, Graph code, message.
 pub type Refusal = (u16, &'static str, String);
 
-/// Every group's direct members, in one pass over the directory.
-pub fn index(dir: &DirectoryFile) -> HashMap<String, BTreeSet<Member>> {
-    let mut by_group: HashMap<String, BTreeSet<Member>> =
-        dir.groups.iter().map(|g| (g.object_id.to_lowercase(), BTreeSet::new())).collect();
-    let mut add = |member_of: &[String], kind: MemberKind, id: &str| {
-        for group in member_of {
-            if let Some(members) = by_group.get_mut(&group.to_lowercase()) {
-                members.insert(Member { kind, object_id: id.to_lowercase() });
-            }
-        }
-    };
-    for u in &dir.users {
-        add(&u.member_of, MemberKind::User, &u.object_id);
-    }
-    for p in &dir.service_principals {
-        add(&p.member_of, MemberKind::ServicePrincipal, &p.object_id);
-    }
-    for g in &dir.groups {
-        add(&g.member_of, MemberKind::Group, &g.object_id);
-    }
-    by_group
-}
-
 fn odata_type(kind: MemberKind) -> &'static str {
     match kind {
         MemberKind::User => "#microsoft.graph.user",
@@ -107,7 +84,7 @@ fn token() -> String {
 impl Tracker {
     /// Logs what differs between two directories.
     pub fn record_diff(&mut self, old: &DirectoryFile, new: &DirectoryFile) {
-        let (before, after) = (index(old), index(new));
+        let (before, after) = (old.memberships(), new.memberships());
         let mut groups: BTreeSet<&String> = before.keys().collect();
         groups.extend(after.keys());
         let empty = BTreeSet::new();
@@ -181,7 +158,7 @@ impl Tracker {
         {
             return Err((400, "Request_BadRequest", "This emulator's delta serves $select=members only.".into()));
         }
-        let members = index(dir);
+        let members = dir.memberships();
         let mut items = VecDeque::new();
         for id in &ids {
             let Some(list) = members.get(id) else { continue };
@@ -296,25 +273,4 @@ fn filter_ids(params: &HashMap<String, String>) -> Result<Vec<String>, Refusal> 
         ));
     }
     Ok(ids)
-}
-
-/// Everyone in `group` through nesting (users, service principals and the
-/// nested groups themselves, as Graph's transitiveMembers lists them).
-pub fn transitive(dir: &DirectoryFile, group: &str) -> Vec<Member> {
-    let members = index(dir);
-    let mut seen: BTreeSet<Member> = BTreeSet::new();
-    let mut queue = vec![group.to_lowercase()];
-    let mut visited: BTreeSet<String> = BTreeSet::new();
-    while let Some(g) = queue.pop() {
-        if !visited.insert(g.clone()) {
-            continue;
-        }
-        for m in members.get(&g).into_iter().flatten() {
-            if m.kind == MemberKind::Group {
-                queue.push(m.object_id.clone());
-            }
-            seen.insert(m.clone());
-        }
-    }
-    seen.into_iter().collect()
 }
